@@ -1,0 +1,131 @@
+"""`ReplayPPOConfig`: TRL's `PPOConfig` plus the fields this package implements."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Literal
+
+from trl.experimental.ppo import PPOConfig
+
+
+def _fail(name: str, value: object, requirement: str) -> None:
+    raise ValueError(f"`{name}` {requirement}; got {name}={value!r}.")
+
+
+@dataclass
+class ReplayPPOConfig(PPOConfig):
+    r"""Configuration for [`ReplayPPOTrainer`]: every `PPOConfig` field, plus the ones below.
+
+    Fields keep TRL's names; the reference design's names map as follows:
+    GROUP_SIZE -> `num_generations`, MAX_GRAD_NORM -> `max_grad_norm`, ENTROPY_COEF -> `entropy_coef`.
+    Every field is validated here, with an error that names the field and what to change.
+
+    Defaults that differ from `PPOConfig`:
+    - `bf16` defaults to `False`: TRL's PPO trainer ignores `bf16` (it always trains in fp32), so
+      honouring TRL's `True` default would silently change numerics for users who switch trainers.
+    - `max_grad_norm` is honoured (TRL's PPO ignores it); set it to 0 or None to disable clipping.
+    """
+
+    bf16: bool | None = field(
+        default=False,
+        metadata={
+            "help": "Run policy/value forward passes under bf16 autocast through accelerate (fp32 master weights). "
+            "Off by default: TRL's PPO trainer always ran in fp32."
+        },
+    )
+    max_grad_norm: float | None = field(
+        default=1.0,
+        metadata={
+            "help": "Clip the global gradient norm to this value once per optimizer step (0 or None disables). "
+            "The pre-clip norm is logged as `policy/grad_norm`."
+        },
+    )
+
+    # Rewards and prompts
+    reward_weights: list[float] | None = field(
+        default=None,
+        metadata={
+            "help": "Weights of the reward sources, in order: the reward model (if any), then each reward function. "
+            "Defaults to 1.0 for every source."
+        },
+    )
+    max_prompt_length: int | None = field(
+        default=512,
+        metadata={
+            "help": "Prompts longer than this many tokens are dropped (and counted in the log), never truncated. "
+            "None keeps every prompt."
+        },
+    )
+    num_generations: int = field(
+        default=1,
+        metadata={
+            "help": "Completions sampled per prompt (the reference design's GROUP_SIZE). The per-rank batch "
+            "`per_device_train_batch_size * gradient_accumulation_steps` must be a multiple of it."
+        },
+    )
+
+    # PPO core
+    entropy_coef: float = field(
+        default=0.0,
+        metadata={"help": "Entropy bonus: adds `-entropy_coef * entropy` (mean over response tokens) to the loss."},
+    )
+    kl_controller: Literal["fixed", "adaptive"] = field(
+        default="fixed",
+        metadata={
+            "help": "'fixed' keeps `kl_coef` constant (TRL's behaviour); 'adaptive' is the proportional controller of "
+            "Ziegler et al. (2019) steering the per-sequence KL towards `kl_target`."
+        },
+    )
+    kl_target: float = field(
+        default=6.0,
+        metadata={"help": "Target KL (nats per sequence) of the adaptive KL controller."},
+    )
+    kl_horizon: float = field(
+        default=10000.0,
+        metadata={"help": "Horizon (in episodes) of the adaptive KL controller: larger reacts more slowly."},
+    )
+    max_skipped_steps: int = field(
+        default=10,
+        metadata={
+            "help": "Optimizer steps with a non-finite loss or gradient are skipped (weights untouched, counted in "
+            "`train/skipped_steps`); training stops with an error after this many consecutive skips."
+        },
+    )
+    shared_value_head: bool = field(
+        default=False,
+        metadata={
+            "help": "Use a value head on the policy's own backbone instead of a separate value model, so one "
+            "backbone serves policy, reference (adapter disabled, with LoRA) and critic."
+        },
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.max_grad_norm is not None and (math.isnan(self.max_grad_norm) or self.max_grad_norm < 0):
+            _fail("max_grad_norm", self.max_grad_norm, "must be >= 0 (0 or None disables clipping)")
+        if self.num_generations < 1:
+            _fail("num_generations", self.num_generations, "must be >= 1")
+        local_batch = self.per_device_train_batch_size * self.gradient_accumulation_steps
+        if local_batch % self.num_generations:
+            raise ValueError(
+                f"`num_generations`={self.num_generations} must divide the per-rank batch "
+                f"per_device_train_batch_size * gradient_accumulation_steps = {local_batch}; change "
+                "`num_generations` or `per_device_train_batch_size`."
+            )
+        if self.max_prompt_length is not None and self.max_prompt_length < 1:
+            _fail("max_prompt_length", self.max_prompt_length, "must be >= 1 or None")
+        if self.reward_weights is not None and not all(math.isfinite(w) for w in self.reward_weights):
+            _fail("reward_weights", self.reward_weights, "must hold finite numbers")
+        if not (self.entropy_coef >= 0):
+            _fail("entropy_coef", self.entropy_coef, "must be >= 0")
+        if self.kl_controller not in ("fixed", "adaptive"):
+            _fail("kl_controller", self.kl_controller, "must be 'fixed' or 'adaptive'")
+        if not (self.kl_target > 0):
+            _fail("kl_target", self.kl_target, "must be > 0")
+        if not (self.kl_horizon > 0):
+            _fail("kl_horizon", self.kl_horizon, "must be > 0")
+        if not (self.kl_coef >= 0):
+            _fail("kl_coef", self.kl_coef, "must be >= 0")
+        if self.max_skipped_steps < 1:
+            _fail("max_skipped_steps", self.max_skipped_steps, "must be >= 1")

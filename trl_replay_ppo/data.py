@@ -1,0 +1,154 @@
+"""Prompt datasets: tokenization of ``prompt`` columns and a collator that keeps extra columns."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from datasets import Dataset
+from torch.utils.data import DataLoader
+from transformers import DataCollatorWithPadding, PreTrainedTokenizerBase
+
+logger = logging.getLogger(__name__)
+
+TOKEN_COLUMNS = ("input_ids", "attention_mask")
+
+
+def is_conversational(prompt: Any) -> bool:
+    """True for a chat prompt: a list of ``{"role": ..., "content": ...}`` messages."""
+    return isinstance(prompt, list) and all(isinstance(m, dict) and "role" in m for m in prompt)
+
+
+def prepare_prompt_dataset(
+    dataset: Dataset,
+    tokenizer: PreTrainedTokenizerBase,
+    max_prompt_length: int | None,
+    name: str = "train_dataset",
+    num_proc: int | None = None,
+) -> Dataset:
+    """Return ``dataset`` with an ``input_ids`` column, ready for the PPO dataloader.
+
+    A dataset that already has ``input_ids`` is used as is (TRL's format). Otherwise its ``prompt``
+    column (plain text, or chat messages rendered with the chat template and the generation prompt)
+    is tokenized once. Prompts longer than ``max_prompt_length`` tokens are dropped, with the count
+    logged, rather than silently truncated. Every other column is kept for the reward functions.
+    """
+    if not isinstance(dataset, Dataset):
+        raise TypeError(f"`{name}` must be a `datasets.Dataset`, got {type(dataset).__name__}.")
+    if len(dataset) == 0:
+        raise ValueError(f"`{name}` is empty: it needs at least one prompt.")
+    columns = dataset.column_names
+    if "input_ids" not in columns:
+        if "prompt" not in columns:
+            raise ValueError(
+                f"`{name}` needs an `input_ids` column (tokenized prompts) or a `prompt` column (text or chat "
+                f"messages); it has {columns}."
+            )
+        dataset = dataset.map(
+            _tokenize_prompt,
+            fn_kwargs={"tokenizer": tokenizer},
+            num_proc=num_proc,
+            desc=f"Tokenizing {name}",
+        )
+    if max_prompt_length is not None:
+        before = len(dataset)
+        dataset = dataset.filter(
+            lambda ids: len(ids) <= max_prompt_length, input_columns="input_ids", num_proc=num_proc
+        )
+        dropped = before - len(dataset)
+        if dropped:
+            logger.warning(
+                "Dropped %d of %d prompts of `%s` longer than max_prompt_length=%d tokens.",
+                dropped,
+                before,
+                name,
+                max_prompt_length,
+            )
+        if len(dataset) == 0:
+            raise ValueError(
+                f"Every prompt of `{name}` is longer than max_prompt_length={max_prompt_length}; raise "
+                "`max_prompt_length`."
+            )
+    return dataset
+
+
+def _tokenize_prompt(example: dict, tokenizer: PreTrainedTokenizerBase) -> dict:
+    prompt = example["prompt"]
+    if is_conversational(prompt):
+        text = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
+        return {"input_ids": tokenizer(text, add_special_tokens=False)["input_ids"]}
+    if not isinstance(prompt, str):
+        raise TypeError(f"A `prompt` must be a string or a list of chat messages, got {type(prompt).__name__}.")
+    return {"input_ids": tokenizer(prompt)["input_ids"]}
+
+
+@dataclass
+class PromptCollator:
+    """Pads ``input_ids`` (left, as the tokenizer says) and passes every other column as a list.
+
+    Token columns go through transformers' ``DataCollatorWithPadding``, so a dataset with only
+    ``input_ids`` is batched exactly as TRL's PPO batches it.
+    """
+
+    tokenizer: PreTrainedTokenizerBase
+
+    def __post_init__(self) -> None:
+        self._pad = DataCollatorWithPadding(self.tokenizer)
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
+        batch = self._pad([{k: f[k] for k in TOKEN_COLUMNS if k in f} for f in features])
+        for key in features[0]:
+            if key not in TOKEN_COLUMNS:
+                batch[key] = [f[key] for f in features]
+        return batch
+
+
+class PromptStream:
+    """Endless stream of prompt batches from a prepared dataloader, epoch after epoch.
+
+    Equivalent to TRL's ``while True: yield from dataloader`` (same batches, same RNG draws), but
+    it knows its position (epoch, batches consumed) so a checkpoint can restore it.
+    """
+
+    def __init__(self, dataloader: DataLoader):
+        self.dataloader = dataloader
+        self.epoch = 0
+        self.position = 0
+        self._iterator = None
+
+    @classmethod
+    def for_trainer(cls, trainer) -> PromptStream:
+        """The trainer's dataloader, rebuilt with ``local_batch_size / num_generations`` prompts per batch if needed.
+
+        A rebuilt dataloader is prepared under the same seeding protocol as TRL's constructor, so
+        every rank shuffles alike.
+        """
+        args = trainer.args
+        if args.num_generations == 1:
+            return cls(trainer.dataloader)
+        dataloader = DataLoader(
+            trainer.train_dataset,
+            batch_size=args.local_batch_size // args.num_generations,
+            shuffle=True,
+            collate_fn=trainer.data_collator,
+            drop_last=True,
+        )
+        torch.manual_seed(args.seed)
+        trainer.dataloader = trainer.accelerator.prepare(dataloader)
+        torch.manual_seed(trainer.local_seed)
+        return cls(trainer.dataloader)
+
+    def next(self) -> dict[str, Any]:
+        if self._iterator is None:
+            self._iterator = iter(self.dataloader)
+        try:
+            batch = next(self._iterator)
+        except StopIteration:
+            self.epoch += 1
+            self.position = 0
+            self._iterator = iter(self.dataloader)
+            batch = next(self._iterator)
+        self.position += 1
+        return batch

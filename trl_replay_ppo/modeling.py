@@ -1,0 +1,50 @@
+"""Critic variants that save memory: a value head on the policy's backbone, and LoRA on the value model."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from transformers import PreTrainedModel
+
+
+class SharedValueHead(torch.nn.Module):
+    """A critic that reuses the policy's transformer backbone and adds one linear head.
+
+    It exposes what TRL's PPO expects of a value model (``base_model_prefix`` naming a backbone
+    that returns hidden states, and a ``score`` head), so TRL's ``PolicyAndValueWrapper`` and
+    ``get_reward`` use it unchanged. The backbone is the policy's own module (shared parameters,
+    LoRA adapters included when the policy gets a ``peft_config``); only ``score`` is new.
+    """
+
+    base_model_prefix = "backbone"
+
+    def __init__(self, policy: PreTrainedModel):
+        super().__init__()
+        self.backbone = getattr(policy, policy.base_model_prefix)
+        hidden_size = policy.config.hidden_size
+        self.score = torch.nn.Linear(hidden_size, 1, bias=False)
+        torch.nn.init.normal_(self.score.weight, std=1.0 / (hidden_size + 1) ** 0.5)
+        self.score.to(dtype=next(policy.parameters()).dtype)
+        self.config = policy.config
+
+    def head_state_dict(self) -> dict[str, torch.Tensor]:
+        """The critic's own weights: the head only (the backbone is saved with the policy)."""
+        return {f"score.{k}": v for k, v in self.score.state_dict().items()}
+
+
+def apply_value_lora(value_model: PreTrainedModel, peft_config) -> PreTrainedModel:
+    """Put LoRA adapters on the value model's backbone; its ``score`` head stays fully trainable.
+
+    The backbone is replaced in place by a ``PeftModel`` (base weights frozen), so TRL's
+    ``get_reward`` and ``PolicyAndValueWrapper`` still find ``base_model_prefix`` and ``score``.
+    """
+    from peft import get_peft_model
+
+    config = copy.deepcopy(peft_config)
+    config.task_type = None
+    prefix = value_model.base_model_prefix
+    setattr(value_model, prefix, get_peft_model(getattr(value_model, prefix), config))
+    for param in value_model.score.parameters():
+        param.requires_grad_(True)
+    return value_model

@@ -1,0 +1,121 @@
+"""PPO's per-token quantities: KL-shaped rewards, GAE, and the clipped policy/value losses.
+
+Shapes: B episodes, R response tokens. Every function here performs the same floating-point
+operations, in the same order, as TRL's PPO loop, so with replay off the results are bitwise
+TRL's. Masks are True on padding (TRL's convention).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from trl.experimental.ppo.ppo_trainer import masked_mean, masked_whiten
+
+
+def kl_estimate(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, estimator: str) -> torch.Tensor:
+    """Per-token KL(pi || ref), (B, R), with Schulman's k1 (``log pi - log ref``) or k3 estimator."""
+    logr = ref_logprobs - logprobs
+    return -logr if estimator == "k1" else (logr.exp() - 1) - logr
+
+
+def shaped_rewards(
+    kl: torch.Tensor,
+    scores: torch.Tensor,
+    sequence_lengths: torch.Tensor,
+    padding_mask_p1: torch.Tensor,
+    kl_coef: float,
+    whiten: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token rewards (B, R): ``-kl_coef * kl`` everywhere, plus the score on the token after the last.
+
+    Returns ``(rewards, non_score_reward)``.
+    """
+    non_score_reward = -kl_coef * kl
+    rewards = non_score_reward.clone()
+    rows = torch.arange(rewards.size(0), device=rewards.device)
+    lengths_p1 = sequence_lengths + 1
+    score_at = torch.where(lengths_p1 < rewards.size(1), lengths_p1, sequence_lengths)
+    rewards[rows, score_at] += scores
+    if whiten:
+        rewards = masked_whiten(rewards, mask=~padding_mask_p1, shift_mean=False)
+        rewards = torch.masked_fill(rewards, padding_mask_p1, 0)
+    return rewards, non_score_reward
+
+
+def compute_gae(
+    rewards: torch.Tensor, values: torch.Tensor, gamma: float, lam: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generalised advantage estimation over the response axis; returns ``(advantages, returns)``, (B, R)."""
+    lastgaelam = 0
+    advantages_reversed = []
+    length = rewards.shape[1]
+    for t in reversed(range(length)):
+        nextvalues = values[:, t + 1] if t < length - 1 else 0.0
+        delta = rewards[:, t] + gamma * nextvalues - values[:, t]
+        lastgaelam = delta + gamma * lam * lastgaelam
+        advantages_reversed.append(lastgaelam)
+    advantages = torch.stack(advantages_reversed[::-1], axis=1)
+    return advantages, advantages + values
+
+
+def whiten_advantages(advantages: torch.Tensor, padding_mask: torch.Tensor) -> torch.Tensor:
+    """Zero-mean unit-variance advantages over response tokens, 0 on padding."""
+    return torch.masked_fill(masked_whiten(advantages, ~padding_mask), padding_mask, 0)
+
+
+def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
+    """Entropy (nats) of the categorical distribution at each position: (B, R, V) -> (B, R)."""
+    prob_dist = torch.nn.functional.softmax(logits, dim=-1)
+    return torch.logsumexp(logits, dim=-1) - torch.sum(prob_dist * logits, dim=-1)
+
+
+@dataclass
+class LossTerms:
+    """One micro-batch's losses (scalars) and the tensors its statistics are computed from."""
+
+    pg_loss: torch.Tensor
+    vf_loss: torch.Tensor
+    pg_clipfrac: torch.Tensor
+    vf_clipfrac: torch.Tensor
+    ratio: torch.Tensor  # (b, R) new / proximal probability ratio
+    logprobs_diff: torch.Tensor  # (b, R) log new - log proximal
+
+
+def value_loss(
+    vpred: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor, cliprange_value: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Clipped value loss ``0.5 * max((v - R)^2, (clip(v) - R)^2)``; returns ``(loss, clipfrac)``."""
+    vpredclipped = torch.clamp(vpred, old_values - cliprange_value, old_values + cliprange_value)
+    vf_losses1 = torch.square(vpred - returns)
+    vf_losses2 = torch.square(vpredclipped - returns)
+    vf_loss = 0.5 * masked_mean(torch.max(vf_losses1, vf_losses2), ~mask)
+    vf_clipfrac = masked_mean((vf_losses2 > vf_losses1).float(), ~mask)
+    return vf_loss, vf_clipfrac
+
+
+def policy_loss(
+    new_logprobs: torch.Tensor,
+    proximal_logprobs: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    cliprange: float,
+    token_weights: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Clipped surrogate loss with the clip centred on the proximal policy.
+
+    ``token_weights`` (b, R) are the off-policy corrections of replayed episodes (truncated
+    importance weight times the prioritized-replay weight); None means 1 everywhere (fresh data),
+    which is TRL's objective exactly. Returns ``(loss, clipfrac, ratio, logprobs_diff)``.
+    """
+    logprobs_diff = new_logprobs - proximal_logprobs
+    ratio = torch.exp(logprobs_diff)
+    pg_losses = -advantages * ratio
+    pg_losses2 = -advantages * torch.clamp(ratio, 1.0 - cliprange, 1.0 + cliprange)
+    pg_loss_max = torch.max(pg_losses, pg_losses2)
+    if token_weights is not None:
+        pg_loss_max = pg_loss_max * token_weights
+    pg_loss = masked_mean(pg_loss_max, ~mask)
+    with torch.no_grad():
+        pg_clipfrac = masked_mean((pg_losses2 > pg_losses).float(), ~mask)
+    return pg_loss, pg_clipfrac, ratio, logprobs_diff

@@ -1,0 +1,556 @@
+"""`PhasedPPOTrainer`: TRL's PPO loop as a short driver over overridable phases.
+
+``train()`` runs, once per update::
+
+    prompts  = next prompt batch                      (next_prompts)
+    batch    = generate, score, ref/behaviour logprobs, values   (rollout)
+    batch    = batch (+ replayed episodes, in the replay mixin)  (extend_batch)
+    batch    = KL-shaped rewards, GAE, whitening      (compute_advantages)
+    stats    = PPO epochs x minibatches x micro-batches          (ppo_update)
+    log, then callbacks / evaluation / checkpoint                (log_update, end_update)
+
+With every addition switched off it performs TRL's operations in TRL's order, so a run is bitwise
+equal to ``trl.experimental.ppo.PPOTrainer.train()`` (``tests/test_parity.py``).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from datasets import Dataset
+from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase, TrainerCallback
+from trl.experimental.ppo import PPOTrainer
+from trl.experimental.ppo.ppo_trainer import (
+    INVALID_LOGPROB,
+    batch_generation,
+    forward,
+    masked_mean,
+    truncate_response,
+)
+from trl.experimental.utils import get_reward
+from trl.models.utils import unwrap_model_for_generation
+from trl.trainer.utils import selective_log_softmax
+
+from trl_replay_ppo.config import ReplayPPOConfig
+from trl_replay_ppo.data import PromptCollator, PromptStream, is_conversational, prepare_prompt_dataset
+from trl_replay_ppo.episodes import EpisodeBatch
+from trl_replay_ppo.kl import make_kl_controller
+from trl_replay_ppo.masking import last_token_index
+from trl_replay_ppo.modeling import SharedValueHead, apply_value_lora
+from trl_replay_ppo.objectives import (
+    compute_gae,
+    entropy_from_logits,
+    kl_estimate,
+    policy_loss,
+    shaped_rewards,
+    value_loss,
+    whiten_advantages,
+)
+from trl_replay_ppo.rewards import RewardFunc, call_reward_func, reward_func_name, validate_reward_funcs
+
+logger = logging.getLogger(__name__)
+
+PROMPT_COLUMNS = ("input_ids", "attention_mask")
+STAT_NAMES = ("approxkl", "pg_clipfrac", "pg_loss", "vf_loss", "vf_clipfrac", "entropy", "ratio")
+
+
+class _NoRewardModel(torch.nn.Module):
+    """Stands in for ``reward_model`` while TRL's constructor runs, when only reward functions are given.
+
+    TRL's constructor requires a module it can move to the device; ours allows no reward model, so
+    this placeholder is passed through and replaced by ``None`` right after.
+    """
+
+
+class PhasedPPOTrainer(PPOTrainer):
+    """TRL's `PPOTrainer` with the same constructor, whose `train()` is split into phases.
+
+    Adds, beyond TRL: reward functions (``reward_funcs``, GRPO-style), ``prompt`` datasets (text or
+    chat), several samples per prompt, gradient clipping, entropy bonus, adaptive KL, a non-finite
+    step guard, bf16 autocast, LoRA on the value model and a shared value head.
+
+    Args:
+        reward_model: optional when ``reward_funcs`` are given; both may be combined.
+        reward_funcs: a callable or a list of them, ``f(prompts, completions, **columns) -> list[float]``.
+        value_model: the critic; leave it None with ``args.shared_value_head=True``.
+        Every other argument is TRL's.
+    """
+
+    def __init__(
+        self,
+        args: ReplayPPOConfig,
+        processing_class: PreTrainedTokenizerBase,
+        model: PreTrainedModel,
+        ref_model: PreTrainedModel | None = None,
+        reward_model: torch.nn.Module | None = None,
+        train_dataset: Dataset | None = None,
+        value_model: torch.nn.Module | None = None,
+        data_collator: Callable | None = None,
+        eval_dataset: Dataset | None = None,
+        optimizers: tuple[torch.optim.Optimizer | None, torch.optim.lr_scheduler.LambdaLR | None] = (None, None),
+        callbacks: list[TrainerCallback] | None = None,
+        peft_config: Any | None = None,
+        reward_funcs: RewardFunc | Sequence[RewardFunc] | None = None,
+    ) -> None:
+        if not isinstance(args, ReplayPPOConfig):
+            raise TypeError(
+                f"`args` must be a `ReplayPPOConfig` (a superset of TRL's `PPOConfig` with the same fields), got "
+                f"{type(args).__name__}. Replace `PPOConfig(...)` by `ReplayPPOConfig(...)`."
+            )
+        if train_dataset is None:
+            raise ValueError("`train_dataset` is required: a `datasets.Dataset` with `input_ids` or `prompt`.")
+        if getattr(processing_class, "pad_token_id", None) is None:
+            raise ValueError(
+                "The tokenizer (`processing_class`) has no pad token. Set one before building the trainer, e.g. "
+                "`tokenizer.add_special_tokens({'pad_token': '[PAD]'})` and resize the model embeddings."
+            )
+        self.reward_funcs = validate_reward_funcs(reward_funcs)
+        if reward_model is None and not self.reward_funcs:
+            raise ValueError("No reward: pass `reward_model`, `reward_funcs`, or both.")
+        num_sources = int(reward_model is not None) + len(self.reward_funcs)
+        if args.reward_weights is not None and len(args.reward_weights) != num_sources:
+            raise ValueError(
+                f"`reward_weights` has {len(args.reward_weights)} entries but there are {num_sources} reward sources "
+                "(the reward model, if any, then each reward function)."
+            )
+        if args.shared_value_head and value_model is not None:
+            raise ValueError("`shared_value_head=True` builds the critic on the policy: pass `value_model=None`.")
+        if not args.shared_value_head and value_model is None:
+            raise ValueError("`value_model` is required (or set `shared_value_head=True`).")
+        if eval_dataset is not None and not isinstance(eval_dataset, Dataset):
+            raise TypeError(f"`eval_dataset` must be a `datasets.Dataset`, got {type(eval_dataset).__name__}.")
+
+        train_dataset = prepare_prompt_dataset(
+            train_dataset, processing_class, args.max_prompt_length, "train_dataset", args.dataset_num_proc
+        )
+        if eval_dataset is not None:
+            eval_dataset = prepare_prompt_dataset(
+                eval_dataset, processing_class, args.max_prompt_length, "eval_dataset", args.dataset_num_proc
+            )
+        if args.total_episodes is None:
+            args.total_episodes = int(args.num_train_epochs * len(train_dataset) * args.num_generations)
+        self._init_mixed_precision(args)
+        if args.shared_value_head:
+            value_model = SharedValueHead(model)
+        elif getattr(args, "lora_value_model", False):
+            value_model = apply_value_lora(value_model, peft_config)
+
+        self.reward_names = ([reward_model_name(reward_model)] if reward_model is not None else []) + [
+            reward_func_name(f) for f in self.reward_funcs
+        ]
+        super().__init__(
+            args=args,
+            processing_class=processing_class,
+            model=model,
+            ref_model=ref_model,
+            reward_model=reward_model if reward_model is not None else _NoRewardModel(),
+            train_dataset=train_dataset,
+            value_model=value_model,
+            data_collator=data_collator if data_collator is not None else PromptCollator(processing_class),
+            eval_dataset=eval_dataset,
+            optimizers=optimizers,
+            callbacks=callbacks,
+            peft_config=peft_config,
+        )
+        if reward_model is None:
+            self.reward_model = None
+        weights = args.reward_weights or [1.0] * num_sources
+        self.reward_weights = torch.tensor(weights, dtype=torch.float32, device=self.accelerator.device)
+        self.kl_ctl = make_kl_controller(args.kl_controller, args.kl_coef, args.kl_target, args.kl_horizon)
+        self.prompt_stream = PromptStream.for_trainer(self)
+        self.skipped_steps = 0
+        self._consecutive_skips = 0
+
+    @staticmethod
+    def _init_mixed_precision(args: ReplayPPOConfig) -> None:
+        """Fix accelerate's precision before TRL's constructor builds its `Accelerator`.
+
+        TRL creates ``Accelerator(gradient_accumulation_steps=...)`` without a precision, which
+        reads it from ``accelerate launch``. Accelerate's state is shared by every `Accelerator`
+        in the process, so creating one here first makes TRL's accelerator honour ``bf16``/``fp16``
+        and ``use_cpu``. With none of them set, the launcher's settings stand.
+        """
+        mixed_precision = "bf16" if args.bf16 else "fp16" if args.fp16 else None
+        if mixed_precision is not None or args.use_cpu:
+            Accelerator(
+                mixed_precision=mixed_precision,
+                cpu=args.use_cpu,
+                gradient_accumulation_steps=args.gradient_accumulation_steps,
+            )
+
+    # ------------------------------------------------------------------ driver
+
+    def train(self) -> None:
+        """Run ``args.num_total_batches`` updates: rollout -> advantages -> PPO update -> log/save."""
+        args = self.args
+        self.begin_training()
+        for update in range(1, args.num_total_batches + 1):
+            self.state.episode += args.batch_size
+            prompts = self.next_prompts()
+            batch = self.rollout(prompts)
+            batch = self.extend_batch(batch)
+            batch = self.compute_advantages(batch)
+            stats = self.ppo_update(batch)
+            self.log_update(batch, stats)
+            self.end_update(update)
+            if self.control.should_training_stop:
+                break
+        self.end_training()
+
+    def begin_training(self) -> None:
+        """Initialise the trainer state and fire ``on_train_begin`` (TRL's bookkeeping)."""
+        args = self.args
+        self.generation_kwargs = {
+            "max_new_tokens": args.response_length,
+            "temperature": (args.temperature + 1e-7),
+            "top_k": 0.0,
+            "top_p": 1.0,
+            "do_sample": True,
+        }
+        self.generation_config = GenerationConfig(**self.generation_kwargs)
+        self.accelerator.print("===training policy===")
+        self.start_time = time.time()
+        self.model.train()
+        self.state.global_step = 0
+        self.state.episode = 0
+        self.state.max_steps = args.num_total_batches
+        self.state.num_train_epochs = args.total_episodes / self.train_dataset_len
+        for name in ("logging_steps", "eval_steps", "save_steps"):
+            value = getattr(args, name)
+            if value is not None:
+                setattr(self.state, name, math.ceil(self.state.max_steps * value) if value < 1 else value)
+        self.control = self.callback_handler.on_train_begin(args, self.state, self.control)
+        if self.is_deepspeed_enabled:
+            self.deepspeed = self.model
+            self.model_wrapped = self.model
+
+    def end_update(self, update: int) -> None:
+        """Step the LR schedule, fire ``on_step_end``, save when asked, sample completions now and then."""
+        args = self.args
+        self.lr_scheduler.step()
+        self.control = self.callback_handler.on_step_end(args, self.state, self.control)
+        if self.control.should_save:
+            self._save_checkpoint(self.model, trial=None)
+            self.control = self.callback_handler.on_save(args, self.state, self.control)
+        if args.num_sample_generations > 0 and (update - 1) % self.sample_generations_freq == 0:
+            self.generate_completions(sampling=True)
+
+    def end_training(self) -> None:
+        self.control = self.callback_handler.on_train_end(self.args, self.state, self.control)
+        if self.control.should_save:
+            self._save_checkpoint(self.model, trial=None)
+            self.control = self.callback_handler.on_save(self.args, self.state, self.control)
+
+    # ------------------------------------------------------------------ phases
+
+    def next_prompts(self) -> dict[str, Any]:
+        """The next per-rank batch of prompts, each repeated ``num_generations`` times."""
+        prompts = self.prompt_stream.next()
+        groups = self.args.num_generations
+        if groups == 1:
+            return prompts
+        return {
+            key: value.repeat_interleave(groups, dim=0)
+            if isinstance(value, torch.Tensor)
+            else [v for v in value for _ in range(groups)]
+            for key, value in prompts.items()
+        }
+
+    @torch.no_grad()
+    def rollout(self, prompts: dict[str, Any]) -> EpisodeBatch:
+        """Generate responses and compute behaviour/reference log-probs, values and scores.
+
+        Works in chunks of ``local_rollout_forward_batch_size`` like TRL. Returns a fresh batch
+        of B = ``local_batch_size`` episodes.
+        """
+        args, accelerator = self.args, self.accelerator
+        pad_token_id = self.processing_class.pad_token_id
+        queries = prompts["input_ids"].to(accelerator.device)
+        context_length = queries.shape[1]
+        chunk = args.local_rollout_forward_batch_size
+        with accelerator.autocast():
+            with unwrap_model_for_generation(
+                self.model,
+                accelerator,
+                gather_deepspeed3_params=args.ds3_gather_for_generation,
+                generation_kwargs=self.generation_kwargs,
+            ) as unwrapped_model:
+                query_responses, logitss = batch_generation(
+                    unwrapped_model.policy, queries, chunk, pad_token_id, self.generation_config
+                )
+            logprobs, ref_logprobs, postprocessed, values, model_scores = [], [], [], [], []
+            value_model = accelerator.unwrap_model(self.model).value_model
+            for i in range(0, queries.shape[0], chunk):
+                query = queries[i : i + chunk]
+                query_response = query_responses[i : i + chunk]
+                response = query_response[:, context_length:]
+                logprobs.append(selective_log_softmax(logitss[i : i + chunk].float(), response))
+                ref_logprobs.append(self._ref_logprobs(query_response, response, context_length))
+                postprocessed_response = response
+                if self.stop_token_id is not None:
+                    postprocessed_response = truncate_response(self.stop_token_id, pad_token_id, response)
+                full_value, _, _ = get_reward(value_model, query_response, pad_token_id, context_length)
+                values.append(full_value[:, context_length - 1 : -1].squeeze(-1).float())
+                if self.reward_model is not None:
+                    postprocessed_query_response = torch.cat((query, postprocessed_response), 1)
+                    _, score, _ = get_reward(
+                        self.reward_model, postprocessed_query_response, pad_token_id, context_length
+                    )
+                    model_scores.append(score.float())
+                postprocessed.append(postprocessed_response)
+        del logitss
+        postprocessed_responses = torch.cat(postprocessed, 0)
+        sequence_lengths = last_token_index(postprocessed_responses, pad_token_id)
+        scores = self.score(prompts, postprocessed_responses, sequence_lengths, model_scores)
+        contain_eos_token = torch.any(postprocessed_responses == self.processing_class.eos_token_id, dim=-1)
+        if args.missing_eos_penalty is not None:
+            scores[~contain_eos_token] -= args.missing_eos_penalty
+        batch = EpisodeBatch(
+            query_responses=query_responses,
+            context_length=context_length,
+            logprobs=torch.cat(logprobs, 0),
+            ref_logprobs=torch.cat(ref_logprobs, 0),
+            values=torch.cat(values, 0),
+            scores=scores,
+            sequence_lengths=sequence_lengths,
+            num_fresh=queries.shape[0],
+        )
+        batch.logprobs = torch.masked_fill(batch.logprobs, batch.padding_mask, INVALID_LOGPROB)
+        batch.ref_logprobs = torch.masked_fill(batch.ref_logprobs, batch.padding_mask, INVALID_LOGPROB)
+        batch.values = torch.masked_fill(batch.values, batch.padding_mask_p1, 0)
+        return batch
+
+    def _ref_logprobs(self, query_response: torch.Tensor, response: torch.Tensor, context_length: int) -> torch.Tensor:
+        """(b, R) reference log-probs: the ref model, or the policy with its adapter disabled."""
+        pad_token_id = self.processing_class.pad_token_id
+        if self.ref_model is None:
+            with self.null_ref_context():
+                ref_output = forward(self.model.policy, query_response, pad_token_id)
+        else:
+            ref_output = forward(self.ref_model, query_response, pad_token_id)
+        ref_logits = ref_output.logits[:, context_length - 1 : -1].float()
+        ref_logits /= self.args.temperature + 1e-7
+        return selective_log_softmax(ref_logits, response)
+
+    def score(
+        self,
+        prompts: dict[str, Any],
+        responses: torch.Tensor,
+        sequence_lengths: torch.Tensor,
+        model_scores: list[torch.Tensor],
+    ) -> torch.Tensor:
+        """(B,) weighted sum of the reward sources; each source's mean is kept for ``rewards/<name>``.
+
+        ``responses`` are the post-processed (truncated) responses; reward functions see them
+        decoded up to their last token, as strings (or assistant messages for chat prompts).
+        """
+        sources = [torch.cat(model_scores, 0)] if model_scores else []
+        if self.reward_funcs:
+            completions = [
+                self.processing_class.decode(r[: n + 1], skip_special_tokens=True)
+                for r, n in zip(responses.tolist(), sequence_lengths.tolist(), strict=True)
+            ]
+            if "prompt" in prompts:
+                prompt_values = prompts["prompt"]
+            else:
+                prompt_values = self.processing_class.batch_decode(prompts["input_ids"], skip_special_tokens=True)
+            if prompt_values and is_conversational(prompt_values[0]):
+                completions = [[{"role": "assistant", "content": c}] for c in completions]
+            columns = {k: v for k, v in prompts.items() if k not in PROMPT_COLUMNS and k != "prompt"}
+            for func in self.reward_funcs:
+                values = call_reward_func(func, prompt_values, completions, columns)
+                sources.append(torch.tensor(values, dtype=torch.float32, device=responses.device))
+        stacked = torch.stack(sources, dim=1)  # (B, S)
+        self._source_means = stacked.mean(0)
+        return (stacked * self.reward_weights).sum(1)
+
+    def extend_batch(self, batch: EpisodeBatch) -> EpisodeBatch:
+        """Hook for off-policy data (the replay mixin adds replayed episodes here)."""
+        return batch
+
+    @torch.no_grad()
+    def compute_advantages(self, batch: EpisodeBatch) -> EpisodeBatch:
+        """KL-shaped per-token rewards, GAE advantages and returns, whitened advantages."""
+        args = self.args
+        batch.kl = kl_estimate(batch.policy_logprobs, batch.ref_logprobs, args.kl_estimator)
+        rewards, batch.non_score_reward = shaped_rewards(
+            batch.kl,
+            batch.scores,
+            batch.sequence_lengths,
+            batch.padding_mask_p1,
+            self.kl_ctl.value,
+            args.whiten_rewards,
+        )
+        batch.raw_advantages, batch.returns = compute_gae(rewards, batch.values, args.gamma, args.lam)
+        batch.advantages = whiten_advantages(batch.raw_advantages, batch.padding_mask)
+        return batch
+
+    def ppo_update(self, batch: EpisodeBatch) -> dict[str, torch.Tensor]:
+        """``num_ppo_epochs`` passes over the batch in shuffled minibatches of micro-batches.
+
+        Gradients accumulate through ``accelerator.accumulate`` exactly as in TRL: the optimizer
+        steps every ``gradient_accumulation_steps`` micro-batches. Returns per-micro-batch
+        statistics shaped (epochs, minibatches, micro-batch slots).
+
+        There are ``gradient_accumulation_steps`` slots per minibatch, as in TRL, even though a
+        minibatch holds only ``gradient_accumulation_steps / num_mini_batches`` micro-batches:
+        TRL averages its logged statistics over the unwritten (zero) slots too, and the phased
+        loop keeps that so its metrics stay bitwise TRL's.
+        """
+        args, accelerator = self.args, self.accelerator
+        num_rows = len(batch)
+        mini_batch_size = num_rows // args.num_mini_batches
+        micro_batch_size = args.per_device_train_batch_size
+        slots = max(args.gradient_accumulation_steps, math.ceil(mini_batch_size / micro_batch_size))
+        shape = (args.num_ppo_epochs, args.num_mini_batches, slots)
+        stats = {name: torch.zeros(shape, device=accelerator.device) for name in STAT_NAMES}
+        self._grad_norms: list[float] = []
+        for epoch in range(args.num_ppo_epochs):
+            order = np.random.permutation(num_rows)
+            for mb, mb_start in enumerate(range(0, num_rows, mini_batch_size)):
+                mini_batch = order[mb_start : mb_start + mini_batch_size]
+                for mu, mu_start in enumerate(range(0, mini_batch_size, micro_batch_size)):
+                    with accelerator.accumulate(self.model):
+                        rows = mini_batch[mu_start : mu_start + micro_batch_size]
+                        loss, micro_stats = self.micro_batch_loss(batch, rows)
+                        accelerator.backward(loss)
+                        if accelerator.sync_gradients:
+                            self.optimizer_step()
+                        for name, value in micro_stats.items():
+                            stats[name][epoch, mb, mu] = value
+        return stats
+
+    def micro_batch_loss(self, batch: EpisodeBatch, rows: np.ndarray) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Forward one micro-batch of ``rows`` and return ``(loss, statistics)``.
+
+        loss = clipped policy loss + ``vf_coef`` * clipped value loss - ``entropy_coef`` * entropy.
+        """
+        args = self.args
+        context_length = batch.context_length
+        responses = batch.responses[rows]
+        padding_mask, padding_mask_p1 = batch.padding_mask[rows], batch.padding_mask_p1[rows]
+        output, vpred_temp = forward(self.model, batch.query_responses[rows], self.processing_class.pad_token_id)
+        logits = output.logits[:, context_length - 1 : -1].float()
+        logits /= args.temperature + 1e-7
+        new_logprobs = selective_log_softmax(logits, responses)
+        new_logprobs = torch.masked_fill(new_logprobs, padding_mask, INVALID_LOGPROB)
+        vpred = vpred_temp[:, context_length - 1 : -1].squeeze(-1).float()
+        vpred = torch.masked_fill(vpred, padding_mask_p1, 0)
+        vf_loss, vf_clipfrac = value_loss(
+            vpred, batch.values[rows], batch.returns[rows], padding_mask_p1, args.cliprange_value
+        )
+        token_weights = None if batch.token_weights is None else batch.token_weights[rows]
+        pg_loss, pg_clipfrac, ratio, logprobs_diff = policy_loss(
+            new_logprobs,
+            batch.policy_logprobs[rows],
+            batch.advantages[rows],
+            padding_mask,
+            args.cliprange,
+            token_weights,
+        )
+        loss = pg_loss + args.vf_coef * vf_loss
+        with torch.set_grad_enabled(args.entropy_coef > 0):
+            entropy = entropy_from_logits(logits)
+        if args.entropy_coef > 0:
+            loss = loss - args.entropy_coef * masked_mean(entropy, ~padding_mask)
+        with torch.no_grad():
+            micro_stats = {
+                "approxkl": 0.5 * (logprobs_diff**2).mean(),
+                "pg_clipfrac": pg_clipfrac,
+                "pg_loss": pg_loss,
+                "vf_loss": vf_loss,
+                "vf_clipfrac": vf_clipfrac,
+                "entropy": entropy.mean(),
+                "ratio": ratio.mean(),
+            }
+        return loss, micro_stats
+
+    def optimizer_step(self) -> None:
+        """At a gradient-sync point: clip, skip the step if anything is non-finite, else step.
+
+        The pre-clip global norm is recorded for ``policy/grad_norm``. A non-finite norm (from a
+        non-finite loss or gradient on any rank, since gradients are already all-reduced) skips the
+        step on every rank alike; too many in a row stop training.
+        """
+        args, accelerator = self.args, self.accelerator
+        max_norm = args.max_grad_norm if args.max_grad_norm else math.inf
+        grad_norm = accelerator.clip_grad_norm_(self.model.parameters(), max_norm)
+        grad_norm = float(grad_norm) if grad_norm is not None else math.nan
+        if math.isfinite(grad_norm) or self.is_deepspeed_enabled:
+            self.optimizer.step()
+            self._grad_norms.append(grad_norm)
+            self._consecutive_skips = 0
+        else:
+            self.skipped_steps += 1
+            self._consecutive_skips += 1
+            logger.warning(
+                "Skipped an optimizer step: non-finite loss or gradient (norm=%s); %d skipped so far.",
+                grad_norm,
+                self.skipped_steps,
+            )
+            if self._consecutive_skips >= args.max_skipped_steps:
+                raise RuntimeError(
+                    f"{self._consecutive_skips} consecutive optimizer steps had a non-finite loss or gradient "
+                    f"(`max_skipped_steps`={args.max_skipped_steps}). Lower `learning_rate`, set `max_grad_norm`, "
+                    "or check the reward for NaN/inf values."
+                )
+        self.optimizer.zero_grad()
+
+    # ------------------------------------------------------------------ logging
+
+    @torch.no_grad()
+    def log_update(self, batch: EpisodeBatch, stats: dict[str, torch.Tensor]) -> None:
+        """Log TRL's metrics (computed on the fresh episodes) plus this package's, then adapt the KL coefficient."""
+        gather = self.accelerator.gather_for_metrics
+        fresh = batch.fresh()
+        mean_kl = fresh.kl.sum(1).mean()
+        mean_entropy = ((-fresh.logprobs) * (~fresh.padding_mask).float()).sum(1).mean()
+        mean_non_score_reward = fresh.non_score_reward.sum(1).mean()
+        rlhf_reward = mean_non_score_reward + fresh.scores.mean()
+        metrics: dict[str, float] = {}
+        metrics["eps"] = int(self.state.episode / (time.time() - self.start_time))
+        metrics["objective/kl"] = gather(mean_kl).mean().item()
+        metrics["objective/entropy"] = gather(mean_entropy).mean().item()
+        metrics["objective/non_score_reward"] = gather(mean_non_score_reward).mean().item()
+        metrics["objective/rlhf_reward"] = gather(rlhf_reward).mean().item()
+        metrics["objective/scores"] = gather(fresh.scores.mean()).mean().item()
+        metrics["policy/approxkl_avg"] = gather(stats["approxkl"]).mean().item()
+        metrics["policy/clipfrac_avg"] = gather(stats["pg_clipfrac"]).mean().item()
+        metrics["loss/policy_avg"] = gather(stats["pg_loss"]).mean().item()
+        metrics["loss/value_avg"] = gather(stats["vf_loss"]).mean().item()
+        metrics["val/clipfrac_avg"] = gather(stats["vf_clipfrac"]).mean().item()
+        metrics["policy/entropy_avg"] = gather(stats["entropy"]).mean().item()
+        metrics["val/ratio"] = gather(stats["ratio"]).mean().item()
+        metrics["val/ratio_var"] = gather(stats["ratio"]).var().item()
+        metrics["val/num_eos_tokens"] = (fresh.responses == self.processing_class.eos_token_id).sum().item()
+        metrics["lr"] = self.lr_scheduler.get_last_lr()[0]
+        metrics["episode"] = self.state.episode
+        metrics.update(self.extra_metrics(batch))
+        self.kl_ctl.update(metrics["objective/kl"], self.args.batch_size)
+        self.state.epoch = self.state.episode / self.train_dataset_len
+        self.state.global_step += 1
+        self.log(metrics)
+
+    def extra_metrics(self, batch: EpisodeBatch) -> dict[str, float]:
+        """This package's metrics beyond TRL's: reward sources, gradient norm, KL coefficient, skips."""
+        gather = self.accelerator.gather_for_metrics
+        source_means = gather(self._source_means.unsqueeze(0)).mean(0).tolist()
+        metrics = {f"rewards/{name}": value for name, value in zip(self.reward_names, source_means, strict=True)}
+        grad_norms = self._grad_norms or [math.nan]
+        metrics["policy/grad_norm"] = float(np.mean(grad_norms))
+        metrics["objective/kl_coef"] = self.kl_ctl.value
+        metrics["train/skipped_steps"] = self.skipped_steps
+        return metrics
+
+
+def reward_model_name(reward_model: torch.nn.Module) -> str:
+    """Name of a reward model in logs: its checkpoint's last path component, or its class name."""
+    name_or_path = getattr(getattr(reward_model, "config", None), "_name_or_path", "") or ""
+    return name_or_path.rstrip("/").split("/")[-1] or type(reward_model).__name__
