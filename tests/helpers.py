@@ -7,6 +7,9 @@ import random
 import numpy as np
 import torch
 from datasets import Dataset
+from transformers import TrainerCallback
+
+from trl_replay_ppo import ReplayPPOConfig, ReplayPPOTrainer
 
 
 def seed_everything(seed: int) -> None:
@@ -15,10 +18,64 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def digit_prompts(n: int, seed: int = 0) -> list[str]:
+    rng = random.Random(seed)
+    return ["".join(rng.choice("0123456789") for _ in range(rng.randint(2, 5))) + "=" for _ in range(n)]
+
+
 def tokenized_prompts(tokenizer, texts: list[str]) -> Dataset:
     return Dataset.from_dict({"input_ids": [tokenizer(t)["input_ids"] for t in texts]})
 
 
-def digit_prompts(n: int, seed: int = 0) -> list[str]:
-    rng = random.Random(seed)
-    return ["".join(rng.choice("0123456789") for _ in range(rng.randint(2, 5))) + "=" for _ in range(n)]
+def tiny_config(tmp_path, **overrides) -> ReplayPPOConfig:
+    """A config for fast CPU tests: everything this package adds is off unless overridden."""
+    values = {
+        "output_dir": str(tmp_path / "out"),
+        "per_device_train_batch_size": 4,
+        "gradient_accumulation_steps": 1,
+        "num_mini_batches": 1,
+        "num_ppo_epochs": 1,
+        "total_episodes": 16,
+        "response_length": 6,
+        "learning_rate": 1e-3,
+        "report_to": "none",
+        "save_strategy": "no",
+        "use_cpu": True,
+        "disable_tqdm": True,
+        "seed": 0,
+        "num_sample_generations": 0,
+        "max_grad_norm": 0,
+    }
+    values.update(overrides)
+    return ReplayPPOConfig(**values)
+
+
+def make_trainer(tiny, args, train_dataset, **kwargs) -> ReplayPPOTrainer:
+    """A trainer on the tiny models; keyword arguments replace or add constructor arguments."""
+    models = {
+        "model": tiny["policy"],
+        "ref_model": tiny["ref_policy"],
+        "reward_model": tiny["reward_model"],
+        "value_model": tiny["value_model"],
+    }
+    models.update(kwargs)
+    return ReplayPPOTrainer(args=args, processing_class=tiny["tokenizer"], train_dataset=train_dataset, **models)
+
+
+def snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {name: p.detach().clone() for name, p in module.named_parameters()}
+
+
+def changed(before: dict[str, torch.Tensor], module: torch.nn.Module) -> set[str]:
+    """Names of the parameters of ``module`` that differ from ``before``."""
+    return {name for name, p in module.named_parameters() if name in before and not torch.equal(before[name], p)}
+
+
+class LogRecorder(TrainerCallback):
+    """Keeps every dict passed to ``on_log``."""
+
+    def __init__(self):
+        self.logs: list[dict] = []
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        self.logs.append(dict(logs or {}))

@@ -100,6 +100,14 @@ class ReplayPPOConfig(PPOConfig):
         },
     )
 
+    lora_value_model: bool = field(
+        default=False,
+        metadata={
+            "help": "Also put the policy's LoRA adapters (`peft_config`) on the value model's backbone; its score "
+            "head stays fully trainable."
+        },
+    )
+
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.max_grad_norm is not None and (math.isnan(self.max_grad_norm) or self.max_grad_norm < 0):

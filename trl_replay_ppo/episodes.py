@@ -24,6 +24,7 @@ class EpisodeBatch:
     ref_logprobs: torch.Tensor  # (B, R) reference log-probs, INVALID_LOGPROB on padding
     values: torch.Tensor  # (B, R) critic values, 0 past the token after the last
     scores: torch.Tensor  # (B,) total reward of each completion
+    source_scores: torch.Tensor  # (B, S) reward of each source (reward model, then reward functions)
     sequence_lengths: torch.Tensor  # (B,) index of the last response token (-1 if empty)
     num_fresh: int
     # Off-policy fields, set for replayed rows (None means "same as behaviour", i.e. fresh data).

@@ -93,15 +93,64 @@ def validate_reward_funcs(
     return funcs
 
 
+class RewardFunctionError(RuntimeError):
+    """A reward function raised; the message names it and the first sample it fails on."""
+
+
 def call_reward_func(func: RewardFunc, prompts: list, completions: list, columns: dict[str, list]) -> list[float]:
-    """Call one reward function and check it returned one finite-or-not float per completion."""
+    """Call one reward function and check it returned one float per completion.
+
+    An exception inside the function is re-raised as `RewardFunctionError` naming the function
+    and the index of the first sample it fails on alone.
+    """
     name = reward_func_name(func)
-    values = func(prompts=prompts, completions=completions, **columns)
-    if values is None or not hasattr(values, "__len__"):
+    try:
+        values = func(prompts=prompts, completions=completions, **columns)
+    except Exception as error:
+        index = _first_failing_sample(func, prompts, completions, columns)
+        where = f" on sample {index}" if index is not None else ""
+        raise RewardFunctionError(f"Reward function `{name}` raised {type(error).__name__}{where}: {error}") from error
+    if values is None or isinstance(values, str) or not hasattr(values, "__len__"):
         raise TypeError(f"Reward function `{name}` must return a list of floats, got {type(values).__name__}.")
     if len(values) != len(completions):
         raise ValueError(
             f"Reward function `{name}` returned {len(values)} values for {len(completions)} completions; it must "
             "return exactly one float per completion."
         )
-    return [float(v) for v in values]
+    try:
+        return [float(v) for v in values]
+    except (TypeError, ValueError) as error:
+        raise TypeError(f"Reward function `{name}` must return floats: {error}.") from error
+
+
+def _first_failing_sample(func: RewardFunc, prompts: list, completions: list, columns: dict[str, list]) -> int | None:
+    """Index of the first sample the function raises on when called on it alone (None if none does)."""
+    for i in range(len(completions)):
+        try:
+            func(
+                prompts=prompts[i : i + 1],
+                completions=completions[i : i + 1],
+                **{k: v[i : i + 1] for k, v in columns.items()},
+            )
+        except Exception:
+            return i
+    return None
+
+
+def preflight_reward_funcs(funcs: Sequence[RewardFunc], rows: dict[str, list]) -> None:
+    """Call each reward function once on ``rows`` (a few dataset rows) with empty completions.
+
+    Catches a function that crashes, returns the wrong number of values or non-numbers before
+    any generation is paid for. ``rows`` maps column names to lists, ``prompt`` included.
+    """
+    num_rows = len(next(iter(rows.values())))
+    prompts = rows.get("prompt") or [""] * num_rows
+    chat = isinstance(prompts[0], list)
+    completions = [[{"role": "assistant", "content": ""}] if chat else "" for _ in prompts]
+    columns = {k: v for k, v in rows.items() if k not in ("prompt", "input_ids", "attention_mask")}
+    for func in funcs:
+        try:
+            call_reward_func(func, prompts, completions, columns)
+        except (TypeError, ValueError, RewardFunctionError) as error:
+            note = f" (pre-flight check on {num_rows} dataset rows with empty completions, before training)"
+            raise type(error)(f"{error}{note}") from error

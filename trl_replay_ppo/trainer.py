@@ -18,25 +18,30 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections import defaultdict
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 from accelerate import Accelerator
+from accelerate.utils import gather_object
 from datasets import Dataset
 from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase, TrainerCallback
+from transformers.utils import is_rich_available
 from trl.experimental.ppo import PPOTrainer
 from trl.experimental.ppo.ppo_trainer import (
     INVALID_LOGPROB,
     batch_generation,
     forward,
     masked_mean,
+    print_rich_table,
     truncate_response,
 )
 from trl.experimental.utils import get_reward
 from trl.models.utils import unwrap_model_for_generation
-from trl.trainer.utils import selective_log_softmax
+from trl.trainer.utils import log_table_to_comet_experiment, selective_log_softmax
 
 from trl_replay_ppo.config import ReplayPPOConfig
 from trl_replay_ppo.data import PromptCollator, PromptStream, is_conversational, prepare_prompt_dataset
@@ -53,7 +58,13 @@ from trl_replay_ppo.objectives import (
     value_loss,
     whiten_advantages,
 )
-from trl_replay_ppo.rewards import RewardFunc, call_reward_func, reward_func_name, validate_reward_funcs
+from trl_replay_ppo.rewards import (
+    RewardFunc,
+    call_reward_func,
+    preflight_reward_funcs,
+    reward_func_name,
+    validate_reward_funcs,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -134,12 +145,16 @@ class PhasedPPOTrainer(PPOTrainer):
             eval_dataset = prepare_prompt_dataset(
                 eval_dataset, processing_class, args.max_prompt_length, "eval_dataset", args.dataset_num_proc
             )
+        if self.reward_funcs:
+            preflight_reward_funcs(self.reward_funcs, train_dataset[: min(2, len(train_dataset))])
         if args.total_episodes is None:
             args.total_episodes = int(args.num_train_epochs * len(train_dataset) * args.num_generations)
         self._init_mixed_precision(args)
         if args.shared_value_head:
             value_model = SharedValueHead(model)
-        elif getattr(args, "lora_value_model", False):
+        elif args.lora_value_model:
+            if peft_config is None:
+                raise ValueError("`lora_value_model=True` needs a `peft_config` (the policy's LoRA settings).")
             value_model = apply_value_lora(value_model, peft_config)
 
         self.reward_names = ([reward_model_name(reward_model)] if reward_model is not None else []) + [
@@ -214,7 +229,6 @@ class PhasedPPOTrainer(PPOTrainer):
             "top_p": 1.0,
             "do_sample": True,
         }
-        self.generation_config = GenerationConfig(**self.generation_kwargs)
         self.accelerator.print("===training policy===")
         self.start_time = time.time()
         self.model.train()
@@ -276,39 +290,22 @@ class PhasedPPOTrainer(PPOTrainer):
         context_length = queries.shape[1]
         chunk = args.local_rollout_forward_batch_size
         with accelerator.autocast():
-            with unwrap_model_for_generation(
-                self.model,
-                accelerator,
-                gather_deepspeed3_params=args.ds3_gather_for_generation,
-                generation_kwargs=self.generation_kwargs,
-            ) as unwrapped_model:
-                query_responses, logitss = batch_generation(
-                    unwrapped_model.policy, queries, chunk, pad_token_id, self.generation_config
-                )
+            query_responses, logitss = self.generate(queries, self.generation_kwargs, chunk)
             logprobs, ref_logprobs, postprocessed, values, model_scores = [], [], [], [], []
             value_model = accelerator.unwrap_model(self.model).value_model
             for i in range(0, queries.shape[0], chunk):
-                query = queries[i : i + chunk]
                 query_response = query_responses[i : i + chunk]
                 response = query_response[:, context_length:]
                 logprobs.append(selective_log_softmax(logitss[i : i + chunk].float(), response))
                 ref_logprobs.append(self._ref_logprobs(query_response, response, context_length))
-                postprocessed_response = response
-                if self.stop_token_id is not None:
-                    postprocessed_response = truncate_response(self.stop_token_id, pad_token_id, response)
+                postprocessed.append(self.truncate(response))
                 full_value, _, _ = get_reward(value_model, query_response, pad_token_id, context_length)
                 values.append(full_value[:, context_length - 1 : -1].squeeze(-1).float())
-                if self.reward_model is not None:
-                    postprocessed_query_response = torch.cat((query, postprocessed_response), 1)
-                    _, score, _ = get_reward(
-                        self.reward_model, postprocessed_query_response, pad_token_id, context_length
-                    )
-                    model_scores.append(score.float())
-                postprocessed.append(postprocessed_response)
+                model_scores.extend(self.reward_model_scores(queries[i : i + chunk], postprocessed[-1]))
         del logitss
         postprocessed_responses = torch.cat(postprocessed, 0)
         sequence_lengths = last_token_index(postprocessed_responses, pad_token_id)
-        scores = self.score(prompts, postprocessed_responses, sequence_lengths, model_scores)
+        scores, source_scores = self.score(prompts, postprocessed_responses, sequence_lengths, model_scores)
         contain_eos_token = torch.any(postprocessed_responses == self.processing_class.eos_token_id, dim=-1)
         if args.missing_eos_penalty is not None:
             scores[~contain_eos_token] -= args.missing_eos_penalty
@@ -319,6 +316,7 @@ class PhasedPPOTrainer(PPOTrainer):
             ref_logprobs=torch.cat(ref_logprobs, 0),
             values=torch.cat(values, 0),
             scores=scores,
+            source_scores=source_scores,
             sequence_lengths=sequence_lengths,
             num_fresh=queries.shape[0],
         )
@@ -326,6 +324,40 @@ class PhasedPPOTrainer(PPOTrainer):
         batch.ref_logprobs = torch.masked_fill(batch.ref_logprobs, batch.padding_mask, INVALID_LOGPROB)
         batch.values = torch.masked_fill(batch.values, batch.padding_mask_p1, 0)
         return batch
+
+    def generate(
+        self, queries: torch.Tensor, generation_kwargs: dict[str, Any], chunk: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sample responses with TRL's ``batch_generation``: (B, Lq + R) ids and (B, R, V) processed logits."""
+        with unwrap_model_for_generation(
+            self.model,
+            self.accelerator,
+            gather_deepspeed3_params=self.args.ds3_gather_for_generation,
+            generation_kwargs=generation_kwargs,
+        ) as unwrapped_model:
+            return batch_generation(
+                unwrapped_model.policy,
+                queries,
+                chunk,
+                self.processing_class.pad_token_id,
+                GenerationConfig(**generation_kwargs),
+            )
+
+    def truncate(self, responses: torch.Tensor) -> torch.Tensor:
+        """Responses with everything after the first stop token replaced by padding (TRL's post-processing)."""
+        if self.stop_token_id is None:
+            return responses
+        return truncate_response(self.stop_token_id, self.processing_class.pad_token_id, responses)
+
+    def reward_model_scores(self, queries: torch.Tensor, responses: torch.Tensor) -> list[torch.Tensor]:
+        """``[scores]`` (b,) of the reward model on truncated responses, or ``[]`` without one."""
+        if self.reward_model is None:
+            return []
+        query_responses = torch.cat((queries, responses), 1)
+        _, scores, _ = get_reward(
+            self.reward_model, query_responses, self.processing_class.pad_token_id, queries.shape[1]
+        )
+        return [scores.float()]
 
     def _ref_logprobs(self, query_response: torch.Tensor, response: torch.Tensor, context_length: int) -> torch.Tensor:
         """(b, R) reference log-probs: the ref model, or the policy with its adapter disabled."""
@@ -345,8 +377,8 @@ class PhasedPPOTrainer(PPOTrainer):
         responses: torch.Tensor,
         sequence_lengths: torch.Tensor,
         model_scores: list[torch.Tensor],
-    ) -> torch.Tensor:
-        """(B,) weighted sum of the reward sources; each source's mean is kept for ``rewards/<name>``.
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Weighted sum (B,) of the reward sources, and each source's rewards (B, S).
 
         ``responses`` are the post-processed (truncated) responses; reward functions see them
         decoded up to their last token, as strings (or assistant messages for chat prompts).
@@ -361,15 +393,14 @@ class PhasedPPOTrainer(PPOTrainer):
                 prompt_values = prompts["prompt"]
             else:
                 prompt_values = self.processing_class.batch_decode(prompts["input_ids"], skip_special_tokens=True)
-            if prompt_values and is_conversational(prompt_values[0]):
+            if is_conversational(prompt_values[0]):
                 completions = [[{"role": "assistant", "content": c}] for c in completions]
             columns = {k: v for k, v in prompts.items() if k not in PROMPT_COLUMNS and k != "prompt"}
             for func in self.reward_funcs:
                 values = call_reward_func(func, prompt_values, completions, columns)
                 sources.append(torch.tensor(values, dtype=torch.float32, device=responses.device))
-        stacked = torch.stack(sources, dim=1)  # (B, S)
-        self._source_means = stacked.mean(0)
-        return (stacked * self.reward_weights).sum(1)
+        source_scores = torch.stack(sources, dim=1)
+        return (source_scores * self.reward_weights).sum(1), source_scores
 
     def extend_batch(self, batch: EpisodeBatch) -> EpisodeBatch:
         """Hook for off-policy data (the replay mixin adds replayed episodes here)."""
@@ -503,6 +534,61 @@ class PhasedPPOTrainer(PPOTrainer):
                 )
         self.optimizer.zero_grad()
 
+    @torch.no_grad()
+    def generate_completions(self, sampling: bool = False) -> None:
+        """Complete eval prompts at temperature 0.01 (as TRL does), score them and log a sample table.
+
+        With ``sampling=True`` only the first eval batch is used (the periodic debugging samples).
+        """
+        if self.eval_dataset is None:
+            return
+        generation_kwargs = {**self.eval_generation_kwargs(), "temperature": 0.01 + 1e-7, "do_sample": True}
+        table = defaultdict(list)
+        for prompts in self.eval_dataloader:
+            queries, responses, scores, _ = self.complete(prompts, generation_kwargs)
+            decode = self.processing_class.batch_decode
+            table["query"].extend(gather_object(decode(queries, skip_special_tokens=True)))
+            table["model response"].extend(gather_object(decode(responses)))
+            table["score"].extend(self.accelerator.gather_for_metrics(scores).float().cpu().numpy())
+            if sampling:
+                break
+        self.log_completions(pd.DataFrame(table))
+
+    def eval_generation_kwargs(self) -> dict[str, Any]:
+        """Generation settings for evaluation: TRL's sampling settings at the training length."""
+        return {"max_new_tokens": self.args.response_length, "top_k": 0.0, "top_p": 1.0}
+
+    @torch.no_grad()
+    def complete(
+        self, prompts: dict[str, Any], generation_kwargs: dict[str, Any]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Generate for one batch of prompts and score it.
+
+        Returns ``(queries (B, Lq), truncated responses (B, R), scores (B,), source scores (B, S))``.
+        """
+        queries = prompts["input_ids"].to(self.accelerator.device)
+        with self.accelerator.autocast():
+            query_responses, _ = self.generate(queries, generation_kwargs, queries.shape[0])
+            responses = self.truncate(query_responses[:, queries.shape[1] :])
+            model_scores = self.reward_model_scores(queries, responses)
+        sequence_lengths = last_token_index(responses, self.processing_class.pad_token_id)
+        scores, source_scores = self.score(prompts, responses, sequence_lengths, model_scores)
+        return queries, responses, scores, source_scores
+
+    def log_completions(self, table: pd.DataFrame) -> None:
+        """Show a few completions in the console and send the table to W&B / Comet when enabled."""
+        if not self.accelerator.is_main_process:
+            return
+        if is_rich_available():
+            print_rich_table(table.iloc[:5])
+        if "wandb" in self.args.report_to:
+            import wandb
+
+            if wandb.run is not None:
+                wandb.log({"completions": wandb.Table(dataframe=table)})
+        if "comet_ml" in self.args.report_to:
+            log_table_to_comet_experiment(name="completions.csv", table=table)
+
     # ------------------------------------------------------------------ logging
 
     @torch.no_grad()
@@ -541,7 +627,7 @@ class PhasedPPOTrainer(PPOTrainer):
     def extra_metrics(self, batch: EpisodeBatch) -> dict[str, float]:
         """This package's metrics beyond TRL's: reward sources, gradient norm, KL coefficient, skips."""
         gather = self.accelerator.gather_for_metrics
-        source_means = gather(self._source_means.unsqueeze(0)).mean(0).tolist()
+        source_means = gather(batch.fresh().source_scores).mean(0).tolist()
         metrics = {f"rewards/{name}": value for name, value in zip(self.reward_names, source_means, strict=True)}
         grad_norms = self._grad_norms or [math.nan]
         metrics["policy/grad_norm"] = float(np.mean(grad_norms))

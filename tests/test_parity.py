@@ -1,0 +1,78 @@
+"""With every addition off, the phased loop is bitwise TRL's PPOTrainer.train()."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from accelerate.state import AcceleratorState, PartialState
+from helpers import LogRecorder, digit_prompts, seed_everything, tiny_config, tokenized_prompts
+from trl.experimental.ppo import PPOConfig, PPOTrainer
+
+from trl_replay_ppo import ReplayPPOTrainer
+from trl_replay_ppo.tasks.tiny import load_tiny_models
+
+PARITY_ARGS = {
+    "per_device_train_batch_size": 4,
+    "gradient_accumulation_steps": 2,
+    "num_mini_batches": 2,
+    "num_ppo_epochs": 2,
+    "total_episodes": 72,
+    "response_length": 6,
+    "learning_rate": 1e-3,
+    "stop_token": "eos",
+    "missing_eos_penalty": 1.0,
+    "local_rollout_forward_batch_size": 3,
+    "num_sample_generations": 3,
+    "seed": 7,
+}
+
+
+def _run(trainer_cls, args, tiny_dirs):
+    AcceleratorState._reset_state(reset_partial_state=True)
+    PartialState._reset_state()
+    models = load_tiny_models(tiny_dirs)
+    dataset = tokenized_prompts(models["tokenizer"], digit_prompts(40))
+    recorder = LogRecorder()
+    seed_everything(args.seed)  # stock TRL never seeds numpy/python; both arms start from the same state
+    trainer = trainer_cls(
+        args=args,
+        processing_class=models["tokenizer"],
+        model=models["policy"],
+        ref_model=models["ref_policy"],
+        reward_model=models["reward_model"],
+        value_model=models["value_model"],
+        train_dataset=dataset,
+        eval_dataset=dataset,
+        callbacks=[recorder],
+    )
+    trainer.train()
+    return recorder.logs, {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
+
+
+@pytest.mark.parametrize("kl_estimator", ["k1", "k3"])
+def test_phased_loop_is_bitwise_trl(tmp_path, tiny_dirs, kl_estimator):
+    common = {**PARITY_ARGS, "kl_estimator": kl_estimator}
+    stock_args = PPOConfig(
+        output_dir=str(tmp_path / "stock"),
+        report_to="none",
+        save_strategy="no",
+        use_cpu=True,
+        bf16=False,
+        disable_tqdm=True,
+        **common,
+    )
+    ours_args = tiny_config(tmp_path, **common)
+    stock_logs, stock_weights = _run(PPOTrainer, stock_args, tiny_dirs)
+    ours_logs, ours_weights = _run(ReplayPPOTrainer, ours_args, tiny_dirs)
+
+    assert len(stock_logs) == len(ours_logs) == 9  # 72 episodes / 8 per update
+    for update, (stock, ours) in enumerate(zip(stock_logs, ours_logs, strict=True)):
+        for key, value in stock.items():
+            if key != "eps":
+                assert ours[key] == value, f"update {update}: {key} {ours[key]!r} != TRL's {value!r}"
+    assert stock_weights.keys() == ours_weights.keys()
+    for name, weight in stock_weights.items():
+        assert torch.equal(weight, ours_weights[name]), f"{name} differs from TRL's"
+    assert not torch.equal(
+        stock_weights["policy.lm_head.weight"], load_tiny_models(tiny_dirs)["policy"].lm_head.weight
+    )

@@ -1,0 +1,149 @@
+"""Prompt datasets (text, chat, tokenized), reward functions in training, several samples per prompt."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+from datasets import Dataset
+from helpers import changed, digit_prompts, make_trainer, snapshot, tiny_config, tokenized_prompts
+
+from trl_replay_ppo.data import prepare_prompt_dataset
+from trl_replay_ppo.rewards import RewardFunctionError
+from trl_replay_ppo.tasks.digits import digits_reward, make_digits_dataset
+
+
+class Spy:
+    """A reward function that records what it was called with."""
+
+    __name__ = "spy"
+
+    def __init__(self):
+        self.calls: list[dict] = []
+
+    def __call__(self, prompts, completions, **columns):
+        self.calls.append({"prompts": prompts, "completions": completions, **columns})
+        return [float(len(c) if isinstance(c, str) else len(c[0]["content"])) for c in completions]
+
+
+def test_text_prompts_train_and_extra_columns_reach_reward_funcs(tmp_path, tiny):
+    dataset = make_digits_dataset(16, seed=1)
+    spy = Spy()
+    before = snapshot(tiny["policy"])
+    trainer = make_trainer(tiny, tiny_config(tmp_path), dataset, reward_model=None, reward_funcs=[spy, digits_reward])
+    trainer.train()
+    assert changed(before, trainer.model.policy)
+    call = spy.calls[1]  # calls[0] is the pre-flight check with empty completions
+    assert set(call) == {"prompts", "completions", "digits"}
+    assert all(p == d + "=" for p, d in zip(call["prompts"], call["digits"], strict=True))
+    assert all(isinstance(c, str) for c in call["completions"])
+    log = trainer.state.log_history[-1]
+    assert {"rewards/spy", "rewards/digits_reward"} <= log.keys()
+
+
+def test_chat_prompts_train_with_chat_completions(tmp_path, tiny):
+    dataset = Dataset.from_dict({"prompt": [[{"role": "user", "content": p}] for p in digit_prompts(8)]})
+    spy = Spy()
+    trainer = make_trainer(tiny, tiny_config(tmp_path, total_episodes=8), dataset, reward_model=None, reward_funcs=spy)
+    expected_ids = tiny["tokenizer"](f"u:{dataset[0]['prompt'][0]['content']}\na:")["input_ids"]
+    assert trainer.train_dataset[0]["input_ids"] == expected_ids
+    trainer.train()
+    completion = spy.calls[1]["completions"][0]
+    assert completion[0]["role"] == "assistant" and isinstance(completion[0]["content"], str)
+
+
+def test_reward_model_and_functions_combine_with_weights(tmp_path, tiny):
+    dataset = make_digits_dataset(8)
+    trainer = make_trainer(
+        tiny, tiny_config(tmp_path, total_episodes=8, reward_weights=[0.5, 2.0]), dataset, reward_funcs=digits_reward
+    )
+    trainer.train()
+    log = trainer.state.log_history[-1]
+    model_name = next(k for k in log if k.startswith("rewards/") and k != "rewards/digits_reward")
+    expected = 0.5 * log[model_name] + 2.0 * log["rewards/digits_reward"]
+    assert log["objective/scores"] == pytest.approx(expected, abs=1e-6)
+
+
+def test_num_generations_repeats_each_prompt(tmp_path, tiny):
+    dataset = make_digits_dataset(16, seed=2)
+    spy = Spy()
+    args = tiny_config(tmp_path, num_generations=2, total_episodes=16)
+    trainer = make_trainer(tiny, args, dataset, reward_model=None, reward_funcs=spy)
+    trainer.train()
+    assert len(spy.calls) == 1 + 4
+    for call in spy.calls[1:]:
+        prompts = call["prompts"]
+        assert len(prompts) == 4 and prompts[0] == prompts[1] and prompts[2] == prompts[3]
+    assert trainer.state.episode == 16
+
+
+def test_long_prompts_are_dropped_and_counted(tiny, caplog):
+    dataset = Dataset.from_dict({"prompt": ["12=", "1234567890=", "9="]})
+    with caplog.at_level(logging.WARNING):
+        prepared = prepare_prompt_dataset(dataset, tiny["tokenizer"], max_prompt_length=4)
+    assert len(prepared) == 2
+    assert "Dropped 1 of 3 prompts" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("dataset", "error", "match"),
+    [
+        (Dataset.from_dict({"text": ["a"]}), ValueError, "`input_ids` column .* or a `prompt` column"),
+        (Dataset.from_dict({"prompt": []}), ValueError, "`train_dataset` is empty"),
+        ({"prompt": ["1="]}, TypeError, "must be a `datasets.Dataset`"),
+    ],
+)
+def test_bad_datasets_fail_before_generation(tmp_path, tiny, dataset, error, match):
+    with pytest.raises(error, match=match):
+        make_trainer(tiny, tiny_config(tmp_path), dataset)
+
+
+def test_no_reward_at_all(tmp_path, tiny):
+    with pytest.raises(ValueError, match="No reward"):
+        make_trainer(tiny, tiny_config(tmp_path), make_digits_dataset(4), reward_model=None)
+
+
+def test_non_callable_reward_func(tmp_path, tiny):
+    with pytest.raises(TypeError, match=r"reward_funcs\[0\]"):
+        make_trainer(tiny, tiny_config(tmp_path), make_digits_dataset(4), reward_funcs=["digits_reward"])
+
+
+def test_reward_func_with_wrong_length_fails_before_generation(tmp_path, tiny):
+    def short(prompts, completions, **kwargs):
+        return [0.0]
+
+    with pytest.raises(ValueError, match="`short` returned 1 values for 2 completions"):
+        make_trainer(tiny, tiny_config(tmp_path), make_digits_dataset(8), reward_funcs=short)
+
+
+def test_reward_func_that_crashes_is_named_before_generation(tmp_path, tiny):
+    def needs_answer(prompts, completions, answer, **kwargs):
+        return [0.0] * len(completions)
+
+    with pytest.raises(RewardFunctionError, match=r"`needs_answer` raised TypeError on sample 0: .*'answer'"):
+        make_trainer(tiny, tiny_config(tmp_path), make_digits_dataset(8), reward_funcs=needs_answer)
+
+
+def test_reward_func_checked_again_during_training(tmp_path, tiny):
+    calls = []
+
+    def flaky(prompts, completions, **kwargs):
+        calls.append(len(completions))
+        return [0.0] * (len(completions) if len(calls) == 1 else 1)
+
+    trainer = make_trainer(tiny, tiny_config(tmp_path), make_digits_dataset(8), reward_funcs=flaky)
+    before = snapshot(trainer.model)
+    with pytest.raises(ValueError, match="`flaky` returned 1 values for 4 completions"):
+        trainer.train()
+    assert not changed(before, trainer.model)
+
+
+def test_reward_weights_length_must_match_sources(tmp_path, tiny):
+    args = tiny_config(tmp_path, reward_weights=[1.0, 1.0, 1.0])
+    with pytest.raises(ValueError, match="`reward_weights` has 3 entries but there are 2 reward sources"):
+        make_trainer(tiny, args, make_digits_dataset(4), reward_funcs=digits_reward)
+
+
+def test_tokenized_dataset_is_used_as_is(tiny):
+    dataset = tokenized_prompts(tiny["tokenizer"], ["12=", "3="])
+    assert prepare_prompt_dataset(dataset, tiny["tokenizer"], None)["input_ids"] == dataset["input_ids"]
