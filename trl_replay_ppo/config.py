@@ -24,6 +24,7 @@ class ReplayPPOConfig(PPOConfig):
     Defaults that differ from `PPOConfig`:
     - `bf16` defaults to `False`: TRL's PPO trainer ignores `bf16` (it always trains in fp32), so
       honouring TRL's `True` default would silently change numerics for users who switch trainers.
+    - `gradient_checkpointing` is off unless set, and honoured when set (TRL's PPO ignored it).
     - `max_grad_norm` is honoured (TRL's PPO ignores it); set it to 0 or None to disable clipping.
     """
 
@@ -32,6 +33,13 @@ class ReplayPPOConfig(PPOConfig):
         metadata={
             "help": "Run policy/value forward passes under bf16 autocast through accelerate (fp32 master weights). "
             "Off by default: TRL's PPO trainer always ran in fp32."
+        },
+    )
+    gradient_checkpointing: bool | None = field(
+        default=None,
+        metadata={
+            "help": "Recompute activations in the backward pass of the policy and value model to save memory. "
+            "Off unless set: TRL's PPO trainer ignored this flag."
         },
     )
     max_grad_norm: float | None = field(
@@ -100,6 +108,10 @@ class ReplayPPOConfig(PPOConfig):
         },
     )
 
+    eval_temperature: float = field(
+        default=0.0,
+        metadata={"help": "Sampling temperature of `evaluate()`; 0 means greedy decoding."},
+    )
     lora_value_model: bool = field(
         default=False,
         metadata={
@@ -135,5 +147,9 @@ class ReplayPPOConfig(PPOConfig):
             _fail("kl_horizon", self.kl_horizon, "must be > 0")
         if not (self.kl_coef >= 0):
             _fail("kl_coef", self.kl_coef, "must be >= 0")
+        if not (self.eval_temperature >= 0):
+            _fail("eval_temperature", self.eval_temperature, "must be >= 0 (0 means greedy)")
+        if not (self.temperature > 0):
+            _fail("temperature", self.temperature, "must be > 0")
         if self.max_skipped_steps < 1:
             _fail("max_skipped_steps", self.max_skipped_steps, "must be >= 1")

@@ -48,3 +48,17 @@ def apply_value_lora(value_model: PreTrainedModel, peft_config) -> PreTrainedMod
     for param in value_model.score.parameters():
         param.requires_grad_(True)
     return value_model
+
+
+def enable_gradient_checkpointing(
+    policy: PreTrainedModel, value_model: torch.nn.Module | None, kwargs: dict | None = None
+) -> None:
+    """Turn on activation recomputation in the policy and, when it is a transformers model, the critic.
+
+    Non-reentrant checkpointing is the default: it needs no ``requires_grad`` inputs, so it works
+    with frozen embeddings under LoRA.
+    """
+    kwargs = {"use_reentrant": False, **(kwargs or {})}
+    policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    if isinstance(value_model, PreTrainedModel):
+        value_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)

@@ -29,6 +29,7 @@ from accelerate import Accelerator
 from accelerate.utils import gather_object
 from datasets import Dataset
 from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase, TrainerCallback
+from transformers.trainer_callback import ProgressCallback
 from transformers.utils import is_rich_available
 from trl.experimental.ppo import PPOTrainer
 from trl.experimental.ppo.ppo_trainer import (
@@ -43,12 +44,13 @@ from trl.experimental.utils import get_reward
 from trl.models.utils import unwrap_model_for_generation
 from trl.trainer.utils import log_table_to_comet_experiment, selective_log_softmax
 
+from trl_replay_ppo.callbacks import RewardProgressCallback
 from trl_replay_ppo.config import ReplayPPOConfig
 from trl_replay_ppo.data import PromptCollator, PromptStream, is_conversational, prepare_prompt_dataset
 from trl_replay_ppo.episodes import EpisodeBatch
 from trl_replay_ppo.kl import make_kl_controller
-from trl_replay_ppo.masking import last_token_index
-from trl_replay_ppo.modeling import SharedValueHead, apply_value_lora
+from trl_replay_ppo.masking import last_token_index, response_padding_masks
+from trl_replay_ppo.modeling import SharedValueHead, apply_value_lora, enable_gradient_checkpointing
 from trl_replay_ppo.objectives import (
     compute_gae,
     entropy_from_logits,
@@ -157,6 +159,9 @@ class PhasedPPOTrainer(PPOTrainer):
                 raise ValueError("`lora_value_model=True` needs a `peft_config` (the policy's LoRA settings).")
             value_model = apply_value_lora(value_model, peft_config)
 
+        if getattr(args, "activation_checkpointing", None) or args.gradient_checkpointing:
+            enable_gradient_checkpointing(model, value_model, args.gradient_checkpointing_kwargs)
+
         self.reward_names = ([reward_model_name(reward_model)] if reward_model is not None else []) + [
             reward_func_name(f) for f in self.reward_funcs
         ]
@@ -176,6 +181,9 @@ class PhasedPPOTrainer(PPOTrainer):
         )
         if reward_model is None:
             self.reward_model = None
+        if not args.disable_tqdm:
+            self.callback_handler.remove_callback(ProgressCallback)
+            self.add_callback(RewardProgressCallback)
         weights = args.reward_weights or [1.0] * num_sources
         self.reward_weights = torch.tensor(weights, dtype=torch.float32, device=self.accelerator.device)
         self.kl_ctl = make_kl_controller(args.kl_controller, args.kl_coef, args.kl_target, args.kl_horizon)
@@ -542,7 +550,13 @@ class PhasedPPOTrainer(PPOTrainer):
         """
         if self.eval_dataset is None:
             return
-        generation_kwargs = {**self.eval_generation_kwargs(), "temperature": 0.01 + 1e-7, "do_sample": True}
+        generation_kwargs = {
+            "max_new_tokens": self.args.response_length,
+            "temperature": 0.01 + 1e-7,
+            "top_k": 0.0,
+            "top_p": 1.0,
+            "do_sample": True,
+        }
         table = defaultdict(list)
         for prompts in self.eval_dataloader:
             queries, responses, scores, _ = self.complete(prompts, generation_kwargs)
@@ -554,9 +568,78 @@ class PhasedPPOTrainer(PPOTrainer):
                 break
         self.log_completions(pd.DataFrame(table))
 
+    @torch.no_grad()
+    def evaluate(
+        self,
+        eval_dataset: Dataset | None = None,
+        ignore_keys: list[str] | None = None,
+        metric_key_prefix: str = "eval",
+    ) -> dict[str, float]:
+        """Generate on the eval prompts (greedy unless ``eval_temperature > 0``) and report rewards.
+
+        Returns ``{prefix}_reward``, ``{prefix}_reward_std``, ``{prefix}_rewards/<name>`` per reward
+        source, ``{prefix}_kl`` (per-sequence KL to the reference, nats) and
+        ``{prefix}_response_length`` (tokens), averaged over every rank's prompts; logs them and
+        fires ``on_evaluate``.
+        """
+        dataloader = self.eval_dataloader if eval_dataset is None else self.make_eval_dataloader(eval_dataset)
+        if dataloader is None or (eval_dataset is None and self.eval_dataset is None):
+            raise ValueError("`evaluate()` needs an `eval_dataset` (pass one to the trainer or to `evaluate`).")
+        generation_kwargs = self.eval_generation_kwargs()
+        gather = self.accelerator.gather_for_metrics
+        scores, source_scores, kls, lengths = [], [], [], []
+        for prompts in dataloader:
+            queries, responses, batch_scores, batch_sources = self.complete(prompts, generation_kwargs)
+            sequence_lengths = last_token_index(responses, self.processing_class.pad_token_id)
+            kls.append(gather(self.sequence_kl(queries, responses, sequence_lengths)))
+            scores.append(gather(batch_scores))
+            source_scores.append(gather(batch_sources))
+            lengths.append(gather((sequence_lengths + 1).float()))
+        scores_t, sources_t = torch.cat(scores), torch.cat(source_scores)
+        prefix = metric_key_prefix
+        metrics = {f"{prefix}_reward": scores_t.mean().item(), f"{prefix}_reward_std": scores_t.std().item()}
+        for name, value in zip(self.reward_names, sources_t.mean(0).tolist(), strict=True):
+            metrics[f"{prefix}_rewards/{name}"] = value
+        metrics[f"{prefix}_kl"] = torch.cat(kls).mean().item()
+        metrics[f"{prefix}_response_length"] = torch.cat(lengths).mean().item()
+        self.log(metrics)
+        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+        return metrics
+
+    def make_eval_dataloader(self, eval_dataset: Dataset) -> torch.utils.data.DataLoader:
+        """A prepared, unshuffled dataloader over ``eval_dataset`` (tokenized like the train prompts)."""
+        dataset = prepare_prompt_dataset(
+            eval_dataset, self.processing_class, self.args.max_prompt_length, "eval_dataset"
+        )
+        dataloader = torch.utils.data.DataLoader(
+            dataset, batch_size=self.args.per_device_eval_batch_size, collate_fn=self.data_collator
+        )
+        return self.accelerator.prepare(dataloader)
+
+    @torch.no_grad()
+    def sequence_kl(
+        self, queries: torch.Tensor, responses: torch.Tensor, sequence_lengths: torch.Tensor
+    ) -> torch.Tensor:
+        """(B,) KL(policy || reference) of each response, summed over its tokens (k1 estimator, nats)."""
+        query_responses = torch.cat((queries, responses), 1)
+        context_length = queries.shape[1]
+        with self.accelerator.autocast():
+            output = forward(
+                self.accelerator.unwrap_model(self.model).policy, query_responses, self.processing_class.pad_token_id
+            )
+            logits = output.logits[:, context_length - 1 : -1].float()
+            logits /= self.args.temperature + 1e-7
+            logprobs = selective_log_softmax(logits, responses)
+            ref_logprobs = self._ref_logprobs(query_responses, responses, context_length)
+        padding_mask, _ = response_padding_masks(sequence_lengths, responses.shape[1])
+        return torch.masked_fill(logprobs - ref_logprobs, padding_mask, 0).sum(1)
+
     def eval_generation_kwargs(self) -> dict[str, Any]:
-        """Generation settings for evaluation: TRL's sampling settings at the training length."""
-        return {"max_new_tokens": self.args.response_length, "top_k": 0.0, "top_p": 1.0}
+        """Generation settings for evaluation: greedy, or sampling at ``eval_temperature`` when > 0."""
+        kwargs: dict[str, Any] = {"max_new_tokens": self.args.response_length}
+        if self.args.eval_temperature > 0:
+            return {**kwargs, "temperature": self.args.eval_temperature, "top_k": 0.0, "top_p": 1.0, "do_sample": True}
+        return {**kwargs, "do_sample": False}
 
     @torch.no_grad()
     def complete(

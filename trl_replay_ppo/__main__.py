@@ -1,0 +1,5 @@
+import sys
+
+from trl_replay_ppo.cli import main
+
+sys.exit(main())

@@ -1,0 +1,33 @@
+"""The `trl-replay-ppo` command line: `demo`, `train`, `plot`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def demo(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="trl-replay-ppo demo", description="Offline demo on the digits task.")
+    parser.add_argument("--output_dir", default="outputs/demo", help="Where models, logs and plots go.")
+    parser.add_argument("--total_episodes", type=int, default=6400, help="Generated episodes to train on.")
+    options = parser.parse_args(argv)
+
+    from trl_replay_ppo.demo import run_demo
+
+    result = run_demo(options.output_dir, total_episodes=options.total_episodes)
+    before, after = result["eval_reward_before"], result["eval_reward_after"]
+    print(f"\neval reward before training: {before:.3f}")
+    print(f"eval reward after training:  {after:.3f}  ({after - before:+.3f})")
+    print(f"outputs: {options.output_dir}")
+    return 0
+
+
+COMMANDS = {"demo": demo}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] not in COMMANDS:
+        print(f"usage: trl-replay-ppo {{{','.join(COMMANDS)}}} [options]  (--help on each command)")
+        return 0 if argv and argv[0] in ("-h", "--help") else 2
+    return COMMANDS[argv[0]](argv[1:])
