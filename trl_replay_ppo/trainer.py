@@ -418,6 +418,12 @@ class PhasedPPOTrainer(PPOTrainer):
     def compute_advantages(self, batch: EpisodeBatch) -> EpisodeBatch:
         """KL-shaped per-token rewards, GAE advantages and returns, whitened advantages."""
         args = self.args
+        if bool(batch.padding_mask.all()):
+            raise RuntimeError(
+                f"Every response of update {self.state.global_step + 1} is empty: the policy emitted the pad token "
+                "first, so there is nothing to train on. The policy has collapsed; lower `learning_rate`, keep "
+                "`max_grad_norm` on, and use a pad token distinct from the stop token."
+            )
         batch.kl = kl_estimate(batch.policy_logprobs, batch.ref_logprobs, args.kl_estimator)
         rewards, batch.non_score_reward = shaped_rewards(
             batch.kl,

@@ -48,7 +48,7 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
     return tokenizer
 
 
-def tiny_config(
+def tiny_model_config(
     vocab_size: int, hidden_size: int = 64, num_layers: int = 2, num_heads: int = 4, **kwargs
 ) -> Qwen3Config:
     """A Qwen3-shaped config small enough to train on two CPU cores."""
@@ -78,7 +78,7 @@ def build_tiny_models(path: str | Path, seed: int = 0, hidden_size: int = 64, nu
     """
     root = Path(path)
     tokenizer = build_tokenizer()
-    config = tiny_config(len(tokenizer), hidden_size=hidden_size, num_layers=num_layers)
+    config = tiny_model_config(len(tokenizer), hidden_size=hidden_size, num_layers=num_layers)
     torch.manual_seed(seed)
     policy = AutoModelForCausalLM.from_config(config)
     policy.generation_config.pad_token_id = tokenizer.pad_token_id
