@@ -45,6 +45,7 @@ def tiny_config(tmp_path, **overrides) -> ReplayPPOConfig:
         "seed": 0,
         "num_sample_generations": 0,
         "max_grad_norm": 0,
+        "use_replay_buffer": False,
     }
     values.update(overrides)
     return ReplayPPOConfig(**values)

@@ -7,8 +7,6 @@ import os
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 
 from trl_replay_ppo.config import ReplayPPOConfig
-from trl_replay_ppo.trainer import PhasedPPOTrainer
+from trl_replay_ppo.trainer import PhasedPPOTrainer, PPOTrainerWithReplay, ReplayPPOTrainer
 
-ReplayPPOTrainer = PhasedPPOTrainer
-
-__all__ = ["PhasedPPOTrainer", "ReplayPPOConfig", "ReplayPPOTrainer"]
+__all__ = ["PPOTrainerWithReplay", "PhasedPPOTrainer", "ReplayPPOConfig", "ReplayPPOTrainer"]

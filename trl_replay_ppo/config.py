@@ -120,6 +120,67 @@ class ReplayPPOConfig(PPOConfig):
         },
     )
 
+    # Experience replay (the reference design's efficient tier)
+    use_replay_buffer: bool = field(
+        default=True,
+        metadata={
+            "help": "Train every update on its fresh episodes plus `replay_sample_size` replayed ones "
+            "(USE_REPLAY_BUFFER)."
+        },
+    )
+    replay_buffer_size: int = field(
+        default=1000,
+        metadata={"help": "Episodes kept per rank; the oldest is overwritten when full (REPLAY_BUFFER_SIZE)."},
+    )
+    min_replay_size: int = field(
+        default=100,
+        metadata={"help": "Replay starts once the buffer holds this many episodes (MIN_REPLAY_SIZE)."},
+    )
+    replay_sample_size: int = field(
+        default=32,
+        metadata={
+            "help": "Replayed episodes added to each update, per rank (REPLAY_SAMPLE_SIZE). A multiple of "
+            "`per_device_train_batch_size * gradient_accumulation_steps`, so each optimizer step sees as many "
+            "episodes as without replay."
+        },
+    )
+    use_priority_sampling: bool = field(
+        default=False,
+        metadata={
+            "help": "Sample replayed episodes proportionally to priority^alpha, priority = mean |advantage| at their "
+            "last use, decayed with age (USE_PRIORITY_SAMPLING); otherwise uniformly."
+        },
+    )
+    max_replay_reuse: int = field(
+        default=4,
+        metadata={"help": "An episode is evicted after being replayed this many times (MAX_REPLAY_REUSE)."},
+    )
+    staleness_threshold: int = field(
+        default=100,
+        metadata={
+            "help": "An episode is evicted once generated more than this many updates ago (STALENESS_THRESHOLD)."
+        },
+    )
+    priority_alpha: float = field(
+        default=0.6,
+        metadata={"help": "Prioritization exponent: 0 is uniform, 1 fully proportional to priority."},
+    )
+    priority_beta: float = field(
+        default=0.4,
+        metadata={"help": "Initial importance-sampling exponent of prioritized replay, annealed to 1 over training."},
+    )
+    priority_staleness_decay: float = field(
+        default=0.99,
+        metadata={"help": "Per-update decay of an episode's priority with its age (1 disables)."},
+    )
+    replay_importance_cap: float = field(
+        default=2.0,
+        metadata={
+            "help": "Cap of the per-token importance weight pi_proximal / pi_behaviour of replayed tokens "
+            "(truncated importance sampling)."
+        },
+    )
+
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.max_grad_norm is not None and (math.isnan(self.max_grad_norm) or self.max_grad_norm < 0):
@@ -147,9 +208,45 @@ class ReplayPPOConfig(PPOConfig):
             _fail("kl_horizon", self.kl_horizon, "must be > 0")
         if not (self.kl_coef >= 0):
             _fail("kl_coef", self.kl_coef, "must be >= 0")
+        self._validate_replay()
         if not (self.eval_temperature >= 0):
             _fail("eval_temperature", self.eval_temperature, "must be >= 0 (0 means greedy)")
         if not (self.temperature > 0):
             _fail("temperature", self.temperature, "must be > 0")
         if self.max_skipped_steps < 1:
             _fail("max_skipped_steps", self.max_skipped_steps, "must be >= 1")
+
+    def _validate_replay(self) -> None:
+        for name in ("replay_buffer_size", "replay_sample_size", "max_replay_reuse"):
+            if getattr(self, name) < 1:
+                _fail(name, getattr(self, name), "must be >= 1")
+        if self.min_replay_size < 0:
+            _fail("min_replay_size", self.min_replay_size, "must be >= 0")
+        if self.staleness_threshold < 0:
+            _fail("staleness_threshold", self.staleness_threshold, "must be >= 0 (updates)")
+        if self.replay_sample_size > self.replay_buffer_size:
+            raise ValueError(
+                f"`replay_sample_size`={self.replay_sample_size} exceeds `replay_buffer_size`="
+                f"{self.replay_buffer_size}; lower the sample size or grow the buffer."
+            )
+        if self.min_replay_size > self.replay_buffer_size:
+            raise ValueError(
+                f"`min_replay_size`={self.min_replay_size} exceeds `replay_buffer_size`={self.replay_buffer_size}: "
+                "replay would never start; lower `min_replay_size`."
+            )
+        if not (self.priority_alpha >= 0):
+            _fail("priority_alpha", self.priority_alpha, "must be >= 0")
+        if not (0 <= self.priority_beta <= 1):
+            _fail("priority_beta", self.priority_beta, "must be in [0, 1]")
+        if not (0 < self.priority_staleness_decay <= 1):
+            _fail("priority_staleness_decay", self.priority_staleness_decay, "must be in (0, 1]")
+        if not (self.replay_importance_cap > 0):
+            _fail("replay_importance_cap", self.replay_importance_cap, "must be > 0")
+        local_batch = self.per_device_train_batch_size * self.gradient_accumulation_steps
+        if self.use_replay_buffer and self.replay_sample_size % local_batch:
+            suggestion = max(local_batch, self.replay_sample_size // local_batch * local_batch)
+            raise ValueError(
+                f"`replay_sample_size`={self.replay_sample_size} must be a multiple of the per-rank batch "
+                f"per_device_train_batch_size * gradient_accumulation_steps = {local_batch}, so that every optimizer "
+                f"step sees {local_batch} episodes; e.g. replay_sample_size={suggestion}."
+            )

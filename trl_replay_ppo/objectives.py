@@ -7,8 +7,6 @@ TRL's. Masks are True on padding (TRL's convention).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from trl.experimental.ppo.ppo_trainer import masked_mean, masked_whiten
 
@@ -70,18 +68,6 @@ def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
     return torch.logsumexp(logits, dim=-1) - torch.sum(prob_dist * logits, dim=-1)
 
 
-@dataclass
-class LossTerms:
-    """One micro-batch's losses (scalars) and the tensors its statistics are computed from."""
-
-    pg_loss: torch.Tensor
-    vf_loss: torch.Tensor
-    pg_clipfrac: torch.Tensor
-    vf_clipfrac: torch.Tensor
-    ratio: torch.Tensor  # (b, R) new / proximal probability ratio
-    logprobs_diff: torch.Tensor  # (b, R) log new - log proximal
-
-
 def value_loss(
     vpred: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor, cliprange_value: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -106,7 +92,8 @@ def policy_loss(
 
     ``token_weights`` (b, R) are the off-policy corrections of replayed episodes (truncated
     importance weight times the prioritized-replay weight); None means 1 everywhere (fresh data),
-    which is TRL's objective exactly. Returns ``(loss, clipfrac, ratio, logprobs_diff)``.
+    which is TRL's objective exactly. Returns ``(loss, clipped, ratio, logprobs_diff)``, where
+    ``clipped`` (b, R) marks the tokens whose clipped term was the active one.
     """
     logprobs_diff = new_logprobs - proximal_logprobs
     ratio = torch.exp(logprobs_diff)
@@ -116,6 +103,4 @@ def policy_loss(
     if token_weights is not None:
         pg_loss_max = pg_loss_max * token_weights
     pg_loss = masked_mean(pg_loss_max, ~mask)
-    with torch.no_grad():
-        pg_clipfrac = masked_mean((pg_losses2 > pg_losses).float(), ~mask)
-    return pg_loss, pg_clipfrac, ratio, logprobs_diff
+    return pg_loss, (pg_losses2 > pg_losses).detach(), ratio, logprobs_diff

@@ -7,6 +7,7 @@
     batch    = batch (+ replayed episodes, in the replay mixin)  (extend_batch)
     batch    = KL-shaped rewards, GAE, whitening      (compute_advantages)
     stats    = PPO epochs x minibatches x micro-batches          (ppo_update)
+    replay bookkeeping (priorities, new episodes, eviction)     (after_ppo_update)
     log, then callbacks / evaluation / checkpoint                (log_update, end_update)
 
 With every addition switched off it performs TRL's operations in TRL's order, so a run is bitwise
@@ -60,6 +61,7 @@ from trl_replay_ppo.objectives import (
     value_loss,
     whiten_advantages,
 )
+from trl_replay_ppo.replay.mixin import ReplayMixin
 from trl_replay_ppo.rewards import (
     RewardFunc,
     call_reward_func,
@@ -221,6 +223,7 @@ class PhasedPPOTrainer(PPOTrainer):
             batch = self.extend_batch(batch)
             batch = self.compute_advantages(batch)
             stats = self.ppo_update(batch)
+            self.after_ppo_update(batch)
             self.log_update(batch, stats)
             self.end_update(update)
             if self.control.should_training_stop:
@@ -414,6 +417,9 @@ class PhasedPPOTrainer(PPOTrainer):
         """Hook for off-policy data (the replay mixin adds replayed episodes here)."""
         return batch
 
+    def after_ppo_update(self, batch: EpisodeBatch) -> None:
+        """Hook run after the PPO update, before logging (the replay mixin stores episodes here)."""
+
     @torch.no_grad()
     def compute_advantages(self, batch: EpisodeBatch) -> EpisodeBatch:
         """KL-shaped per-token rewards, GAE advantages and returns, whitened advantages."""
@@ -469,6 +475,7 @@ class PhasedPPOTrainer(PPOTrainer):
                         if accelerator.sync_gradients:
                             self.optimizer_step()
                         for name, value in micro_stats.items():
+                            stats.setdefault(name, torch.zeros(shape, device=accelerator.device))
                             stats[name][epoch, mb, mu] = value
         return stats
 
@@ -492,7 +499,7 @@ class PhasedPPOTrainer(PPOTrainer):
             vpred, batch.values[rows], batch.returns[rows], padding_mask_p1, args.cliprange_value
         )
         token_weights = None if batch.token_weights is None else batch.token_weights[rows]
-        pg_loss, pg_clipfrac, ratio, logprobs_diff = policy_loss(
+        pg_loss, clipped, ratio, logprobs_diff = policy_loss(
             new_logprobs,
             batch.policy_logprobs[rows],
             batch.advantages[rows],
@@ -508,13 +515,20 @@ class PhasedPPOTrainer(PPOTrainer):
         with torch.no_grad():
             micro_stats = {
                 "approxkl": 0.5 * (logprobs_diff**2).mean(),
-                "pg_clipfrac": pg_clipfrac,
+                "pg_clipfrac": masked_mean(clipped.float(), ~padding_mask),
                 "pg_loss": pg_loss,
                 "vf_loss": vf_loss,
                 "vf_clipfrac": vf_clipfrac,
                 "entropy": entropy.mean(),
                 "ratio": ratio.mean(),
             }
+            if token_weights is not None:  # off-policy rows: their clip fraction and importance weights
+                replay_tokens = (
+                    ~padding_mask & torch.as_tensor(rows >= batch.num_fresh, device=padding_mask.device)[:, None]
+                )
+                micro_stats["replay_tokens"] = replay_tokens.sum()
+                micro_stats["replay_clipped"] = (clipped & replay_tokens).sum()
+                micro_stats["replay_weight_sum"] = (token_weights * replay_tokens).sum()
         return loss, micro_stats
 
     def optimizer_step(self) -> None:
@@ -707,13 +721,13 @@ class PhasedPPOTrainer(PPOTrainer):
         metrics["val/num_eos_tokens"] = (fresh.responses == self.processing_class.eos_token_id).sum().item()
         metrics["lr"] = self.lr_scheduler.get_last_lr()[0]
         metrics["episode"] = self.state.episode
-        metrics.update(self.extra_metrics(batch))
+        metrics.update(self.extra_metrics(batch, stats))
         self.kl_ctl.update(metrics["objective/kl"], self.args.batch_size)
         self.state.epoch = self.state.episode / self.train_dataset_len
         self.state.global_step += 1
         self.log(metrics)
 
-    def extra_metrics(self, batch: EpisodeBatch) -> dict[str, float]:
+    def extra_metrics(self, batch: EpisodeBatch, stats: dict[str, torch.Tensor]) -> dict[str, float]:
         """This package's metrics beyond TRL's: reward sources, gradient norm, KL coefficient, skips."""
         gather = self.accelerator.gather_for_metrics
         source_means = gather(batch.fresh().source_scores).mean(0).tolist()
@@ -729,3 +743,15 @@ def reward_model_name(reward_model: torch.nn.Module) -> str:
     """Name of a reward model in logs: its checkpoint's last path component, or its class name."""
     name_or_path = getattr(getattr(reward_model, "config", None), "_name_or_path", "") or ""
     return name_or_path.rstrip("/").split("/")[-1] or type(reward_model).__name__
+
+
+class ReplayPPOTrainer(ReplayMixin, PhasedPPOTrainer):
+    """TRL's PPOTrainer with staleness-aware (optionally prioritized) experience replay.
+
+    A drop-in replacement for ``trl.experimental.ppo.PPOTrainer``: same constructor (plus
+    ``reward_funcs``), configured by `ReplayPPOConfig`. Replay is on by default
+    (``use_replay_buffer``); with it off, training is the phased loop's, i.e. TRL's.
+    """
+
+
+PPOTrainerWithReplay = ReplayPPOTrainer

@@ -1,0 +1,291 @@
+"""Memory of one PPO update on a Qwen3-0.6B-shaped model, and whether it fits a 16 GB GPU.
+
+    python benchmarks/memory.py              # all modes, results in benchmarks/results/memory.{json,md}
+
+Each mode runs in its own process (so peak RSS is its own): a Qwen3-0.6B-shaped model is built
+from its config (random init, no download), and ``ReplayPPOTrainer`` runs one update with a
+small batch. Parameter, gradient and optimizer-state bytes are read off the tensors at the
+optimizer step; peak memory is the process's peak RSS on CPU (and CUDA peak on a GPU).
+
+The 16 GB verdict comes from an analytic budget at the reference design's settings (4 episodes
+per micro-batch, 192 prompt + 256 response tokens): weights, gradients and AdamW states exactly
+as counted from the model, plus activations, logits and generation buffers from the formulas in
+`analytic_budget` (bf16 activations, gradient checkpointing on, fp32 log-softmax over the vocab).
+A mode whose CPU run would not fit this machine's RAM runs at reduced depth (said in the table).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+RESULTS = Path(__file__).parent / "results"
+GIB = 1024**3
+QWEN3_06B = {
+    "vocab_size": 151936,
+    "hidden_size": 1024,
+    "intermediate_size": 3072,
+    "num_hidden_layers": 28,
+    "num_attention_heads": 16,
+    "num_key_value_heads": 8,
+    "head_dim": 128,
+    "max_position_embeddings": 40960,
+    "tie_word_embeddings": True,
+    "rms_norm_eps": 1e-6,
+    "rope_theta": 1000000.0,
+}
+LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+MODES = {
+    "full_fp32": "full fine-tune, fp32, separate value model",
+    "lora_bf16_value": "bf16 + LoRA policy + separate (fully trained) value model",
+    "lora_bf16_lora_value": "bf16 + LoRA policy + LoRA value model",
+    "lora_bf16_shared_head": "bf16 + LoRA policy + shared-backbone value head",
+}
+SEED_SETTINGS = {"micro_batch": 4, "prompt_tokens": 192, "response_tokens": 256}
+
+
+def build(mode: str, layers: int):
+    """Policy, value model and LoRA config of a mode, built from the Qwen3-0.6B config."""
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, Qwen3Config
+
+    config = Qwen3Config(**{**QWEN3_06B, "num_hidden_layers": layers}, pad_token_id=0, num_labels=1)
+    dtype = torch.float32 if mode == "full_fp32" else torch.bfloat16
+    torch.manual_seed(0)
+    policy = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    value = None
+    if mode in ("full_fp32", "lora_bf16_value"):
+        value = AutoModelForSequenceClassification.from_config(config, dtype=torch.float32)
+    elif mode == "lora_bf16_lora_value":
+        value = AutoModelForSequenceClassification.from_config(config, dtype=torch.bfloat16)
+    lora = None if mode == "full_fp32" else LoraConfig(r=16, lora_alpha=32, target_modules=LORA_TARGETS)
+    if value is not None and value.dtype == torch.bfloat16:
+        value.score.to(torch.float32)
+    return policy, value, lora
+
+
+def tensor_bytes(tensors) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def run_mode(mode: str, layers: int, batch: int, prompt_tokens: int, response_tokens: int) -> dict:
+    """One PPO update in this process; returns the measured figures."""
+    from datasets import Dataset
+
+    from trl_replay_ppo import ReplayPPOConfig, ReplayPPOTrainer
+    from trl_replay_ppo.tasks.tiny import build_tokenizer
+
+    tokenizer = build_tokenizer()
+    policy, value, lora = build(mode, layers)
+    prompts = Dataset.from_dict({"input_ids": [[5 + (i % 10)] * prompt_tokens for i in range(batch)]})
+    args = ReplayPPOConfig(
+        output_dir="/tmp/memory-benchmark",
+        per_device_train_batch_size=batch,
+        num_ppo_epochs=1,
+        total_episodes=batch,
+        response_length=response_tokens,
+        max_prompt_length=None,
+        bf16=mode != "full_fp32",
+        gradient_checkpointing=True,
+        lora_value_model=mode == "lora_bf16_lora_value",
+        shared_value_head=mode == "lora_bf16_shared_head",
+        use_cpu=not torch.cuda.is_available(),
+        report_to="none",
+        save_strategy="no",
+        disable_tqdm=True,
+        num_sample_generations=0,
+    )
+    trainer = ReplayPPOTrainer(
+        args=args,
+        processing_class=tokenizer,
+        model=policy,
+        ref_model=None,
+        value_model=value,
+        reward_funcs=lambda prompts, completions, **kw: [float(len(c)) for c in completions],
+        train_dataset=prompts,
+        peft_config=lora,
+    )
+    measured = {}
+    step = trainer.optimizer_step
+
+    def measuring_step():
+        params = list(trainer.model.parameters())
+        measured["grad_bytes"] = tensor_bytes(p.grad for p in params if p.grad is not None)
+        step()
+        states = [v for s in trainer.optimizer.state.values() for v in s.values() if torch.is_tensor(v)]
+        measured["optimizer_bytes"] = tensor_bytes(states)
+
+    trainer.optimizer_step = measuring_step
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    start = time.time()
+    trainer.train()
+    params = {id(p): p for p in trainer.model.parameters()}
+    if trainer.ref_model is not None:
+        params.update({id(p): p for p in trainer.ref_model.parameters()})
+    return {
+        "mode": mode,
+        "layers": layers,
+        "param_bytes": tensor_bytes(params.values()),
+        "trainable_params": sum(p.numel() for p in params.values() if p.requires_grad),
+        **measured,
+        "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        "cuda_peak_bytes": torch.cuda.max_memory_allocated() if torch.cuda.is_available() else None,
+        "update_seconds": time.time() - start,
+        "measured_batch": {"batch": batch, "prompt_tokens": prompt_tokens, "response_tokens": response_tokens},
+    }
+
+
+def counts(mode: str) -> dict[str, int]:
+    """Exact parameter counts of a mode at full depth, from models built on the meta device."""
+    from peft import get_peft_model
+
+    from trl_replay_ppo.modeling import apply_value_lora
+
+    with torch.device("meta"):
+        policy, value, lora = build(mode, QWEN3_06B["num_hidden_layers"])
+        base = sum(p.numel() for p in policy.parameters())
+        if lora is not None:
+            policy = get_peft_model(policy, lora)
+        if mode == "lora_bf16_lora_value":
+            value = apply_value_lora(value, lora)
+    trainable = sum(p.numel() for p in policy.parameters() if p.requires_grad)
+    value_total = sum(p.numel() for p in value.parameters()) if value is not None else 0
+    value_trainable = sum(p.numel() for p in value.parameters() if p.requires_grad) if value is not None else 0
+    if mode == "lora_bf16_shared_head":
+        value_trainable = QWEN3_06B["hidden_size"]
+    return {"policy": base, "policy_trainable": trainable, "value": value_total, "value_trainable": value_trainable}
+
+
+def analytic_budget(mode: str) -> dict[str, float]:
+    """GPU bytes at the reference design's settings (see the module docstring), in GiB per component."""
+    c = counts(mode)
+    b, p, r = SEED_SETTINGS["micro_batch"], SEED_SETTINGS["prompt_tokens"], SEED_SETTINGS["response_tokens"]
+    t, h, layers, vocab = p + r, QWEN3_06B["hidden_size"], QWEN3_06B["num_hidden_layers"], QWEN3_06B["vocab_size"]
+    full = mode == "full_fp32"
+    weight_bytes = 4 if full else 2
+    weights = c["policy"] * weight_bytes + (c["value"] - c["value_trainable"]) * weight_bytes
+    weights += c["value_trainable"] * 4 + (c["policy_trainable"] * 4 if not full else 0)
+    reference = c["policy"] * weight_bytes if full else 0  # LoRA: reference = policy with adapters disabled
+    trainable = c["policy_trainable"] + c["value_trainable"]
+    gradients = trainable * 4
+    optimizer = trainable * 8  # AdamW: two fp32 moments
+    act_bytes = 4 if full else 2
+    backbones = 2  # policy and critic passes (the shared head reuses weights, not activations)
+    checkpointed = layers * b * t * h * act_bytes  # one saved hidden state per layer
+    one_layer = b * t * h * (34 + 5 * QWEN3_06B["num_attention_heads"] * t / h) * act_bytes / 2
+    activations = backbones * (checkpointed + one_layer)
+    logits = b * t * vocab * act_bytes + 4 * b * r * vocab * 4  # lm_head output; fp32 slice, softmax, grads
+    kv_cache = 2 * layers * QWEN3_06B["num_key_value_heads"] * QWEN3_06B["head_dim"] * t * b * act_bytes
+    generation = kv_cache + 2 * b * r * vocab * 4  # stacked fp32 scores, kept for the behaviour log-probs
+    overhead = 1.0 * GIB  # CUDA context, allocator fragmentation, workspace
+    training_peak = weights + reference + gradients + optimizer + activations + logits + overhead
+    rollout_peak = weights + reference + optimizer + generation + logits + overhead  # gradients are freed
+    total = max(training_peak, rollout_peak)
+    parts = {
+        "weights": weights + reference,
+        "gradients": gradients,
+        "optimizer": optimizer,
+        "activations": activations,
+        "logits": logits,
+        "generation": generation,
+        "overhead": overhead,
+        "total": total,
+    }
+    return {k: v / GIB for k, v in parts.items()}
+
+
+def available_ram() -> int:
+    with open("/proc/meminfo") as f:
+        info = dict(line.split(":", 1) for line in f)
+    return int(info["MemAvailable"].split()[0]) * 1024
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES))
+    parser.add_argument("--batch", type=int, default=2, help="Episodes in the measured update.")
+    parser.add_argument("--prompt_tokens", type=int, default=32)
+    parser.add_argument("--response_tokens", type=int, default=16)
+    parser.add_argument("--run", choices=list(MODES), help=argparse.SUPPRESS)
+    parser.add_argument("--layers", type=int, default=QWEN3_06B["num_hidden_layers"], help=argparse.SUPPRESS)
+    options = parser.parse_args()
+    if options.run:
+        torch.set_num_threads(os.cpu_count() or 1)
+        result = run_mode(options.run, options.layers, options.batch, options.prompt_tokens, options.response_tokens)
+        print("RESULT " + json.dumps(result))
+        return
+
+    rows = []
+    for mode in options.modes:
+        budget = analytic_budget(mode)
+        layers = QWEN3_06B["num_hidden_layers"]
+        cpu_need = (budget["weights"] + budget["gradients"] + budget["optimizer"]) * GIB * 1.15 + 2 * GIB
+        if not torch.cuda.is_available() and cpu_need > 0.85 * available_ram():
+            layers = max(1, int(layers * 0.85 * available_ram() / cpu_need))
+        command = [sys.executable, __file__, "--run", mode, "--layers", str(layers)]
+        command += ["--batch", str(options.batch), "--prompt_tokens", str(options.prompt_tokens)]
+        command += ["--response_tokens", str(options.response_tokens)]
+        print(f"[{mode}] {MODES[mode]} ({layers} layers) ...", flush=True)
+        output = subprocess.run(command, capture_output=True, text=True, check=False)
+        line = next((x for x in output.stdout.splitlines() if x.startswith("RESULT ")), None)
+        if line is None:
+            raise RuntimeError(f"mode {mode} failed:\n{output.stderr[-3000:]}")
+        measured = json.loads(line[len("RESULT ") :])
+        rows.append({"mode": mode, "description": MODES[mode], "measured": measured, "budget_16gb": budget})
+        print(f"  peak RSS {measured['peak_rss_bytes'] / GIB:.2f} GiB, analytic GPU total {budget['total']:.2f} GiB")
+    write_results(rows, options)
+
+
+def write_results(rows: list[dict], options) -> None:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU ({os.cpu_count()} cores)"
+    (RESULTS / "memory.json").write_text(json.dumps({"device": device, "rows": rows}, indent=2))
+    lines = [
+        "# Memory of one PPO update, Qwen3-0.6B-shaped model",
+        "",
+        f"Command: `python benchmarks/memory.py` on {device}. Measured update: {options.batch} episodes, "
+        f"{options.prompt_tokens} prompt + {options.response_tokens} response tokens, gradient checkpointing on.",
+        "",
+        "| mode | layers run | params | trainable | gradients | AdamW state | peak RSS (measured) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        m = row["measured"]
+        lines.append(
+            f"| {row['description']} | {m['layers']}/28 | {m['param_bytes'] / GIB:.2f} GiB | "
+            f"{m['trainable_params'] / 1e6:.1f} M | {m['grad_bytes'] / GIB:.3f} GiB | "
+            f"{m['optimizer_bytes'] / GIB:.3f} GiB | {m['peak_rss_bytes'] / GIB:.2f} GiB |"
+        )
+    settings = SEED_SETTINGS
+    lines += [
+        "",
+        f"Analytic GPU budget at the reference settings ({settings['micro_batch']} episodes per micro-batch, "
+        f"{settings['prompt_tokens']} prompt + {settings['response_tokens']} response tokens, bf16 activations "
+        "with gradient checkpointing), GiB:",
+        "",
+        "| mode | weights | grads | AdamW | activations | logits | generation | total | fits 16 GB |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        b = row["budget_16gb"]
+        verdict = "yes" if b["total"] <= 16 * 1e9 / GIB * 0.8 else ("tight" if b["total"] <= 16 * 1e9 / GIB else "no")
+        lines.append(
+            f"| {row['description']} | {b['weights']:.2f} | {b['gradients']:.2f} | {b['optimizer']:.2f} | "
+            f"{b['activations']:.2f} | {b['logits']:.2f} | {b['generation']:.2f} | {b['total']:.2f} | {verdict} |"
+        )
+    lines += ["", "'yes' means at most 80% of 16 GB (14.9 GiB): a margin for allocator fragmentation."]
+    (RESULTS / "memory.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
