@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import math
+import random
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -126,6 +127,10 @@ class PhasedPPOTrainer(PPOTrainer):
                 "The tokenizer (`processing_class`) has no pad token. Set one before building the trainer, e.g. "
                 "`tokenizer.add_special_tokens({'pad_token': '[PAD]'})` and resize the model embeddings."
             )
+        # TRL seeds torch only; the minibatch shuffles use numpy's global RNG, so seed it (and python's) as
+        # transformers' Trainer does, for runs that repeat exactly.
+        random.seed(args.seed)
+        np.random.seed(args.seed)
         self.reward_funcs = validate_reward_funcs(reward_funcs)
         if reward_model is None and not self.reward_funcs:
             raise ValueError("No reward: pass `reward_model`, `reward_funcs`, or both.")

@@ -77,7 +77,7 @@ class EpisodeStorage:
         return {
             "schema_version": SCHEMA_VERSION,
             "capacity": self.capacity,
-            "episodes": [None if e is None else vars(e).copy() for e in self.episodes],
+            "episodes": [None if e is None else {k: _clone(v) for k, v in vars(e).items()} for e in self.episodes],
             "version": self.version.copy(),
             "replays": self.replays.copy(),
             "valid": self.valid.copy(),
