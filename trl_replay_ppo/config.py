@@ -21,6 +21,9 @@ class ReplayPPOConfig(PPOConfig):
     GROUP_SIZE -> `num_generations`, MAX_GRAD_NORM -> `max_grad_norm`, ENTROPY_COEF -> `entropy_coef`.
     Every field is validated here, with an error that names the field and what to change.
 
+    Reference design names: EARLY_STOPPING_PATIENCE -> `early_stopping_patience`, EVAL_EVERY_N_STEPS ->
+    `eval_steps`, SAVE_EVERY_N_STEPS -> `save_steps`, LEARNING_RATE -> `learning_rate`.
+
     Defaults that differ from `PPOConfig`:
     - `bf16` defaults to `False`: TRL's PPO trainer ignores `bf16` (it always trains in fp32), so
       honouring TRL's `True` default would silently change numerics for users who switch trainers.
@@ -120,6 +123,22 @@ class ReplayPPOConfig(PPOConfig):
         },
     )
 
+    # Production tier
+    early_stopping_patience: int | None = field(
+        default=None,
+        metadata={
+            "help": "Stop after this many evaluations without improvement of `metric_for_best_model` "
+            "(EARLY_STOPPING_PATIENCE); adds transformers' `EarlyStoppingCallback`. Needs `eval_strategy`."
+        },
+    )
+    restore_callback_states_from_checkpoint: bool = field(
+        default=True,
+        metadata={
+            "help": "Restore stateful callbacks (early stopping counters...) when resuming, so a resumed run "
+            "continues exactly as the uninterrupted one."
+        },
+    )
+
     # Experience replay (the reference design's efficient tier)
     use_replay_buffer: bool = field(
         default=True,
@@ -182,7 +201,16 @@ class ReplayPPOConfig(PPOConfig):
     )
 
     def __post_init__(self) -> None:
+        if self.metric_for_best_model is None and (self.load_best_model_at_end or self.early_stopping_patience):
+            self.metric_for_best_model = "eval_reward"  # transformers would pick "loss", which evaluate() lacks
         super().__post_init__()
+        if self.early_stopping_patience is not None:
+            if self.early_stopping_patience < 1:
+                _fail("early_stopping_patience", self.early_stopping_patience, "must be >= 1 (or None)")
+            if self.eval_strategy == "no":
+                raise ValueError(
+                    "`early_stopping_patience` needs evaluations: set `eval_strategy='steps'` and `eval_steps`."
+                )
         if self.max_grad_norm is not None and (math.isnan(self.max_grad_norm) or self.max_grad_norm < 0):
             _fail("max_grad_norm", self.max_grad_norm, "must be >= 0 (0 or None disables clipping)")
         if self.num_generations < 1:

@@ -117,6 +117,7 @@ class PromptStream:
         self.epoch = 0
         self.position = 0
         self._iterator = None
+        self._epoch_rng: dict[str, Any] | None = None
 
     @classmethod
     def for_trainer(cls, trainer) -> PromptStream:
@@ -142,13 +143,56 @@ class PromptStream:
 
     def next(self) -> dict[str, Any]:
         if self._iterator is None:
-            self._iterator = iter(self.dataloader)
+            self._start_epoch()
         try:
             batch = next(self._iterator)
         except StopIteration:
             self.epoch += 1
             self.position = 0
-            self._iterator = iter(self.dataloader)
+            self._start_epoch()
             batch = next(self._iterator)
         self.position += 1
         return batch
+
+    def _start_epoch(self) -> None:
+        # The epoch's shuffle is drawn from these RNGs when its first batch is fetched; keeping them
+        # lets a checkpoint replay the same epoch.
+        generator = _sampler_generator(self.dataloader)
+        self._epoch_rng = {
+            "torch": torch.random.get_rng_state(),
+            "generator": generator.get_state() if generator is not None else None,
+            "iteration": getattr(self.dataloader, "iteration", 0),
+        }
+        self._iterator = iter(self.dataloader)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Epoch, batches consumed in it, and the RNG states its shuffle was drawn from."""
+        return {"epoch": self.epoch, "position": self.position, "epoch_rng": self._epoch_rng}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Replay the saved epoch's shuffle and skip the batches already consumed.
+
+        Consumes the torch RNG; the caller restores the checkpoint's RNG states afterwards.
+        """
+        self.epoch, self.position = state["epoch"], state["position"]
+        self._iterator, self._epoch_rng = None, state["epoch_rng"]
+        if self._epoch_rng is None:
+            return
+        torch.random.set_rng_state(self._epoch_rng["torch"])
+        generator = _sampler_generator(self.dataloader)
+        if generator is not None and self._epoch_rng["generator"] is not None:
+            generator.set_state(self._epoch_rng["generator"])
+        if hasattr(self.dataloader, "iteration"):
+            self.dataloader.iteration = self._epoch_rng["iteration"]
+        self._iterator = iter(self.dataloader)
+        for _ in range(self.position):
+            next(self._iterator)
+
+
+def _sampler_generator(dataloader: DataLoader) -> torch.Generator | None:
+    """The generator a (prepared) dataloader shuffles with, if it has its own; None means torch's global RNG."""
+    generator = getattr(dataloader, "synchronized_generator", None)
+    if generator is not None:
+        return generator
+    sampler = getattr(dataloader, "sampler", None)
+    return getattr(sampler, "generator", None)

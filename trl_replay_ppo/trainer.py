@@ -22,6 +22,7 @@ import random
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -31,7 +32,8 @@ from accelerate import Accelerator
 from accelerate.utils import gather_object
 from datasets import Dataset
 from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase, TrainerCallback
-from transformers.trainer_callback import ProgressCallback
+from transformers.trainer_callback import EarlyStoppingCallback, ProgressCallback
+from transformers.trainer_utils import TrainOutput
 from transformers.utils import is_rich_available
 from trl.experimental.ppo import PPOTrainer
 from trl.experimental.ppo.ppo_trainer import (
@@ -42,11 +44,18 @@ from trl.experimental.ppo.ppo_trainer import (
     print_rich_table,
     truncate_response,
 )
-from trl.experimental.utils import get_reward
+from trl.experimental.utils import empty_cache, get_reward
 from trl.models.utils import unwrap_model_for_generation
 from trl.trainer.utils import log_table_to_comet_experiment, selective_log_softmax
 
 from trl_replay_ppo.callbacks import RewardProgressCallback
+from trl_replay_ppo.checkpoint import (
+    load_checkpoint,
+    load_trainable_params,
+    resolve_checkpoint,
+    rng_state,
+    save_checkpoint,
+)
 from trl_replay_ppo.config import ReplayPPOConfig
 from trl_replay_ppo.data import PromptCollator, PromptStream, is_conversational, prepare_prompt_dataset
 from trl_replay_ppo.episodes import EpisodeBatch
@@ -146,6 +155,11 @@ class PhasedPPOTrainer(PPOTrainer):
             raise ValueError("`value_model` is required (or set `shared_value_head=True`).")
         if eval_dataset is not None and not isinstance(eval_dataset, Dataset):
             raise TypeError(f"`eval_dataset` must be a `datasets.Dataset`, got {type(eval_dataset).__name__}.")
+        if eval_dataset is None and (args.eval_strategy != "no" or args.eval_on_start):
+            raise ValueError(
+                f"`eval_strategy={args.eval_strategy!s}`/`eval_on_start` need an `eval_dataset`; pass one or set "
+                "`eval_strategy='no'`."
+            )
 
         train_dataset = prepare_prompt_dataset(
             train_dataset, processing_class, args.max_prompt_length, "train_dataset", args.dataset_num_proc
@@ -188,6 +202,9 @@ class PhasedPPOTrainer(PPOTrainer):
         )
         if reward_model is None:
             self.reward_model = None
+        self._check_metric_for_best_model()
+        if args.early_stopping_patience is not None:
+            self.add_callback(EarlyStoppingCallback(args.early_stopping_patience))
         if not args.disable_tqdm:
             self.callback_handler.remove_callback(ProgressCallback)
             self.add_callback(RewardProgressCallback)
@@ -197,6 +214,22 @@ class PhasedPPOTrainer(PPOTrainer):
         self.prompt_stream = PromptStream.for_trainer(self)
         self.skipped_steps = 0
         self._consecutive_skips = 0
+
+    def eval_metric_names(self) -> list[str]:
+        """Every metric ``evaluate()`` returns."""
+        names = ["eval_reward", "eval_reward_std", "eval_kl", "eval_response_length"]
+        return names + [f"eval_rewards/{name}" for name in self.reward_names]
+
+    def _check_metric_for_best_model(self) -> None:
+        metric = self.args.metric_for_best_model
+        if metric is None:
+            return
+        full = metric if metric.startswith("eval_") else f"eval_{metric}"
+        if full not in self.eval_metric_names():
+            raise ValueError(
+                f"`metric_for_best_model={metric!r}` is not a metric `evaluate()` produces; choose one of "
+                f"{self.eval_metric_names()}."
+            )
 
     @staticmethod
     def _init_mixed_precision(args: ReplayPPOConfig) -> None:
@@ -217,12 +250,20 @@ class PhasedPPOTrainer(PPOTrainer):
 
     # ------------------------------------------------------------------ driver
 
-    def train(self) -> None:
-        """Run ``args.num_total_batches`` updates: rollout -> advantages -> PPO update -> log/save."""
+    def train(self, resume_from_checkpoint: bool | str | None = None, **kwargs) -> TrainOutput:
+        """Run the updates: rollout -> advantages -> PPO update -> log / evaluate / save.
+
+        ``resume_from_checkpoint``: a ``checkpoint-N`` directory, or True for the newest complete one
+        in ``output_dir``; training then continues exactly where that checkpoint left off.
+        """
         args = self.args
-        self.begin_training()
-        for update in range(1, args.num_total_batches + 1):
+        checkpoint = None
+        if resume_from_checkpoint not in (None, False):
+            checkpoint = resolve_checkpoint(resume_from_checkpoint, args.output_dir)
+        self.begin_training(checkpoint)
+        for update in range(self.state.global_step + 1, args.num_total_batches + 1):
             self.state.episode += args.batch_size
+            epoch = self.prompt_stream.epoch
             prompts = self.next_prompts()
             batch = self.rollout(prompts)
             batch = self.extend_batch(batch)
@@ -230,13 +271,13 @@ class PhasedPPOTrainer(PPOTrainer):
             stats = self.ppo_update(batch)
             self.after_ppo_update(batch)
             self.log_update(batch, stats)
-            self.end_update(update)
+            self.end_update(update, epoch_ended=self.prompt_stream.epoch > epoch)
             if self.control.should_training_stop:
                 break
-        self.end_training()
+        return self.end_training()
 
-    def begin_training(self) -> None:
-        """Initialise the trainer state and fire ``on_train_begin`` (TRL's bookkeeping)."""
+    def begin_training(self, checkpoint: Path | None = None) -> None:
+        """Initialise (or restore) the trainer state and fire ``on_train_begin``."""
         args = self.args
         self.generation_kwargs = {
             "max_new_tokens": args.response_length,
@@ -248,8 +289,13 @@ class PhasedPPOTrainer(PPOTrainer):
         self.accelerator.print("===training policy===")
         self.start_time = time.time()
         self.model.train()
-        self.state.global_step = 0
-        self.state.episode = 0
+        if checkpoint is not None:
+            load_checkpoint(self, checkpoint)
+            self._load_callback_state()
+            logger.info("Resumed from %s at update %d.", checkpoint, self.state.global_step)
+        else:
+            self.state.global_step = 0
+            self.state.episode = 0
         self.state.max_steps = args.num_total_batches
         self.state.num_train_epochs = args.total_episodes / self.train_dataset_len
         for name in ("logging_steps", "eval_steps", "save_steps"):
@@ -260,23 +306,92 @@ class PhasedPPOTrainer(PPOTrainer):
         if self.is_deepspeed_enabled:
             self.deepspeed = self.model
             self.model_wrapped = self.model
+        if args.eval_on_start and checkpoint is None:
+            self.evaluate()
 
-    def end_update(self, update: int) -> None:
-        """Step the LR schedule, fire ``on_step_end``, save when asked, sample completions now and then."""
+    def end_update(self, update: int, epoch_ended: bool = False) -> None:
+        """Step the LR schedule and fire callbacks; sample completions, evaluate and save when due.
+
+        The checkpoint is written last, so it captures every state (RNG included) the next update
+        starts from.
+        """
         args = self.args
         self.lr_scheduler.step()
+        if args.torch_empty_cache_steps and update % args.torch_empty_cache_steps == 0:
+            empty_cache()  # TRL empties the device cache several times per update; here only when asked
         self.control = self.callback_handler.on_step_end(args, self.state, self.control)
+        if epoch_ended:
+            self.control = self.callback_handler.on_epoch_end(args, self.state, self.control)
+        if args.num_sample_generations > 0 and (update - 1) % self.sample_generations_freq == 0:
+            self.generate_completions(sampling=True)
+        if self.control.should_evaluate:
+            metrics = self.evaluate()
+            self._determine_best_metric(metrics=metrics, trial=None)
         if self.control.should_save:
             self._save_checkpoint(self.model, trial=None)
             self.control = self.callback_handler.on_save(args, self.state, self.control)
-        if args.num_sample_generations > 0 and (update - 1) % self.sample_generations_freq == 0:
-            self.generate_completions(sampling=True)
 
-    def end_training(self) -> None:
+    def end_training(self) -> TrainOutput:
+        """Fire ``on_train_end``; restore the best checkpoint's weights if ``load_best_model_at_end``."""
         self.control = self.callback_handler.on_train_end(self.args, self.state, self.control)
         if self.control.should_save:
             self._save_checkpoint(self.model, trial=None)
             self.control = self.callback_handler.on_save(self.args, self.state, self.control)
+        best = self.state.best_model_checkpoint
+        if self.args.load_best_model_at_end and best is not None and Path(best).is_dir():
+            load_trainable_params(self, Path(best))
+            logger.info(
+                "Loaded the best model (%s=%s) from %s.", self.args.metric_for_best_model, self.state.best_metric, best
+            )
+        metrics = {"train_runtime": time.time() - self.start_time, "episode": self.state.episode}
+        return TrainOutput(self.state.global_step, float("nan"), metrics)
+
+    def _save_checkpoint(self, model, trial) -> None:
+        """Write ``checkpoint-<step>`` with this package's writer (see `trl_replay_ppo.checkpoint`)."""
+        save_checkpoint(self)
+
+    def ppo_state(self) -> dict[str, Any]:
+        """Trainer-wide state beyond transformers' `TrainerState`, saved in ``ppo_state.json``."""
+        return {
+            "world_size": self.accelerator.num_processes,
+            "kl_controller": self.kl_ctl.state_dict(),
+            "skipped_steps": self.skipped_steps,
+            "consecutive_skips": self._consecutive_skips,
+            "accumulation_step": self.accelerator.step,
+        }
+
+    def load_ppo_state(self, state: dict[str, Any]) -> None:
+        self.kl_ctl.load_state_dict(state["kl_controller"])
+        self.skipped_steps = state["skipped_steps"]
+        self._consecutive_skips = state["consecutive_skips"]
+        self.accelerator.step = state["accumulation_step"]
+
+    def rank_state(self) -> dict[str, Any]:
+        """This rank's state: RNG states, prompt-stream position, dataloader bookkeeping."""
+        return {
+            "rng": rng_state(),
+            "prompt_stream": self.prompt_stream.state_dict(),
+            "active_dataloaders": self._dataloader_tags(),
+        }
+
+    def load_rank_state(self, state: dict[str, Any]) -> None:
+        self.prompt_stream.load_state_dict(state["prompt_stream"])
+        self._restore_dataloader_tags(state["active_dataloaders"])
+
+    def _dataloader_tags(self) -> list[str]:
+        """Which dataloaders accelerate currently tracks as being iterated, in order.
+
+        Accelerate decides gradient synchronisation partly from the last of them (its
+        ``end_of_dataloader``); TRL's sample generations leave the eval dataloader in that list. A
+        resumed run restores the same list so it synchronises exactly as the uninterrupted run.
+        """
+        names = {id(self.prompt_stream.dataloader): "train", id(self.eval_dataloader): "eval"}
+        references = self.accelerator.gradient_state.dataloader_references
+        return [names.get(id(ref), "other") for ref in references if ref is not None]
+
+    def _restore_dataloader_tags(self, tags: list[str]) -> None:
+        loaders = {"train": self.prompt_stream.dataloader, "eval": self.eval_dataloader}
+        self.accelerator.gradient_state.dataloader_references = [None] + [loaders[t] for t in tags if t in loaders]
 
     # ------------------------------------------------------------------ phases
 

@@ -196,6 +196,26 @@ class ReplayMixin:
         buffer.add(fresh, priorities[: batch.num_fresh], version)
         buffer.evict(version + 1)
 
+    def ppo_state(self) -> dict:
+        return {**super().ppo_state(), "trained_episodes": self.trained_episodes}
+
+    def load_ppo_state(self, state: dict) -> None:
+        super().load_ppo_state(state)
+        self.trained_episodes = state["trained_episodes"]
+
+    def rank_state(self) -> dict:
+        buffer = self.replay_buffer
+        return {**super().rank_state(), "replay_buffer": None if buffer is None else buffer.state_dict()}
+
+    def load_rank_state(self, state: dict) -> None:
+        super().load_rank_state(state)
+        if (state.get("replay_buffer") is None) != (self.replay_buffer is None):
+            raise ValueError(
+                "The checkpoint and this run disagree on `use_replay_buffer`; resume with the value it was saved with."
+            )
+        if self.replay_buffer is not None:
+            self.replay_buffer.load_state_dict(state["replay_buffer"])
+
     def extra_metrics(self, batch: EpisodeBatch, stats: dict[str, torch.Tensor]) -> dict[str, float]:
         metrics = super().extra_metrics(batch, stats)
         gather = self.accelerator.gather_for_metrics

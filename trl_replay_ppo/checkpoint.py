@@ -1,0 +1,205 @@
+"""The one checkpoint writer and reader: atomic, every rank's state, exact resume.
+
+A checkpoint ``output_dir/checkpoint-N`` holds::
+
+    trainable_params.safetensors   every trainable weight of policy and critic (adapters, value head...)
+    policy/                        the policy (or its adapters) and tokenizer, `from_pretrained`-ready
+    optimizer.pt, scheduler.pt     optimizer and LR-scheduler state
+    trainer_state.json             transformers' TrainerState: step, episode, log history, best metric,
+                                   callbacks' state
+    ppo_state.json                 KL coefficient, skipped steps, trained episodes, world size
+    rank_<i>.pt                    per rank: python/numpy/torch RNG states, prompt-stream position,
+                                   replay buffer
+
+It is written into ``tmp-checkpoint-N`` and renamed to ``checkpoint-N`` once every rank's files are
+in: a process killed mid-write leaves only the temporary directory, which is never taken for a
+checkpoint and is cleared by the next save.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from transformers.trainer_callback import ExportableState
+from trl.experimental.ppo.ppo_trainer import OnlineTrainerState
+
+if TYPE_CHECKING:
+    from trl_replay_ppo.trainer import PhasedPPOTrainer
+
+CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
+REQUIRED_FILES = (
+    "trainable_params.safetensors",
+    "optimizer.pt",
+    "scheduler.pt",
+    "trainer_state.json",
+    "ppo_state.json",
+    "rank_0.pt",
+)
+
+
+def checkpoint_dir(output_dir: str | Path, step: int) -> Path:
+    return Path(output_dir) / f"checkpoint-{step}"
+
+
+def is_complete(path: Path) -> bool:
+    return path.is_dir() and all((path / name).is_file() for name in REQUIRED_FILES)
+
+
+def latest_checkpoint(output_dir: str | Path) -> Path | None:
+    """The complete ``checkpoint-N`` with the largest N in ``output_dir``, or None."""
+    root = Path(output_dir)
+    if not root.is_dir():
+        return None
+    steps = [int(m.group(1)) for p in root.iterdir() if (m := CHECKPOINT_PATTERN.match(p.name))]
+    for step in sorted(steps, reverse=True):
+        if is_complete(checkpoint_dir(root, step)):
+            return checkpoint_dir(root, step)
+    return None
+
+
+def resolve_checkpoint(resume_from_checkpoint: bool | str | os.PathLike, output_dir: str) -> Path:
+    """The checkpoint to resume from; a clear error when there is none or it is not one."""
+    if resume_from_checkpoint is True:
+        found = latest_checkpoint(output_dir)
+        if found is None:
+            raise FileNotFoundError(
+                f"`resume_from_checkpoint=True` but {output_dir} holds no complete checkpoint-N directory."
+            )
+        return found
+    path = Path(resume_from_checkpoint)
+    if not path.exists():
+        raise FileNotFoundError(f"`resume_from_checkpoint`: {path} does not exist.")
+    missing = [name for name in REQUIRED_FILES if not (path / name).is_file()]
+    if missing:
+        raise ValueError(
+            f"`resume_from_checkpoint`: {path} is not a complete checkpoint of this trainer (missing {missing})."
+        )
+    return path
+
+
+def trainable_state(trainer: PhasedPPOTrainer) -> dict[str, torch.Tensor]:
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    return {name: p.detach().cpu().contiguous() for name, p in model.named_parameters() if p.requires_grad}
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "cpu": torch.random.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.random.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.random.set_rng_state(state["cpu"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.random.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(trainer: PhasedPPOTrainer) -> Path:
+    """Write ``checkpoint-<global_step>`` atomically (all ranks take part); returns its path."""
+    args, accelerator, state = trainer.args, trainer.accelerator, trainer.state
+    final = checkpoint_dir(args.output_dir, state.global_step)
+    staging = final.with_name("tmp-" + final.name)
+    if accelerator.is_main_process:
+        shutil.rmtree(staging, ignore_errors=True)  # left over by a run killed mid-save
+        staging.mkdir(parents=True)
+    accelerator.wait_for_everyone()
+    torch.save(trainer.rank_state(), staging / f"rank_{accelerator.process_index}.pt")
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        save_file(trainable_state(trainer), staging / "trainable_params.safetensors")
+        trainer.save_model(str(staging / "policy"), _internal_call=True)
+        torch.save(trainer.optimizer.state_dict(), staging / "optimizer.pt")
+        torch.save(trainer.lr_scheduler.state_dict(), staging / "scheduler.pt")
+        (staging / "ppo_state.json").write_text(json.dumps(trainer.ppo_state(), indent=2))
+        state.stateful_callbacks = callback_states(trainer)
+        if state.best_global_step == state.global_step:
+            state.best_model_checkpoint = str(final)
+        state.save_to_json(str(staging / "trainer_state.json"))
+        if final.exists():  # re-saving the same step: replace the old copy only once the new one is complete
+            shutil.rmtree(final)
+        os.replace(staging, final)
+        rotate_checkpoints(args.output_dir, args.save_total_limit, state.best_model_checkpoint)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def callback_states(trainer: PhasedPPOTrainer) -> dict[str, Any]:
+    """``{class name: state}`` of every stateful callback and of the trainer control (as transformers keeps it)."""
+    states: dict[str, Any] = {}
+    for callback in [*trainer.callback_handler.callbacks, trainer.control]:
+        if isinstance(callback, ExportableState):
+            name = type(callback).__name__
+            if name in states:
+                states[name] = [
+                    *(states[name] if isinstance(states[name], list) else [states[name]]),
+                    callback.state(),
+                ]
+            else:
+                states[name] = callback.state()
+    return states
+
+
+def rotate_checkpoints(output_dir: str, limit: int | None, best: str | None) -> None:
+    """Keep the newest ``limit`` complete checkpoints, and the best one whatever its age."""
+    if not limit or limit <= 0:
+        return
+    root = Path(output_dir)
+    steps = sorted(int(m.group(1)) for p in root.iterdir() if (m := CHECKPOINT_PATTERN.match(p.name)))
+    keep = {checkpoint_dir(root, s) for s in steps[-limit:]}
+    if best:
+        keep.add(Path(best))
+    for step in steps:
+        path = checkpoint_dir(root, step)
+        if path not in keep:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def load_trainable_params(trainer: PhasedPPOTrainer, path: Path) -> None:
+    """Copy the checkpoint's trainable weights into the trainer's policy and critic."""
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    saved = load_file(path / "trainable_params.safetensors")
+    trainable = {name: p for name, p in model.named_parameters() if p.requires_grad}
+    if saved.keys() != trainable.keys():
+        missing, unexpected = sorted(trainable.keys() - saved.keys()), sorted(saved.keys() - trainable.keys())
+        raise ValueError(
+            f"{path} does not match this model: its trainable weights differ (missing {missing[:5]}, "
+            f"unexpected {unexpected[:5]}). Resume with the same model, `peft_config` and critic settings."
+        )
+    with torch.no_grad():
+        for name, param in trainable.items():
+            param.copy_(saved[name])
+
+
+def load_checkpoint(trainer: PhasedPPOTrainer, path: Path) -> None:
+    """Restore everything :func:`save_checkpoint` wrote, on every rank. RNG states are restored last."""
+    accelerator = trainer.accelerator
+    ppo_state = json.loads((path / "ppo_state.json").read_text())
+    if ppo_state["world_size"] != accelerator.num_processes:
+        raise ValueError(
+            f"{path} was written by {ppo_state['world_size']} processes but this run has "
+            f"{accelerator.num_processes}; resume with the same number of processes (each rank's replay buffer "
+            "and data position are its own)."
+        )
+    rank_file = path / f"rank_{accelerator.process_index}.pt"
+    if not rank_file.is_file():
+        raise ValueError(f"{path} has no state for rank {accelerator.process_index} ({rank_file.name}).")
+    load_trainable_params(trainer, path)
+    trainer.optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu", weights_only=False))
+    trainer.lr_scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=False))
+    trainer.state = OnlineTrainerState.load_from_json(str(path / "trainer_state.json"))
+    trainer.load_ppo_state(ppo_state)
+    rank_state = torch.load(rank_file, weights_only=False)
+    trainer.load_rank_state(rank_state)
+    set_rng_state(rank_state["rng"])
