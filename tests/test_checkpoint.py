@@ -7,6 +7,7 @@ import math
 import torch
 from helpers import LogRecorder, make_trainer, tiny_config
 
+from trl_replay_ppo.checkpoint import latest_checkpoint
 from trl_replay_ppo.tasks.digits import digits_reward, make_digits_dataset
 from trl_replay_ppo.tasks.tiny import load_tiny_models
 
@@ -87,3 +88,129 @@ def test_resume_is_exact(tmp_path, tiny_dirs):
     assert resumed.kl_ctl.value == straight.kl_ctl.value
     assert resumed.replay_buffer.storage.cursor == straight.replay_buffer.storage.cursor
     assert resumed.replay_buffer.rng.bit_generator.state == straight.replay_buffer.rng.bit_generator.state
+
+
+KILL_SCRIPT = """
+import os, sys, time
+sys.path.insert(0, {tests!r})
+from pathlib import Path
+from helpers import make_trainer, tiny_config
+import trl_replay_ppo.checkpoint as checkpoint
+from trl_replay_ppo.checkpoint import latest_checkpoint
+from trl_replay_ppo.tasks.digits import digits_reward, make_digits_dataset
+from trl_replay_ppo.tasks.tiny import load_tiny_models
+
+save_file = checkpoint.save_file
+
+def slow_save(tensors, path):  # the second checkpoint's write hangs half-way, until the test kills us
+    save_file(tensors, path)
+    if "checkpoint-4" in str(path):
+        Path({marker!r}).write_text("writing")
+        time.sleep(600)
+
+checkpoint.save_file = slow_save
+tiny = load_tiny_models({{k: Path({models!r}) / k for k in ("tokenizer", "policy", "reward")}})
+args = tiny_config(Path({out!r}), output_dir={out!r}, total_episodes=32, save_strategy="steps", save_steps=2)
+trainer = make_trainer(tiny, args, make_digits_dataset(16), reward_model=None, reward_funcs=digits_reward)
+trainer.train()
+"""
+
+
+def test_kill_during_checkpoint_write_leaves_previous_checkpoint_usable(tmp_path, tiny_dirs):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    out, marker = tmp_path / "run", tmp_path / "marker"
+    script = KILL_SCRIPT.format(
+        tests=str(Path(__file__).parent), marker=str(marker), models=str(tiny_dirs["policy"].parent), out=str(out)
+    )
+    process = subprocess.Popen([sys.executable, "-c", script], env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    deadline = time.time() + 120
+    while not marker.exists() and time.time() < deadline and process.poll() is None:
+        time.sleep(0.1)
+    assert marker.exists(), "the run never reached the second checkpoint"
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+
+    assert (out / "checkpoint-2").is_dir() and not (out / "checkpoint-4").exists()
+    assert (out / "tmp-checkpoint-4").is_dir()  # the partial write, never taken for a checkpoint
+    assert latest_checkpoint(out) == out / "checkpoint-2"
+
+    tiny = load_tiny_models(tiny_dirs)
+    args = tiny_config(tmp_path, output_dir=str(out), total_episodes=32, save_strategy="steps", save_steps=2)
+    trainer = make_trainer(tiny, args, make_digits_dataset(16), reward_model=None, reward_funcs=digits_reward)
+    trainer.train(resume_from_checkpoint=True)
+    assert trainer.state.global_step == 8
+    assert latest_checkpoint(out) == out / "checkpoint-8"
+    assert not (out / "tmp-checkpoint-4").exists()
+
+
+def test_save_total_limit_keeps_the_best_checkpoint(tmp_path, tiny):
+    calls = []
+
+    def falling(prompts, completions, **kwargs):  # best at the first evaluation, worse after
+        calls.append(1)
+        return [1.0 / len(calls)] * len(completions)
+
+    args = tiny_config(
+        tmp_path,
+        total_episodes=40,
+        eval_strategy="steps",
+        eval_steps=2,
+        save_strategy="steps",
+        save_steps=2,
+        save_total_limit=2,
+        load_best_model_at_end=True,
+        per_device_eval_batch_size=4,
+    )
+    trainer = make_trainer(
+        tiny,
+        args,
+        make_digits_dataset(8),
+        reward_model=None,
+        reward_funcs=falling,
+        eval_dataset=make_digits_dataset(4),
+    )
+    trainer.train()
+    out = tmp_path / "out"
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-10", "checkpoint-2", "checkpoint-8"]
+    assert trainer.state.best_model_checkpoint == str(out / "checkpoint-2")
+
+
+def test_early_stopping_on_a_plateau_and_best_model_loaded(tmp_path, tiny):
+    from safetensors.torch import load_file
+
+    def plateau(prompts, completions, **kwargs):  # never improves after the first evaluation
+        return [0.5] * len(completions)
+
+    args = tiny_config(
+        tmp_path,
+        total_episodes=80,
+        eval_strategy="steps",
+        eval_steps=2,
+        save_strategy="steps",
+        save_steps=2,
+        load_best_model_at_end=True,
+        early_stopping_patience=2,
+        per_device_eval_batch_size=4,
+    )
+    trainer = make_trainer(
+        tiny,
+        args,
+        make_digits_dataset(8),
+        reward_model=None,
+        reward_funcs=plateau,
+        eval_dataset=make_digits_dataset(4),
+    )
+    trainer.train()
+    assert trainer.state.global_step == 6  # evaluations at 2 (best), 4 and 6 (no improvement): stop
+    assert trainer.state.best_model_checkpoint.endswith("checkpoint-2")
+    best = load_file(tmp_path / "out" / "checkpoint-2" / "trainable_params.safetensors")
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    assert all(torch.equal(p, best[n]) for n, p in model.named_parameters() if p.requires_grad)
+    last = load_file(tmp_path / "out" / "checkpoint-6" / "trainable_params.safetensors")
+    assert any(not torch.equal(last[n], best[n]) for n in best)

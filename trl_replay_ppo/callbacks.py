@@ -1,10 +1,21 @@
-"""Callbacks this package adds to TRL's set."""
+"""Callbacks this package adds to TRL's set: a progress bar, ``metrics.jsonl`` and ``train.log``."""
 
 from __future__ import annotations
 
+import json
+import logging
+import math
+import time
+import warnings
+from pathlib import Path
+
+from transformers import TrainerCallback
 from transformers.trainer_callback import ProgressCallback
 
 PROGRESS_KEYS = {"objective/scores": "score", "objective/kl": "kl", "eval_reward": "eval"}
+METRICS_FILE = "metrics.jsonl"
+TEXT_LOG_FILE = "train.log"
+LOGGERS = ("trl_replay_ppo", "transformers", "trl", "accelerate", "py.warnings")
 
 
 class RewardProgressCallback(ProgressCallback):
@@ -22,3 +33,102 @@ class RewardProgressCallback(ProgressCallback):
         if any(key.startswith("eval_") for key in logs):
             shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in logs.items()}
             self.training_bar.write(f"step {state.global_step}: {shown}")
+
+
+def is_eval_log(logs: dict) -> bool:
+    return any(key.startswith("eval_") for key in logs)
+
+
+def _finite_or_none(value):
+    return None if isinstance(value, float) and not math.isfinite(value) else value
+
+
+class MetricsFileCallback(TrainerCallback):
+    """Appends one JSON object per log call to ``output_dir/metrics.jsonl`` (main process only).
+
+    Each line has ``step``, ``episode``, ``time`` (unix seconds), ``elapsed`` (training seconds,
+    continued across resumes), ``kind`` ("train" or "eval") and every logged metric; non-finite
+    values are written as null. A fresh run into a directory that already has a metrics file first
+    renames it to ``metrics.<unix time>.jsonl``; a resumed run moves the lines logged after its
+    checkpoint to ``metrics.superseded.jsonl`` (it logs those steps again).
+    """
+
+    def __init__(self):
+        self.path: Path | None = None
+        self.offset = 0.0
+        self.start = time.time()
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if not state.is_world_process_zero:
+            return
+        self.path = Path(args.output_dir) / METRICS_FILE
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.start, self.offset = time.time(), 0.0
+        if not self.path.exists():
+            return
+        if state.global_step == 0:
+            self.path.rename(self.path.with_name(f"metrics.{int(self.start)}.jsonl"))
+            return
+        lines = self.path.read_text().splitlines()
+        kept = [line for line in lines if json.loads(line)["step"] <= state.global_step]
+        superseded = [line for line in lines if json.loads(line)["step"] > state.global_step]
+        if superseded:
+            with self.path.with_name("metrics.superseded.jsonl").open("a") as f:
+                f.write("".join(line + "\n" for line in superseded))
+        self.path.write_text("".join(line + "\n" for line in kept))
+        if kept:
+            self.offset = json.loads(kept[-1])["elapsed"]
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if self.path is None or not logs:
+            return
+        now = time.time()
+        record = {
+            "step": state.global_step,
+            "episode": getattr(state, "episode", None),
+            "time": now,
+            "elapsed": self.offset + now - self.start,
+            "kind": "eval" if is_eval_log(logs) else "train",
+        }
+        record.update({key: _finite_or_none(value) for key, value in logs.items()})
+        with self.path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+class TextLogCallback(TrainerCallback):
+    """A human-readable ``output_dir/train.log`` (main process): the config, warnings, one line per log."""
+
+    def __init__(self):
+        self.handler: logging.Handler | None = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if not state.is_world_process_zero or self.handler is not None:
+            return
+        Path(args.output_dir).mkdir(parents=True, exist_ok=True)
+        self.handler = logging.FileHandler(Path(args.output_dir) / TEXT_LOG_FILE)
+        self.handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        self.handler.setLevel(logging.INFO)
+        logging.captureWarnings(True)
+        warnings.simplefilter("default")
+        for name in LOGGERS:
+            logging.getLogger(name).addHandler(self.handler)
+        package_logger = logging.getLogger("trl_replay_ppo")
+        if package_logger.getEffectiveLevel() > logging.INFO:
+            package_logger.setLevel(logging.INFO)
+        package_logger.info(
+            "Training in %s from step %d with config:\n%s", args.output_dir, state.global_step, args.to_json_string()
+        )
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if self.handler is None or not logs:
+            return
+        shown = " | ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in logs.items())
+        logging.getLogger("trl_replay_ppo").info("step %d | %s", state.global_step, shown)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.handler is None:
+            return
+        for name in LOGGERS:
+            logging.getLogger(name).removeHandler(self.handler)
+        self.handler.close()
+        self.handler = None

@@ -22,7 +22,22 @@ def demo(argv: list[str]) -> int:
     return 0
 
 
-COMMANDS = {"demo": demo}
+def plot(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="trl-replay-ppo plot", description="PNG plots from the metrics.jsonl of one or more runs."
+    )
+    parser.add_argument("run_dirs", nargs="+", help="Training output_dir(s); several are overlaid.")
+    parser.add_argument("--output_dir", help="Where the PNGs go (default: <first run>/plots).")
+    options = parser.parse_args(argv)
+
+    from trl_replay_ppo.plotting import plot_runs
+
+    for path in plot_runs(options.run_dirs, options.output_dir):
+        print(path)
+    return 0
+
+
+COMMANDS = {"demo": demo, "plot": plot}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -48,7 +48,7 @@ from trl.experimental.utils import empty_cache, get_reward
 from trl.models.utils import unwrap_model_for_generation
 from trl.trainer.utils import log_table_to_comet_experiment, selective_log_softmax
 
-from trl_replay_ppo.callbacks import RewardProgressCallback
+from trl_replay_ppo.callbacks import MetricsFileCallback, RewardProgressCallback, TextLogCallback
 from trl_replay_ppo.checkpoint import (
     load_checkpoint,
     load_trainable_params,
@@ -208,6 +208,8 @@ class PhasedPPOTrainer(PPOTrainer):
         if not args.disable_tqdm:
             self.callback_handler.remove_callback(ProgressCallback)
             self.add_callback(RewardProgressCallback)
+        self.add_callback(MetricsFileCallback())
+        self.add_callback(TextLogCallback())
         weights = args.reward_weights or [1.0] * num_sources
         self.reward_weights = torch.tensor(weights, dtype=torch.float32, device=self.accelerator.device)
         self.kl_ctl = make_kl_controller(args.kl_controller, args.kl_coef, args.kl_target, args.kl_horizon)
