@@ -26,22 +26,12 @@ import time
 from pathlib import Path
 
 import torch
+from peft import LoraConfig
+
+from trl_replay_ppo import ReplayPPOConfig
+from trl_replay_ppo.memory import GIB, QWEN3_0_6B, gpu_memory_budget, qwen3_0_6b_config
 
 RESULTS = Path(__file__).parent / "results"
-GIB = 1024**3
-QWEN3_06B = {
-    "vocab_size": 151936,
-    "hidden_size": 1024,
-    "intermediate_size": 3072,
-    "num_hidden_layers": 28,
-    "num_attention_heads": 16,
-    "num_key_value_heads": 8,
-    "head_dim": 128,
-    "max_position_embeddings": 40960,
-    "tie_word_embeddings": True,
-    "rms_norm_eps": 1e-6,
-    "rope_theta": 1000000.0,
-}
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 MODES = {
     "full_fp32": "full fine-tune, fp32, separate value model",
@@ -53,11 +43,10 @@ SEED_SETTINGS = {"micro_batch": 4, "prompt_tokens": 192, "response_tokens": 256}
 
 
 def build(mode: str, layers: int):
-    """Policy, value model and LoRA config of a mode, built from the Qwen3-0.6B config."""
-    from peft import LoraConfig
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, Qwen3Config
+    """Policy and value model of a mode, built (random init) from the Qwen3-0.6B config."""
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
-    config = Qwen3Config(**{**QWEN3_06B, "num_hidden_layers": layers}, pad_token_id=0, num_labels=1)
+    config = qwen3_0_6b_config(num_hidden_layers=layers)
     dtype = torch.float32 if mode == "full_fp32" else torch.bfloat16
     torch.manual_seed(0)
     policy = AutoModelForCausalLM.from_config(config, dtype=dtype)
@@ -66,10 +55,9 @@ def build(mode: str, layers: int):
         value = AutoModelForSequenceClassification.from_config(config, dtype=torch.float32)
     elif mode == "lora_bf16_lora_value":
         value = AutoModelForSequenceClassification.from_config(config, dtype=torch.bfloat16)
-    lora = None if mode == "full_fp32" else LoraConfig(r=16, lora_alpha=32, target_modules=LORA_TARGETS)
     if value is not None and value.dtype == torch.bfloat16:
         value.score.to(torch.float32)
-    return policy, value, lora
+    return policy, value
 
 
 def tensor_bytes(tensors) -> int:
@@ -80,28 +68,19 @@ def run_mode(mode: str, layers: int, batch: int, prompt_tokens: int, response_to
     """One PPO update in this process; returns the measured figures."""
     from datasets import Dataset
 
-    from trl_replay_ppo import ReplayPPOConfig, ReplayPPOTrainer
+    from trl_replay_ppo import ReplayPPOTrainer
     from trl_replay_ppo.tasks.tiny import build_tokenizer
 
     tokenizer = build_tokenizer()
-    policy, value, lora = build(mode, layers)
+    policy, value = build(mode, layers)
     prompts = Dataset.from_dict({"input_ids": [[5 + (i % 10)] * prompt_tokens for i in range(batch)]})
-    args = ReplayPPOConfig(
-        output_dir="/tmp/memory-benchmark",
+    args, lora = mode_config(
+        mode,
         per_device_train_batch_size=batch,
         num_ppo_epochs=1,
         total_episodes=batch,
         response_length=response_tokens,
         max_prompt_length=None,
-        bf16=mode != "full_fp32",
-        gradient_checkpointing=True,
-        lora_value_model=mode == "lora_bf16_lora_value",
-        shared_value_head=mode == "lora_bf16_shared_head",
-        use_cpu=not torch.cuda.is_available(),
-        report_to="none",
-        save_strategy="no",
-        disable_tqdm=True,
-        num_sample_generations=0,
     )
     trainer = ReplayPPOTrainer(
         args=args,
@@ -144,63 +123,34 @@ def run_mode(mode: str, layers: int, batch: int, prompt_tokens: int, response_to
     }
 
 
-def counts(mode: str) -> dict[str, int]:
-    """Exact parameter counts of a mode at full depth, from models built on the meta device."""
-    from peft import get_peft_model
-
-    from trl_replay_ppo.modeling import apply_value_lora
-
-    with torch.device("meta"):
-        policy, value, lora = build(mode, QWEN3_06B["num_hidden_layers"])
-        base = sum(p.numel() for p in policy.parameters())
-        if lora is not None:
-            policy = get_peft_model(policy, lora)
-        if mode == "lora_bf16_lora_value":
-            value = apply_value_lora(value, lora)
-    trainable = sum(p.numel() for p in policy.parameters() if p.requires_grad)
-    value_total = sum(p.numel() for p in value.parameters()) if value is not None else 0
-    value_trainable = sum(p.numel() for p in value.parameters() if p.requires_grad) if value is not None else 0
-    if mode == "lora_bf16_shared_head":
-        value_trainable = QWEN3_06B["hidden_size"]
-    return {"policy": base, "policy_trainable": trainable, "value": value_total, "value_trainable": value_trainable}
+def mode_config(mode: str, **overrides) -> tuple[ReplayPPOConfig, LoraConfig | None]:
+    """The trainer settings of a mode; ``overrides`` set batch and lengths."""
+    lora = None if mode == "full_fp32" else LoraConfig(r=16, lora_alpha=32, target_modules=LORA_TARGETS)
+    args = ReplayPPOConfig(
+        output_dir="/tmp/memory-benchmark",
+        bf16=mode != "full_fp32",
+        gradient_checkpointing=True,
+        lora_value_model=mode == "lora_bf16_lora_value",
+        shared_value_head=mode == "lora_bf16_shared_head",
+        use_cpu=not torch.cuda.is_available(),
+        report_to="none",
+        save_strategy="no",
+        disable_tqdm=True,
+        num_sample_generations=0,
+        use_replay_buffer=False,
+        **overrides,
+    )
+    return args, lora
 
 
 def analytic_budget(mode: str) -> dict[str, float]:
-    """GPU bytes at the reference design's settings (see the module docstring), in GiB per component."""
-    c = counts(mode)
-    b, p, r = SEED_SETTINGS["micro_batch"], SEED_SETTINGS["prompt_tokens"], SEED_SETTINGS["response_tokens"]
-    t, h, layers, vocab = p + r, QWEN3_06B["hidden_size"], QWEN3_06B["num_hidden_layers"], QWEN3_06B["vocab_size"]
-    full = mode == "full_fp32"
-    weight_bytes = 4 if full else 2
-    weights = c["policy"] * weight_bytes + (c["value"] - c["value_trainable"]) * weight_bytes
-    weights += c["value_trainable"] * 4 + (c["policy_trainable"] * 4 if not full else 0)
-    reference = c["policy"] * weight_bytes if full else 0  # LoRA: reference = policy with adapters disabled
-    trainable = c["policy_trainable"] + c["value_trainable"]
-    gradients = trainable * 4
-    optimizer = trainable * 8  # AdamW: two fp32 moments
-    act_bytes = 4 if full else 2
-    backbones = 2  # policy and critic passes (the shared head reuses weights, not activations)
-    checkpointed = layers * b * t * h * act_bytes  # one saved hidden state per layer
-    one_layer = b * t * h * (34 + 5 * QWEN3_06B["num_attention_heads"] * t / h) * act_bytes / 2
-    activations = backbones * (checkpointed + one_layer)
-    logits = b * t * vocab * act_bytes + 4 * b * r * vocab * 4  # lm_head output; fp32 slice, softmax, grads
-    kv_cache = 2 * layers * QWEN3_06B["num_key_value_heads"] * QWEN3_06B["head_dim"] * t * b * act_bytes
-    generation = kv_cache + 2 * b * r * vocab * 4  # stacked fp32 scores, kept for the behaviour log-probs
-    overhead = 1.0 * GIB  # CUDA context, allocator fragmentation, workspace
-    training_peak = weights + reference + gradients + optimizer + activations + logits + overhead
-    rollout_peak = weights + reference + optimizer + generation + logits + overhead  # gradients are freed
-    total = max(training_peak, rollout_peak)
-    parts = {
-        "weights": weights + reference,
-        "gradients": gradients,
-        "optimizer": optimizer,
-        "activations": activations,
-        "logits": logits,
-        "generation": generation,
-        "overhead": overhead,
-        "total": total,
-    }
-    return {k: v / GIB for k, v in parts.items()}
+    """GPU budget at the reference design's settings, from `trl_replay_ppo.memory.gpu_memory_budget`."""
+    args, lora = mode_config(
+        mode,
+        per_device_train_batch_size=SEED_SETTINGS["micro_batch"],
+        response_length=SEED_SETTINGS["response_tokens"],
+    )
+    return gpu_memory_budget(qwen3_0_6b_config(), args, lora, prompt_tokens=SEED_SETTINGS["prompt_tokens"])
 
 
 def available_ram() -> int:
@@ -216,7 +166,7 @@ def main() -> None:
     parser.add_argument("--prompt_tokens", type=int, default=32)
     parser.add_argument("--response_tokens", type=int, default=16)
     parser.add_argument("--run", choices=list(MODES), help=argparse.SUPPRESS)
-    parser.add_argument("--layers", type=int, default=QWEN3_06B["num_hidden_layers"], help=argparse.SUPPRESS)
+    parser.add_argument("--layers", type=int, default=QWEN3_0_6B["num_hidden_layers"], help=argparse.SUPPRESS)
     options = parser.parse_args()
     if options.run:
         torch.set_num_threads(os.cpu_count() or 1)
@@ -227,7 +177,7 @@ def main() -> None:
     rows = []
     for mode in options.modes:
         budget = analytic_budget(mode)
-        layers = QWEN3_06B["num_hidden_layers"]
+        layers = QWEN3_0_6B["num_hidden_layers"]
         cpu_need = (budget["weights"] + budget["gradients"] + budget["optimizer"]) * GIB * 1.15 + 2 * GIB
         if not torch.cuda.is_available() and cpu_need > 0.85 * available_ram():
             layers = max(1, int(layers * 0.85 * available_ram() / cpu_need))

@@ -1,6 +1,6 @@
 """Sample efficiency of experience replay, side by side with stock TRL PPO, on the offline digits task.
 
-    python benchmarks/sample_efficiency.py            # 4 arms x 3 seeds, results in benchmarks/results/
+    python benchmarks/sample_efficiency.py            # 5 arms x 3 seeds, results in benchmarks/results/
 
 Arms, identical but for replay: stock `trl.experimental.ppo.PPOTrainer`; the same with its two
 `gc.collect()` calls per update disabled (a timing reference only: on a tiny model they dominate
@@ -234,7 +234,7 @@ def write_table(summary: dict, target: float, options, path: Path) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--total_episodes", type=int, default=3200, help="Generation budget per run.")
+    parser.add_argument("--total_episodes", type=int, default=6400, help="Generation budget per run.")
     parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
     parser.add_argument("--replay", type=json.loads, default={}, help="JSON overrides of the replay fields.")
     parser.add_argument("--name", default="sample_efficiency", help="Stem of the result files.")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
 from typing import Literal
@@ -54,6 +55,13 @@ class ReplayPPOConfig(PPOConfig):
     )
 
     # Rewards and prompts
+    reward_model_path: str | None = field(
+        default=None,
+        metadata={
+            "help": "Reward model checkpoint (a 1-label sequence classifier) loaded by `trl-replay-ppo train`; None "
+            "means rewards come from `reward_funcs` only."
+        },
+    )
     reward_weights: list[float] | None = field(
         default=None,
         metadata={
@@ -66,6 +74,13 @@ class ReplayPPOConfig(PPOConfig):
         metadata={
             "help": "Prompts longer than this many tokens are dropped (and counted in the log), never truncated. "
             "None keeps every prompt."
+        },
+    )
+    chat_template_kwargs: dict | str | None = field(
+        default=None,
+        metadata={
+            "help": "Extra keyword arguments of `apply_chat_template` for chat prompts, e.g. "
+            "{'enable_thinking': false} for Qwen3."
         },
     )
     num_generations: int = field(
@@ -204,6 +219,8 @@ class ReplayPPOConfig(PPOConfig):
         if self.metric_for_best_model is None and (self.load_best_model_at_end or self.early_stopping_patience):
             self.metric_for_best_model = "eval_reward"  # transformers would pick "loss", which evaluate() lacks
         super().__post_init__()
+        if isinstance(self.chat_template_kwargs, str):
+            self.chat_template_kwargs = json.loads(self.chat_template_kwargs)
         if self.early_stopping_patience is not None:
             if self.early_stopping_patience < 1:
                 _fail("early_stopping_patience", self.early_stopping_patience, "must be >= 1 (or None)")

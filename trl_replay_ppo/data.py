@@ -27,6 +27,7 @@ def prepare_prompt_dataset(
     max_prompt_length: int | None,
     name: str = "train_dataset",
     num_proc: int | None = None,
+    chat_template_kwargs: dict | None = None,
 ) -> Dataset:
     """Return ``dataset`` with an ``input_ids`` column, ready for the PPO dataloader.
 
@@ -48,7 +49,7 @@ def prepare_prompt_dataset(
             )
         dataset = dataset.map(
             _tokenize_prompt,
-            fn_kwargs={"tokenizer": tokenizer},
+            fn_kwargs={"tokenizer": tokenizer, "chat_template_kwargs": chat_template_kwargs or {}},
             num_proc=num_proc,
             desc=f"Tokenizing {name}",
         )
@@ -74,10 +75,12 @@ def prepare_prompt_dataset(
     return dataset
 
 
-def _tokenize_prompt(example: dict, tokenizer: PreTrainedTokenizerBase) -> dict:
+def _tokenize_prompt(example: dict, tokenizer: PreTrainedTokenizerBase, chat_template_kwargs: dict) -> dict:
     prompt = example["prompt"]
     if is_conversational(prompt):
-        text = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
+        text = tokenizer.apply_chat_template(
+            prompt, add_generation_prompt=True, tokenize=False, **chat_template_kwargs
+        )
         return {"input_ids": tokenizer(text, add_special_tokens=False)["input_ids"]}
     if not isinstance(prompt, str):
         raise TypeError(f"A `prompt` must be a string or a list of chat messages, got {type(prompt).__name__}.")

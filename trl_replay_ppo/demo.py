@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 
 from trl_replay_ppo.config import ReplayPPOConfig
+from trl_replay_ppo.plotting import plot_runs
 from trl_replay_ppo.tasks.digits import digits_reward, make_digits_dataset
 from trl_replay_ppo.tasks.tiny import build_tiny_models, load_tiny_models
 from trl_replay_ppo.trainer import PhasedPPOTrainer
@@ -36,7 +37,7 @@ def demo_config(output_dir: str | Path, **overrides) -> ReplayPPOConfig:
 
 
 def run_demo(output_dir: str | Path = "outputs/demo", **overrides) -> dict[str, float]:
-    """Build the tiny models, evaluate, train, evaluate again; return the two eval rewards."""
+    """Build the tiny models, evaluate, train, evaluate again; return both eval rewards and the reward plot."""
     torch.set_num_threads(max(1, torch.get_num_threads()))
     output_dir = Path(output_dir)
     models = load_tiny_models(build_tiny_models(output_dir / "models"))
@@ -55,4 +56,5 @@ def run_demo(output_dir: str | Path = "outputs/demo", **overrides) -> dict[str, 
     trainer.train()
     after = trainer.evaluate()["eval_reward"]
     trainer.save_model(str(output_dir / "policy"))
-    return {"eval_reward_before": before, "eval_reward_after": after}
+    plots = plot_runs([output_dir])
+    return {"eval_reward_before": before, "eval_reward_after": after, "plot": plots[0]}

@@ -8,6 +8,13 @@ import torch
 from transformers import PreTrainedModel
 
 
+class Float32Linear(torch.nn.Linear):
+    """A linear layer kept in fp32 that accepts bf16/fp16 inputs (a small head trains best in fp32)."""
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return super().forward(hidden.to(self.weight.dtype))
+
+
 class SharedValueHead(torch.nn.Module):
     """A critic that reuses the policy's transformer backbone and adds one linear head.
 
@@ -23,9 +30,8 @@ class SharedValueHead(torch.nn.Module):
         super().__init__()
         self.backbone = getattr(policy, policy.base_model_prefix)
         hidden_size = policy.config.hidden_size
-        self.score = torch.nn.Linear(hidden_size, 1, bias=False)
+        self.score = Float32Linear(hidden_size, 1, bias=False)
         torch.nn.init.normal_(self.score.weight, std=1.0 / (hidden_size + 1) ** 0.5)
-        self.score.to(dtype=next(policy.parameters()).dtype)
         self.config = policy.config
 
     def head_state_dict(self) -> dict[str, torch.Tensor]:

@@ -161,12 +161,13 @@ class PhasedPPOTrainer(PPOTrainer):
                 "`eval_strategy='no'`."
             )
 
+        prepare = {"num_proc": args.dataset_num_proc, "chat_template_kwargs": args.chat_template_kwargs}
         train_dataset = prepare_prompt_dataset(
-            train_dataset, processing_class, args.max_prompt_length, "train_dataset", args.dataset_num_proc
+            train_dataset, processing_class, args.max_prompt_length, "train_dataset", **prepare
         )
         if eval_dataset is not None:
             eval_dataset = prepare_prompt_dataset(
-                eval_dataset, processing_class, args.max_prompt_length, "eval_dataset", args.dataset_num_proc
+                eval_dataset, processing_class, args.max_prompt_length, "eval_dataset", **prepare
             )
         if self.reward_funcs:
             preflight_reward_funcs(self.reward_funcs, train_dataset[: min(2, len(train_dataset))])
@@ -347,6 +348,22 @@ class PhasedPPOTrainer(PPOTrainer):
             )
         metrics = {"train_runtime": time.time() - self.start_time, "episode": self.state.episode}
         return TrainOutput(self.state.global_step, float("nan"), metrics)
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """Save the policy (or its LoRA adapters) and the tokenizer with ``save_pretrained``.
+
+        TRL's version saves the wrapped module under DDP, which fails on tied weights; this one
+        unwraps first. Writes on the main process only and never waits for the others, so it is
+        safe to call from code that runs on the main process alone. DeepSpeed keeps TRL's path
+        (it gathers sharded weights).
+        """
+        if self.is_deepspeed_enabled:
+            super().save_model(output_dir, _internal_call)
+            return
+        output_dir = output_dir or self.args.output_dir
+        if self.accelerator.is_main_process:
+            self.accelerator.unwrap_model(self.model).policy.save_pretrained(output_dir)
+            self.processing_class.save_pretrained(output_dir)
 
     def _save_checkpoint(self, model, trial) -> None:
         """Write ``checkpoint-<step>`` with this package's writer (see `trl_replay_ppo.checkpoint`)."""
@@ -751,7 +768,11 @@ class PhasedPPOTrainer(PPOTrainer):
     def make_eval_dataloader(self, eval_dataset: Dataset) -> torch.utils.data.DataLoader:
         """A prepared, unshuffled dataloader over ``eval_dataset`` (tokenized like the train prompts)."""
         dataset = prepare_prompt_dataset(
-            eval_dataset, self.processing_class, self.args.max_prompt_length, "eval_dataset"
+            eval_dataset,
+            self.processing_class,
+            self.args.max_prompt_length,
+            "eval_dataset",
+            chat_template_kwargs=self.args.chat_template_kwargs,
         )
         dataloader = torch.utils.data.DataLoader(
             dataset, batch_size=self.args.per_device_eval_batch_size, collate_fn=self.data_collator

@@ -1,0 +1,52 @@
+"""Run under `accelerate launch` with 2 CPU processes by tests/test_distributed.py."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from helpers import make_trainer, tiny_config  # noqa: E402
+
+from trl_replay_ppo.tasks.digits import digits_reward, make_digits_dataset  # noqa: E402
+from trl_replay_ppo.tasks.tiny import load_tiny_models  # noqa: E402
+
+
+def main(models_dir: str, output_dir: str, resume: str) -> None:
+    tiny = load_tiny_models({k: Path(models_dir) / k for k in ("tokenizer", "policy", "reward")})
+    args = tiny_config(
+        Path(output_dir),
+        output_dir=output_dir,
+        total_episodes=64,  # 8 episodes per update across 2 ranks: 8 updates
+        use_replay_buffer=True,
+        use_priority_sampling=True,
+        replay_buffer_size=32,
+        min_replay_size=8,
+        replay_sample_size=4,
+        save_strategy="steps",
+        save_steps=4,
+    )
+    trainer = make_trainer(tiny, args, make_digits_dataset(32), reward_model=None, reward_funcs=digits_reward)
+    accelerator = trainer.accelerator
+    assert accelerator.num_processes == 2, f"world size {accelerator.num_processes}"
+    trainer.train(resume_from_checkpoint=True if resume == "resume" else None)
+    flat = torch.cat([p.detach().flatten() for p in trainer.model.parameters()])
+    gathered = accelerator.gather(flat.unsqueeze(0))
+    buffer_sizes = accelerator.gather(torch.tensor([len(trainer.replay_buffer)]))
+    if accelerator.is_main_process:
+        summary = {
+            "world_size": accelerator.num_processes,
+            "ranks_equal": bool(torch.equal(gathered[0], gathered[1])),
+            "buffer_sizes": buffer_sizes.tolist(),
+            "global_step": trainer.state.global_step,
+            "episode": trainer.state.episode,
+            "weights_sum": float(flat.double().sum()),
+        }
+        (Path(output_dir) / f"summary-{resume}.json").write_text(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:4])

@@ -1,0 +1,137 @@
+"""The command line: train from a YAML config on local files, --help, the shipped configs, bad input."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from trl_replay_ppo.cli import config_reference, main, make_parser
+from trl_replay_ppo.memory import gpu_memory_budget, qwen3_0_6b_config
+
+ROOT = Path(__file__).parent.parent
+GSM8K_ROWS = [
+    {"question": "Tom has 3 apples and buys 4 more. How many apples?", "answer": "3 + 4 = 7\n#### 7"},
+    {"question": "A box holds 12 eggs. How many eggs in 2 boxes?", "answer": "12 * 2 = 24\n#### 24"},
+    {"question": "Sara had 10 dollars and spent 3. How many left?", "answer": "10 - 3 = 7\n#### 7"},
+    {"question": "What is 5 times 6?", "answer": "5 * 6 = 30\n#### 30"},
+]
+
+
+def write_tiny_run(tmp_path: Path, tiny_dirs, **overrides) -> Path:
+    data = tmp_path / "gsm8k.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for row in GSM8K_ROWS * 4))
+    config = {
+        "model_name_or_path": str(tiny_dirs["policy"]),
+        "dataset_name": str(data),
+        "dataset_test_split": "train",
+        "prompt_column": "question",
+        "reward_funcs": ["gsm8k_accuracy", "format"],
+        "output_dir": str(tmp_path / "run"),
+        "per_device_train_batch_size": 4,
+        "per_device_eval_batch_size": 4,
+        "num_ppo_epochs": 1,
+        "total_episodes": 16,
+        "response_length": 6,
+        "use_cpu": True,
+        "report_to": "none",
+        "save_strategy": "steps",
+        "save_steps": 2,
+        "eval_strategy": "steps",
+        "eval_steps": 2,
+        "replay_sample_size": 4,
+        "min_replay_size": 4,
+        "replay_buffer_size": 32,
+        "disable_tqdm": True,
+        "num_sample_generations": 0,
+        **overrides,
+    }
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_train_from_a_yaml_config_on_local_files(tmp_path, tiny_dirs):
+    assert main(["train", "--config", str(write_tiny_run(tmp_path, tiny_dirs))]) == 0
+    run = tmp_path / "run"
+    assert sorted(p.name for p in run.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert any("rewards/gsm8k_accuracy" in r for r in records) and any(
+        "eval_rewards/format_reward" in r for r in records
+    )
+    assert (run / "model.safetensors").is_file()  # the final policy
+
+
+def test_help_lists_every_field_with_its_help(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for option in ("--replay_sample_size", "--use_priority_sampling", "--reward_funcs", "--lora_r", "--prompt_column"):
+        assert option in text
+    assert "Replayed episodes added to each update, per rank" in text
+
+
+def test_console_script_and_module_entry_points():
+    for command in (["trl-replay-ppo"], [sys.executable, "-m", "trl_replay_ppo"]):
+        executable = Path(sys.executable).parent / command[0] if command[0] == "trl-replay-ppo" else command[0]
+        result = subprocess.run([str(executable), *command[1:], "config-reference"], capture_output=True, text=True)
+        assert result.returncode == 0 and "`replay_sample_size`" in result.stdout
+
+
+def parse_shipped(name: str):
+    # transformers refuses bf16 on a machine without a GPU unless `use_cpu` is set.
+    return make_parser().parse_args_and_config(
+        ["--config", str(ROOT / "examples/configs" / name), "--use_cpu", "true"]
+    )
+
+
+@pytest.mark.parametrize("name", ["gsm8k_qwen3_0.6b_lora.yaml", "gsm8k_qwen3_0.6b_full.yaml"])
+def test_shipped_gsm8k_configs_parse_offline(name):
+    script, args, model_args = parse_shipped(name)
+    assert script.reward_funcs == ["gsm8k_accuracy", "format"] and args.use_replay_buffer
+    assert model_args.model_name_or_path == "Qwen/Qwen3-0.6B"
+
+
+def test_lora_gsm8k_config_fits_16gb():
+    from trl import get_peft_config
+
+    _, args, model_args = parse_shipped("gsm8k_qwen3_0.6b_lora.yaml")
+    budget = gpu_memory_budget(qwen3_0_6b_config(), args, get_peft_config(model_args))
+    assert budget["total"] < 0.8 * 16e9 / 2**30, budget
+    assert args.bf16 and args.shared_value_head and args.gradient_checkpointing
+
+
+def test_unknown_reward_function_is_named(tmp_path, tiny_dirs):
+    config = write_tiny_run(tmp_path, tiny_dirs, reward_funcs=["gsm8k_acuracy"])
+    with pytest.raises(ValueError, match="Unknown reward function 'gsm8k_acuracy'"):
+        main(["train", "--config", str(config)])
+
+
+def test_reward_function_by_module_path(tmp_path, tiny_dirs):
+    config = write_tiny_run(tmp_path, tiny_dirs, reward_funcs=["trl_replay_ppo.rewards:nope"])
+    with pytest.raises(ValueError, match="has no attribute 'nope'"):
+        main(["train", "--config", str(config)])
+
+
+def test_missing_dataset_column_is_named(tmp_path, tiny_dirs):
+    config = write_tiny_run(tmp_path, tiny_dirs, prompt_column="problem")
+    with pytest.raises(ValueError, match=r"`prompt_column='problem'` is not a column"):
+        main(["train", "--config", str(config)])
+
+
+def test_unknown_yaml_key_is_named(tmp_path, tiny_dirs):
+    config = write_tiny_run(tmp_path, tiny_dirs, replay_sampel_size=4)
+    with pytest.raises(ValueError, match="replay_sampel_size"):
+        main(["train", "--config", str(config)])
+
+
+def test_readme_config_reference_is_in_sync():
+    readme = (ROOT / "README.md").read_text()
+    match = re.search(r"<!-- config-reference:start -->\n(.*?)<!-- config-reference:end -->", readme, re.S)
+    assert match, "README lacks the generated config reference"
+    assert match.group(1) == config_reference(), "regenerate it: trl-replay-ppo config-reference"

@@ -1,0 +1,51 @@
+"""Two processes on CPU through `accelerate launch` (gloo): replay + PER, checkpoint of both ranks, resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).parent.parent
+
+
+def launch(models_dir: Path, output_dir: Path, mode: str) -> dict:
+    accelerate = Path(sys.executable).parent / "accelerate"
+    command = [
+        str(accelerate),
+        "launch",
+        "--config_file",
+        str(ROOT / "examples/accelerate/cpu_2proc.yaml"),
+        "--main_process_port",
+        "29517",
+        str(ROOT / "tests/distributed_run.py"),
+        str(models_dir),
+        str(output_dir),
+        mode,
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return json.loads((output_dir / f"summary-{mode}.json").read_text())
+
+
+def test_two_processes_train_checkpoint_and_resume(tmp_path, tiny_dirs):
+    models = tiny_dirs["policy"].parent
+    straight = launch(models, tmp_path / "straight", "fresh")
+    assert straight["world_size"] == 2 and straight["ranks_equal"]
+    assert straight["global_step"] == 8 and straight["episode"] == 64
+    assert all(size > 0 for size in straight["buffer_sizes"])  # each rank keeps its own buffer
+    checkpoint = tmp_path / "straight" / "checkpoint-4"
+    assert (checkpoint / "rank_0.pt").is_file() and (checkpoint / "rank_1.pt").is_file()
+    records = [json.loads(line) for line in (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()]
+    assert len(records) == 8 and records[-1]["buffer/size"] > 0  # rank 0 writes the metrics gathered over ranks
+
+    resumed_dir = tmp_path / "resumed"
+    resumed_dir.mkdir()
+    shutil.copytree(checkpoint, resumed_dir / "checkpoint-4")
+    resumed = launch(models, resumed_dir, "resume")
+    assert resumed["ranks_equal"] and resumed["global_step"] == 8
+    assert resumed["weights_sum"] == straight["weights_sum"]  # exact resume across both ranks
