@@ -9,10 +9,10 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from helpers import make_trainer, tiny_config  # noqa: E402
+from helpers import make_trainer, tiny_config
 
-from trl_replay_ppo.tasks.digits import digits_reward, make_digits_dataset  # noqa: E402
-from trl_replay_ppo.tasks.tiny import load_tiny_models  # noqa: E402
+from trl_replay_ppo.tasks.digits import digits_reward, make_digits_dataset
+from trl_replay_ppo.tasks.tiny import load_tiny_models
 
 
 def main(models_dir: str, output_dir: str, resume: str) -> None:
