@@ -97,11 +97,19 @@ class RewardFunctionError(RuntimeError):
     """A reward function raised; the message names it and the first sample it fails on."""
 
 
-def call_reward_func(func: RewardFunc, prompts: list, completions: list, columns: dict[str, list]) -> list[float]:
-    """Call one reward function and check it returned one float per completion.
+def call_reward_func(
+    func: RewardFunc,
+    prompts: list,
+    completions: list,
+    columns: dict[str, list],
+    nonfinite_value: float | None = None,
+) -> tuple[list[float], int]:
+    """Call one reward function and check its answer: one finite float per completion.
 
-    An exception inside the function is re-raised as `RewardFunctionError` naming the function
-    and the index of the first sample it fails on alone.
+    Returns ``(rewards, replaced)``. An exception inside the function is re-raised as
+    `RewardFunctionError` naming the function and the first sample it fails on alone. NaN/inf
+    values are an error naming the function and the sample, unless ``nonfinite_value`` is given:
+    they are then replaced by it and counted in ``replaced``.
     """
     name = reward_func_name(func)
     try:
@@ -118,9 +126,18 @@ def call_reward_func(func: RewardFunc, prompts: list, completions: list, columns
             "return exactly one float per completion."
         )
     try:
-        return [float(v) for v in values]
+        rewards = [float(v) for v in values]
     except (TypeError, ValueError) as error:
         raise TypeError(f"Reward function `{name}` must return floats: {error}.") from error
+    bad = [i for i, value in enumerate(rewards) if not math.isfinite(value)]
+    if bad and nonfinite_value is None:
+        raise ValueError(
+            f"Reward function `{name}` returned {rewards[bad[0]]} for sample {bad[0]} ({len(bad)} non-finite of "
+            f"{len(rewards)}); fix the function or set `reward_nonfinite_value` to replace such values."
+        )
+    for i in bad:
+        rewards[i] = nonfinite_value
+    return rewards, len(bad)
 
 
 def _first_failing_sample(func: RewardFunc, prompts: list, completions: list, columns: dict[str, list]) -> int | None:

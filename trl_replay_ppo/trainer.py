@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from accelerate import Accelerator
+from accelerate import Accelerator, PartialState
 from accelerate.utils import gather_object
 from datasets import Dataset
 from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase, TrainerCallback
@@ -79,6 +79,7 @@ from trl_replay_ppo.rewards import (
     reward_func_name,
     validate_reward_funcs,
 )
+from trl_replay_ppo.validation import check_output_dir, check_sizes, check_vocabularies
 
 logger = logging.getLogger(__name__)
 
@@ -169,6 +170,9 @@ class PhasedPPOTrainer(PPOTrainer):
             eval_dataset = prepare_prompt_dataset(
                 eval_dataset, processing_class, args.max_prompt_length, "eval_dataset", **prepare
             )
+        check_sizes(args, train_dataset, eval_dataset, PartialState().num_processes)
+        check_vocabularies(processing_class, model, reward_model, value_model)
+        check_output_dir(args.output_dir)
         if self.reward_funcs:
             preflight_reward_funcs(self.reward_funcs, train_dataset[: min(2, len(train_dataset))])
         if args.total_episodes is None:
@@ -216,6 +220,7 @@ class PhasedPPOTrainer(PPOTrainer):
         self.kl_ctl = make_kl_controller(args.kl_controller, args.kl_coef, args.kl_target, args.kl_horizon)
         self.prompt_stream = PromptStream.for_trainer(self)
         self.skipped_steps = 0
+        self.nonfinite_rewards = 0
         self._consecutive_skips = 0
 
     def eval_metric_names(self) -> list[str]:
@@ -376,6 +381,7 @@ class PhasedPPOTrainer(PPOTrainer):
             "kl_controller": self.kl_ctl.state_dict(),
             "skipped_steps": self.skipped_steps,
             "consecutive_skips": self._consecutive_skips,
+            "nonfinite_rewards": self.nonfinite_rewards,
             "accumulation_step": self.accelerator.step,
         }
 
@@ -383,6 +389,7 @@ class PhasedPPOTrainer(PPOTrainer):
         self.kl_ctl.load_state_dict(state["kl_controller"])
         self.skipped_steps = state["skipped_steps"]
         self._consecutive_skips = state["consecutive_skips"]
+        self.nonfinite_rewards = state["nonfinite_rewards"]
         self.accelerator.step = state["accumulation_step"]
 
     def rank_state(self) -> dict[str, Any]:
@@ -547,8 +554,15 @@ class PhasedPPOTrainer(PPOTrainer):
                 completions = [[{"role": "assistant", "content": c}] for c in completions]
             columns = {k: v for k, v in prompts.items() if k not in PROMPT_COLUMNS and k != "prompt"}
             for func in self.reward_funcs:
-                values = call_reward_func(func, prompt_values, completions, columns)
+                values, replaced = call_reward_func(
+                    func, prompt_values, completions, columns, self.args.reward_nonfinite_value
+                )
+                self.nonfinite_rewards += replaced
                 sources.append(torch.tensor(values, dtype=torch.float32, device=responses.device))
+        if sources and self.reward_model is not None and not torch.isfinite(sources[0]).all():
+            raise ValueError(
+                "The reward model returned a non-finite score; check its weights and inputs. No update was made."
+            )
         source_scores = torch.stack(sources, dim=1)
         return (source_scores * self.reward_weights).sum(1), source_scores
 
@@ -879,6 +893,8 @@ class PhasedPPOTrainer(PPOTrainer):
         metrics["policy/grad_norm"] = float(np.mean(grad_norms))
         metrics["objective/kl_coef"] = self.kl_ctl.value
         metrics["train/skipped_steps"] = self.skipped_steps
+        if self.args.reward_nonfinite_value is not None:
+            metrics["rewards/nonfinite"] = self.nonfinite_rewards
         return metrics
 
 
