@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 from helpers import LogRecorder, make_trainer, tiny_config
 
@@ -214,3 +215,39 @@ def test_early_stopping_on_a_plateau_and_best_model_loaded(tmp_path, tiny):
     assert all(torch.equal(p, best[n]) for n, p in model.named_parameters() if p.requires_grad)
     last = load_file(tmp_path / "out" / "checkpoint-6" / "trainable_params.safetensors")
     assert any(not torch.equal(last[n], best[n]) for n in best)
+
+
+def test_failing_checkpoint_write_is_a_clear_error_and_keeps_earlier_checkpoints(
+    tmp_path, tiny, tiny_dirs, monkeypatch
+):
+    import trl_replay_ppo.checkpoint as checkpoint
+
+    torch_save = checkpoint.torch.save
+
+    def disk_full_at_step_4(obj, path, *args, **kwargs):
+        if "checkpoint-4" in str(path):
+            raise OSError(28, "No space left on device")
+        return torch_save(obj, path, *args, **kwargs)
+
+    monkeypatch.setattr(checkpoint.torch, "save", disk_full_at_step_4)
+    args = tiny_config(tmp_path, total_episodes=32, save_strategy="steps", save_steps=2)
+    trainer = make_trainer(tiny, args, make_digits_dataset(16), reward_model=None, reward_funcs=digits_reward)
+    with pytest.raises(checkpoint.CheckpointWriteError, match=r"checkpoint-4 \(OSError: .*No space left on device"):
+        trainer.train()
+    out = tmp_path / "out"
+    assert latest_checkpoint(out) == out / "checkpoint-2"
+    assert not (out / "tmp-checkpoint-4").exists() and not (out / "checkpoint-4").exists()
+
+    monkeypatch.setattr(checkpoint.torch, "save", torch_save)
+    fresh = load_tiny_models(tiny_dirs)
+    resumed = make_trainer(fresh, args, make_digits_dataset(16), reward_model=None, reward_funcs=digits_reward)
+    resumed.train(resume_from_checkpoint=True)
+    assert resumed.state.global_step == 8
+
+
+def test_unwritable_output_dir_fails_before_training(tmp_path, tiny):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    args = tiny_config(tmp_path, output_dir=str(blocker / "out"))
+    with pytest.raises(PermissionError, match=r"`output_dir`=.* is not a writable directory"):
+        make_trainer(tiny, args, make_digits_dataset(8))

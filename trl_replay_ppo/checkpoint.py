@@ -106,18 +106,47 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.random.set_rng_state_all(state["cuda"])
 
 
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written; earlier checkpoints are untouched."""
+
+
 def save_checkpoint(trainer: PhasedPPOTrainer) -> Path:
-    """Write ``checkpoint-<global_step>`` atomically (all ranks take part); returns its path."""
+    """Write ``checkpoint-<global_step>`` atomically (all ranks take part); returns its path.
+
+    An ``OSError`` on any rank (disk full, permissions...) is raised on every rank as
+    `CheckpointWriteError` once the partial write is removed, so no rank waits forever.
+    """
     args, accelerator, state = trainer.args, trainer.accelerator, trainer.state
     final = checkpoint_dir(args.output_dir, state.global_step)
     staging = final.with_name("tmp-" + final.name)
-    if accelerator.is_main_process:
-        shutil.rmtree(staging, ignore_errors=True)  # left over by a run killed mid-save
-        staging.mkdir(parents=True)
-    accelerator.wait_for_everyone()
-    torch.save(trainer.rank_state(), staging / f"rank_{accelerator.process_index}.pt")
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
+
+    def collectively(step) -> None:
+        error = None
+        try:
+            step()
+        except OSError as raised:
+            error = raised
+        failed = accelerator.gather(torch.tensor([int(error is not None)], device=accelerator.device)).sum() > 0
+        if failed:
+            if accelerator.is_main_process:
+                shutil.rmtree(staging, ignore_errors=True)
+            reason = f"{type(error).__name__}: {error}" if error is not None else "another process failed to write"
+            raise CheckpointWriteError(
+                f"Could not write checkpoint {final} ({reason}). Earlier checkpoints are untouched; free disk "
+                "space or fix `output_dir`'s permissions, then resume with `resume_from_checkpoint=True`."
+            ) from error
+
+    def prepare() -> None:
+        if accelerator.is_main_process:
+            shutil.rmtree(staging, ignore_errors=True)  # left over by a run killed mid-save
+            staging.mkdir(parents=True)
+
+    def write_rank_state() -> None:
+        torch.save(trainer.rank_state(), staging / f"rank_{accelerator.process_index}.pt")
+
+    def write_shared_state_and_commit() -> None:
+        if not accelerator.is_main_process:
+            return
         save_file(trainable_state(trainer), staging / "trainable_params.safetensors")
         trainer.save_model(str(staging / "policy"), _internal_call=True)
         torch.save(trainer.optimizer.state_dict(), staging / "optimizer.pt")
@@ -131,7 +160,10 @@ def save_checkpoint(trainer: PhasedPPOTrainer) -> Path:
             shutil.rmtree(final)
         os.replace(staging, final)
         rotate_checkpoints(args.output_dir, args.save_total_limit, state.best_model_checkpoint)
-    accelerator.wait_for_everyone()
+
+    collectively(prepare)
+    collectively(write_rank_state)
+    collectively(write_shared_state_and_commit)
     return final
 
 
