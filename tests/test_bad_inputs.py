@@ -1,0 +1,190 @@
+"""Every bad input fails fast: before any generation, with an error that names what to change."""
+
+from __future__ import annotations
+
+import pytest
+from datasets import Dataset
+from helpers import make_trainer, tiny_config
+from trl.experimental.ppo import PPOConfig
+
+import trl_replay_ppo.trainer as trainer_module
+from trl_replay_ppo import ReplayPPOConfig
+from trl_replay_ppo.tasks.digits import digits_reward, make_digits_dataset
+
+CONFIG_CASES = [
+    ({"num_mini_batches": 3}, "num_mini_batches"),
+    ({"whiten_rewards": True}, "whiten_rewards"),
+    ({"response_length": 0}, "response_length"),
+    ({"temperature": 0.0}, "temperature"),
+    ({"cliprange": 0.0}, "cliprange"),
+    ({"cliprange_value": -1.0}, "cliprange_value"),
+    ({"vf_coef": -1.0}, "vf_coef"),
+    ({"gamma": 1.5}, "gamma"),
+    ({"lam": -0.1}, "lam"),
+    ({"kl_estimator": "k2"}, "kl_estimator"),
+    ({"kl_coef": -0.1}, "kl_coef"),
+    ({"stop_token": "eos", "stop_token_id": 1}, "stop_token"),
+    ({"missing_eos_penalty": -1.0}, "missing_eos_penalty"),
+    ({"total_episodes": 0}, "total_episodes"),
+    ({"num_ppo_epochs": 0}, "num_ppo_epochs"),
+    ({"local_rollout_forward_batch_size": 0}, "local_rollout_forward_batch_size"),
+    ({"num_generations": 3}, "num_generations"),
+    ({"max_prompt_length": 0}, "max_prompt_length"),
+    ({"reward_weights": [float("nan")]}, "reward_weights"),
+    ({"reward_nonfinite_value": float("inf")}, "reward_nonfinite_value"),
+    ({"entropy_coef": -1.0}, "entropy_coef"),
+    ({"kl_controller": "pid"}, "kl_controller"),
+    ({"kl_target": 0.0}, "kl_target"),
+    ({"max_grad_norm": -1.0}, "max_grad_norm"),
+    ({"use_replay_buffer": True, "replay_sample_size": 6}, "replay_sample_size"),
+    ({"replay_buffer_size": 0}, "replay_buffer_size"),
+    ({"priority_beta": 2.0}, "priority_beta"),
+    ({"replay_importance_cap": 0.0}, "replay_importance_cap"),
+    ({"early_stopping_patience": 2}, "early_stopping_patience"),
+    ({"eval_temperature": -1.0}, "eval_temperature"),
+]
+
+
+@pytest.mark.parametrize(("overrides", "field"), CONFIG_CASES, ids=[c[1] for c in CONFIG_CASES])
+def test_bad_config_names_the_field(tmp_path, overrides, field):
+    settings = {"output_dir": str(tmp_path), "per_device_train_batch_size": 4, "use_cpu": True, **overrides}
+    with pytest.raises(ValueError, match=f"`{field}`"):
+        ReplayPPOConfig(**settings)
+
+
+def _untokenizable(tiny, tmp_path):
+    return make_trainer(tiny, tiny_config(tmp_path), Dataset.from_dict({"prompt": [1, 2, 3, 4]}))
+
+
+def _no_pad_token(tiny, tmp_path):
+    tiny["tokenizer"].pad_token = None
+    return make_trainer(tiny, tiny_config(tmp_path), make_digits_dataset(8))
+
+
+def _small_vocab_reward_model(tiny, tmp_path):
+    tiny["reward_model"].resize_token_embeddings(50)
+    return make_trainer(tiny, tiny_config(tmp_path), make_digits_dataset(8))
+
+
+TRAINER_CASES = [
+    (
+        "no prompt column",
+        lambda t, p: make_trainer(t, tiny_config(p), Dataset.from_dict({"text": ["1="] * 8})),
+        ValueError,
+        "`train_dataset` needs an `input_ids` column",
+    ),
+    (
+        "empty dataset",
+        lambda t, p: make_trainer(t, tiny_config(p), Dataset.from_dict({"prompt": []})),
+        ValueError,
+        "`train_dataset` is empty",
+    ),
+    (
+        "dataset smaller than a batch",
+        lambda t, p: make_trainer(t, tiny_config(p), make_digits_dataset(3)),
+        ValueError,
+        "`train_dataset` has 3 prompts but one update needs 4",
+    ),
+    (
+        "eval dataset smaller than a batch",
+        lambda t, p: make_trainer(
+            t,
+            tiny_config(p, per_device_eval_batch_size=8),
+            make_digits_dataset(8),
+            eval_dataset=make_digits_dataset(4),
+        ),
+        ValueError,
+        "`eval_dataset` has 4 prompts",
+    ),
+    (
+        "prompts all too long",
+        lambda t, p: make_trainer(t, tiny_config(p, max_prompt_length=2), make_digits_dataset(8)),
+        ValueError,
+        "longer than max_prompt_length=2",
+    ),
+    ("prompt of the wrong type", _untokenizable, TypeError, "must be a string or a list of chat messages"),
+    (
+        "no reward",
+        lambda t, p: make_trainer(t, tiny_config(p), make_digits_dataset(8), reward_model=None),
+        ValueError,
+        "No reward",
+    ),
+    (
+        "reward function not callable",
+        lambda t, p: make_trainer(t, tiny_config(p), make_digits_dataset(8), reward_funcs=[digits_reward, 3]),
+        TypeError,
+        r"`reward_funcs\[1\]`",
+    ),
+    (
+        "reward weights of the wrong length",
+        lambda t, p: make_trainer(t, tiny_config(p, reward_weights=[1.0, 2.0]), make_digits_dataset(8)),
+        ValueError,
+        "`reward_weights` has 2 entries",
+    ),
+    ("tokenizer without pad token", _no_pad_token, ValueError, "no pad token"),
+    ("reward model with another vocabulary", _small_vocab_reward_model, ValueError, "`reward_model` has a vocabulary"),
+    (
+        "metric never produced",
+        lambda t, p: make_trainer(
+            t,
+            tiny_config(p, eval_strategy="steps", metric_for_best_model="accuracy"),
+            make_digits_dataset(8),
+            eval_dataset=make_digits_dataset(8),
+        ),
+        ValueError,
+        "`metric_for_best_model='accuracy'`",
+    ),
+    (
+        "evaluation without eval dataset",
+        lambda t, p: make_trainer(t, tiny_config(p, eval_strategy="steps"), make_digits_dataset(8)),
+        ValueError,
+        "need an `eval_dataset`",
+    ),
+    (
+        "TRL's PPOConfig instead of ReplayPPOConfig",
+        lambda t, p: make_trainer(t, PPOConfig(output_dir=str(p), use_cpu=True, bf16=False), make_digits_dataset(8)),
+        TypeError,
+        "`args` must be a `ReplayPPOConfig`",
+    ),
+    (
+        "value model with the shared head",
+        lambda t, p: make_trainer(t, tiny_config(p, shared_value_head=True), make_digits_dataset(8)),
+        ValueError,
+        "pass `value_model=None`",
+    ),
+    (
+        "output dir is a file",
+        lambda t, p: (
+            (p / "f").write_text("x")
+            and make_trainer(t, tiny_config(p, output_dir=str(p / "f")), make_digits_dataset(8))
+        ),
+        PermissionError,
+        "`output_dir`=",
+    ),
+    (
+        "resume from a missing path",
+        lambda t, p: make_trainer(t, tiny_config(p), make_digits_dataset(8)).train(
+            resume_from_checkpoint=str(p / "no")
+        ),
+        FileNotFoundError,
+        "`resume_from_checkpoint`",
+    ),
+]
+
+
+@pytest.fixture
+def no_generation(monkeypatch):
+    def forbidden(*args, **kwargs):
+        raise AssertionError("generation started before the bad input was reported")
+
+    monkeypatch.setattr(trainer_module, "batch_generation", forbidden)
+
+
+@pytest.mark.parametrize(("name", "build", "error", "match"), TRAINER_CASES, ids=[c[0] for c in TRAINER_CASES])
+def test_bad_trainer_input_fails_before_generation(tmp_path, tiny, no_generation, name, build, error, match):
+    with pytest.raises(error, match=match):
+        build(tiny, tmp_path)
+
+
+def test_enough_cases():
+    assert len(CONFIG_CASES) + len(TRAINER_CASES) >= 25
