@@ -173,3 +173,22 @@ def test_seed_name_alias():
 def test_bad_replay_settings_are_named(tmp_path, overrides, match):
     with pytest.raises(ValueError, match=match):
         ReplayPPOConfig(output_dir=str(tmp_path), per_device_train_batch_size=8, **overrides)
+
+
+def test_buffer_memory_stays_bounded_over_a_long_run(tmp_path, tiny):
+    trainer = replay_trainer(
+        tiny, tmp_path, total_episodes=4 * 60, replay_buffer_size=16, min_replay_size=4, staleness_threshold=1000
+    )
+    sizes, stored = [], []
+    after = trainer.after_ppo_update
+
+    def recording(batch):
+        after(batch)
+        sizes.append(len(trainer.replay_buffer))
+        stored.append(sum(e is not None for e in trainer.replay_buffer.storage.episodes))
+
+    trainer.after_ppo_update = recording
+    trainer.train()
+    assert len(sizes) == 60
+    assert max(sizes) == 16 and max(stored) == 16  # full, and never more
+    assert trainer.replay_buffer.evicted["fifo"] + trainer.replay_buffer.evicted["reuse"] >= 4 * 60 - 16
