@@ -30,6 +30,7 @@ import numpy as np
 
 RESULTS = Path(__file__).parent / "results"
 WINDOW = 5  # updates in the score's moving average
+LEVELS = (0.3, 0.4, 0.5, 0.6, 0.7)
 
 COMMON = {
     "per_device_train_batch_size": 32,
@@ -158,6 +159,9 @@ def summarise(runs: list[dict], target: float | None) -> tuple[dict, float]:
             "peak_rss_gib": float(np.median([run["peak_rss_bytes"] for run in arm_runs])) / 1024**3,
             "buffer_mib": float(np.median([run["buffer_bytes"] for run in arm_runs])) / 1024**2,
             "seconds_per_update": float(np.median(update_times)),
+            "episodes_to_level": {
+                str(level): float(np.median([first_reach(run, level)[0] for run in arm_runs])) for level in LEVELS
+            },
             "sample_efficiency": float(
                 np.median([run["log"][-1]["trained"] / run["log"][-1]["episode"] for run in arm_runs])
             ),
@@ -216,12 +220,27 @@ def write_table(summary: dict, target: float, options, path: Path) -> str:
             f"{s['final_score']:.3f} | {s['seconds_per_update']:.3f} | {s['sample_efficiency']:.2f} | "
             f"{s['peak_rss_gib']:.2f} GiB | {s['buffer_mib']:.2f} MiB |"
         )
+    lines += [
+        "",
+        "Generated episodes to reach other moving-average scores (median over seeds; inf: not reached):",
+        "",
+        "| arm | " + " | ".join(f"score {level}" for level in LEVELS) + " |",
+        "|---|" + "---|" * len(LEVELS),
+    ]
+    for arm, s in summary.items():
+        cells = []
+        for level in LEVELS:
+            episodes = s["episodes_to_level"][str(level)]
+            ratio = stock["episodes_to_level"][str(level)] / episodes
+            cells.append(f"{episodes:.0f}" + (f" ({ratio:.2f}x fewer)" if np.isfinite(ratio) else ""))
+        lines.append(f"| {arm} | " + " | ".join(cells) + " |")
     off = summary.get("replay_off")
     if off:
-        lines += [
-            "",
-            f"Time per update, replay off / stock TRL: {off['seconds_per_update'] / stock['seconds_per_update']:.3f}.",
-        ]
+        lines.append("")
+        for name in ("stock_trl", "stock_trl_no_gc"):
+            if name in summary:
+                ratio = off["seconds_per_update"] / summary[name]["seconds_per_update"]
+                lines.append(f"Time per update, replay off / {name}: {ratio:.3f}.")
     replay_arms = [a for a in ("uniform_replay", "prioritized_replay") if a in summary]
     if off and replay_arms:
         ratios = ", ".join(f"{a} {summary[a]['peak_rss_gib'] / off['peak_rss_gib']:.3f}" for a in replay_arms)

@@ -105,7 +105,13 @@ def test_eval_strategy_needs_an_eval_dataset(tmp_path, tiny):
 
 
 def test_metric_for_best_model_must_be_produced(tmp_path, tiny):
-    args = tiny_config(tmp_path, eval_strategy="steps", eval_steps=2, metric_for_best_model="eval_accuracy")
+    args = tiny_config(
+        tmp_path,
+        eval_strategy="steps",
+        eval_steps=2,
+        metric_for_best_model="eval_accuracy",
+        per_device_eval_batch_size=4,
+    )
     with pytest.raises(ValueError, match="'eval_accuracy'` is not a metric `evaluate\\(\\)` produces"):
         make_trainer(tiny, args, make_digits_dataset(8), eval_dataset=make_digits_dataset(4))
 
