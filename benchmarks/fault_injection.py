@@ -22,10 +22,8 @@ import sys
 import time
 from pathlib import Path
 
-UPDATES = 12
 
-
-def child(output_dir: str, models_dir: str) -> None:
+def child(output_dir: str, models_dir: str, updates: int) -> None:
     """One training process: resume from the newest checkpoint if there is one, train to the end."""
     import torch
 
@@ -48,7 +46,7 @@ def child(output_dir: str, models_dir: str) -> None:
         per_device_train_batch_size=4,
         gradient_accumulation_steps=2,
         num_ppo_epochs=2,
-        total_episodes=8 * UPDATES,
+        total_episodes=8 * updates,
         response_length=6,
         learning_rate=1e-3,
         use_cpu=True,
@@ -79,8 +77,8 @@ def child(output_dir: str, models_dir: str) -> None:
     print("FINISHED", flush=True)
 
 
-def start(output_dir: Path, models_dir: Path) -> subprocess.Popen:
-    command = [sys.executable, __file__, "--child", str(output_dir), str(models_dir)]
+def start(output_dir: Path, models_dir: Path, updates: int) -> subprocess.Popen:
+    command = [sys.executable, __file__, "--child", str(output_dir), str(models_dir), str(updates)]
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
 
@@ -92,7 +90,7 @@ def wait_for(process: subprocess.Popen, prefix: str) -> str:
     raise RuntimeError(f"the training process exited ({process.wait()}) before printing {prefix!r}")
 
 
-def run_with_kills(workdir: Path, kills: int, seed: int = 0, max_delay: float = 2.5) -> dict:
+def run_with_kills(workdir: Path, kills: int, updates: int, seed: int = 0, max_delay: float = 2.5) -> dict:
     """Reference run, then a run killed ``kills`` times; returns what happened and whether weights match."""
     from safetensors.torch import load_file
 
@@ -102,14 +100,14 @@ def run_with_kills(workdir: Path, kills: int, seed: int = 0, max_delay: float = 
     rng = random.Random(seed)
     models_dir = workdir / "models"
     build_tiny_models(models_dir)
-    reference = start(workdir / "reference", models_dir)
+    reference = start(workdir / "reference", models_dir, updates)
     wait_for(reference, "FINISHED")
     reference.wait()
 
     faulted, events = workdir / "faulted", []
     while True:
         expected = latest_checkpoint(faulted)
-        process = start(faulted, models_dir)
+        process = start(faulted, models_dir, updates)
         resumed = wait_for(process, "RESUMING").split(" ", 1)[1]
         assert resumed == str(expected), f"resumed from {resumed}, newest complete checkpoint is {expected}"
         if len(events) == kills:
@@ -118,14 +116,14 @@ def run_with_kills(workdir: Path, kills: int, seed: int = 0, max_delay: float = 
             break
         time.sleep(rng.uniform(0.0, max_delay))
         if process.poll() is not None:
-            raise RuntimeError("the run finished before it could be killed; lower max_delay")
+            raise RuntimeError("the run finished before it could be killed; raise `updates`")
         process.send_signal(signal.SIGKILL)
         process.wait()
         partial = sorted(p.name for p in faulted.glob("tmp-checkpoint-*"))
         events.append(
             {"resumed_from": resumed, "newest_after_kill": str(latest_checkpoint(faulted)), "partial": partial}
         )
-    final = f"checkpoint-{UPDATES}/trainable_params.safetensors"
+    final = f"checkpoint-{updates}/trainable_params.safetensors"
     expected_weights = load_file(workdir / "reference" / final)
     got_weights = load_file(faulted / final)
     equal = expected_weights.keys() == got_weights.keys() and all(
@@ -142,26 +140,28 @@ def run_with_kills(workdir: Path, kills: int, seed: int = 0, max_delay: float = 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--kills", type=int, default=20)
+    parser.add_argument("--updates", type=int, default=80, help="Updates of the run (it must outlast the kills).")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workdir", default="/tmp/fault-injection")
-    parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
+    parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     options = parser.parse_args()
     if options.child:
-        child(*options.child)
+        child(options.child[0], options.child[1], int(options.child[2]))
         return
     import shutil
 
     workdir = Path(options.workdir)
     shutil.rmtree(workdir, ignore_errors=True)
     started = time.time()
-    result = run_with_kills(workdir, options.kills, options.seed)
+    result = run_with_kills(workdir, options.kills, options.updates, options.seed)
     result["seconds"] = round(time.time() - started, 1)
     results = Path(__file__).parent / "results"
     results.mkdir(exist_ok=True)
     (results / "fault_injection.json").write_text(json.dumps(result, indent=1))
     summary = (
         "# Fault injection\n\n"
-        f"Command: `python benchmarks/fault_injection.py --kills {options.kills} --seed {options.seed}`.\n\n"
+        f"Command: `python benchmarks/fault_injection.py --kills {options.kills} --updates {options.updates} "
+        f"--seed {options.seed}`.\n\n"
         f"- SIGKILLs: {result['kills']}, of which {result['kills_during_checkpoint_write']} during a checkpoint "
         "write (a `tmp-checkpoint-N` was left behind)\n"
         "- every restart resumed from the newest complete checkpoint: yes\n"

@@ -12,6 +12,6 @@ from fault_injection import run_with_kills
 
 def test_random_kills_resume_to_identical_weights(tmp_path):
     # run_with_kills itself asserts that every restart resumed from the newest complete checkpoint.
-    result = run_with_kills(tmp_path, kills=3, seed=1)
+    result = run_with_kills(tmp_path, kills=3, updates=12, seed=1)
     assert result["kills"] == 3
     assert result["bitwise_equal"]

@@ -147,3 +147,32 @@ def test_reward_weights_length_must_match_sources(tmp_path, tiny):
 def test_tokenized_dataset_is_used_as_is(tiny):
     dataset = tokenized_prompts(tiny["tokenizer"], ["12=", "3="])
     assert prepare_prompt_dataset(dataset, tiny["tokenizer"], None)["input_ids"] == dataset["input_ids"]
+
+
+def test_non_finite_reward_is_named_and_nothing_is_trained(tmp_path, tiny):
+    calls = []
+
+    def sometimes_nan(prompts, completions, **kwargs):
+        calls.append(1)
+        values = [0.5] * len(completions)
+        if len(calls) > 1:  # the pre-flight call is fine; the first rollout is not
+            values[2] = float("nan")
+        return values
+
+    trainer = make_trainer(tiny, tiny_config(tmp_path), make_digits_dataset(8), reward_funcs=sometimes_nan)
+    before = snapshot(trainer.model)
+    with pytest.raises(ValueError, match=r"`sometimes_nan` returned nan for sample 2 .*`reward_nonfinite_value`"):
+        trainer.train()
+    assert not changed(before, trainer.model)
+
+
+def test_non_finite_rewards_can_be_replaced_and_counted(tmp_path, tiny):
+    def all_inf(prompts, completions, **kwargs):
+        return [float("inf")] * len(completions)
+
+    args = tiny_config(tmp_path, total_episodes=8, reward_nonfinite_value=-1.0)
+    trainer = make_trainer(tiny, args, make_digits_dataset(8), reward_model=None, reward_funcs=all_inf)
+    trainer.train()
+    log = trainer.state.log_history[-1]
+    assert log["objective/scores"] == -1.0
+    assert log["rewards/nonfinite"] == 4 + 4  # two updates of 4 episodes (the pre-flight call is not counted)

@@ -154,7 +154,9 @@ def _first_failing_sample(func: RewardFunc, prompts: list, completions: list, co
     return None
 
 
-def preflight_reward_funcs(funcs: Sequence[RewardFunc], rows: dict[str, list]) -> None:
+def preflight_reward_funcs(
+    funcs: Sequence[RewardFunc], rows: dict[str, list], nonfinite_value: float | None = None
+) -> None:
     """Call each reward function once on ``rows`` (a few dataset rows) with empty completions.
 
     Catches a function that crashes, returns the wrong number of values or non-numbers before
@@ -167,7 +169,7 @@ def preflight_reward_funcs(funcs: Sequence[RewardFunc], rows: dict[str, list]) -
     columns = {k: v for k, v in rows.items() if k not in ("prompt", "input_ids", "attention_mask")}
     for func in funcs:
         try:
-            call_reward_func(func, prompts, completions, columns)
+            call_reward_func(func, prompts, completions, columns, nonfinite_value)
         except (TypeError, ValueError, RewardFunctionError) as error:
             note = f" (pre-flight check on {num_rows} dataset rows with empty completions, before training)"
             raise type(error)(f"{error}{note}") from error

@@ -79,7 +79,7 @@ from trl_replay_ppo.rewards import (
     reward_func_name,
     validate_reward_funcs,
 )
-from trl_replay_ppo.validation import check_output_dir, check_sizes, check_vocabularies
+from trl_replay_ppo.validation import check_arguments, check_output_dir, check_sizes, check_vocabularies
 
 logger = logging.getLogger(__name__)
 
@@ -125,42 +125,18 @@ class PhasedPPOTrainer(PPOTrainer):
         peft_config: Any | None = None,
         reward_funcs: RewardFunc | Sequence[RewardFunc] | None = None,
     ) -> None:
-        if not isinstance(args, ReplayPPOConfig):
-            raise TypeError(
-                f"`args` must be a `ReplayPPOConfig` (a superset of TRL's `PPOConfig` with the same fields), got "
-                f"{type(args).__name__}. Replace `PPOConfig(...)` by `ReplayPPOConfig(...)`."
-            )
-        if train_dataset is None:
-            raise ValueError("`train_dataset` is required: a `datasets.Dataset` with `input_ids` or `prompt`.")
-        if getattr(processing_class, "pad_token_id", None) is None:
-            raise ValueError(
-                "The tokenizer (`processing_class`) has no pad token. Set one before building the trainer, e.g. "
-                "`tokenizer.add_special_tokens({'pad_token': '[PAD]'})` and resize the model embeddings."
-            )
+        self.reward_funcs = validate_reward_funcs(reward_funcs)
+        check_arguments(
+            args, processing_class, train_dataset, eval_dataset, reward_model, self.reward_funcs, value_model
+        )
         # TRL seeds torch only; the minibatch shuffles use numpy's global RNG, so seed it (and python's) as
         # transformers' Trainer does, for runs that repeat exactly.
         random.seed(args.seed)
         np.random.seed(args.seed)
-        self.reward_funcs = validate_reward_funcs(reward_funcs)
-        if reward_model is None and not self.reward_funcs:
-            raise ValueError("No reward: pass `reward_model`, `reward_funcs`, or both.")
-        num_sources = int(reward_model is not None) + len(self.reward_funcs)
-        if args.reward_weights is not None and len(args.reward_weights) != num_sources:
-            raise ValueError(
-                f"`reward_weights` has {len(args.reward_weights)} entries but there are {num_sources} reward sources "
-                "(the reward model, if any, then each reward function)."
-            )
-        if args.shared_value_head and value_model is not None:
-            raise ValueError("`shared_value_head=True` builds the critic on the policy: pass `value_model=None`.")
-        if not args.shared_value_head and value_model is None:
-            raise ValueError("`value_model` is required (or set `shared_value_head=True`).")
-        if eval_dataset is not None and not isinstance(eval_dataset, Dataset):
-            raise TypeError(f"`eval_dataset` must be a `datasets.Dataset`, got {type(eval_dataset).__name__}.")
-        if eval_dataset is None and (args.eval_strategy != "no" or args.eval_on_start):
-            raise ValueError(
-                f"`eval_strategy={args.eval_strategy!s}`/`eval_on_start` need an `eval_dataset`; pass one or set "
-                "`eval_strategy='no'`."
-            )
+        self.reward_names = ([reward_model_name(reward_model)] if reward_model is not None else []) + [
+            reward_func_name(f) for f in self.reward_funcs
+        ]
+        self._check_metric_for_best_model(args)
 
         prepare = {"num_proc": args.dataset_num_proc, "chat_template_kwargs": args.chat_template_kwargs}
         train_dataset = prepare_prompt_dataset(
@@ -174,7 +150,8 @@ class PhasedPPOTrainer(PPOTrainer):
         check_vocabularies(processing_class, model, reward_model, value_model)
         check_output_dir(args.output_dir)
         if self.reward_funcs:
-            preflight_reward_funcs(self.reward_funcs, train_dataset[: min(2, len(train_dataset))])
+            rows = train_dataset[: min(2, len(train_dataset))]
+            preflight_reward_funcs(self.reward_funcs, rows, args.reward_nonfinite_value)
         if args.total_episodes is None:
             args.total_episodes = int(args.num_train_epochs * len(train_dataset) * args.num_generations)
         self._init_mixed_precision(args)
@@ -188,9 +165,6 @@ class PhasedPPOTrainer(PPOTrainer):
         if getattr(args, "activation_checkpointing", None) or args.gradient_checkpointing:
             enable_gradient_checkpointing(model, value_model, args.gradient_checkpointing_kwargs)
 
-        self.reward_names = ([reward_model_name(reward_model)] if reward_model is not None else []) + [
-            reward_func_name(f) for f in self.reward_funcs
-        ]
         super().__init__(
             args=args,
             processing_class=processing_class,
@@ -207,7 +181,6 @@ class PhasedPPOTrainer(PPOTrainer):
         )
         if reward_model is None:
             self.reward_model = None
-        self._check_metric_for_best_model()
         if args.early_stopping_patience is not None:
             self.add_callback(EarlyStoppingCallback(args.early_stopping_patience))
         if not args.disable_tqdm:
@@ -215,7 +188,7 @@ class PhasedPPOTrainer(PPOTrainer):
             self.add_callback(RewardProgressCallback)
         self.add_callback(MetricsFileCallback())
         self.add_callback(TextLogCallback())
-        weights = args.reward_weights or [1.0] * num_sources
+        weights = args.reward_weights or [1.0] * len(self.reward_names)
         self.reward_weights = torch.tensor(weights, dtype=torch.float32, device=self.accelerator.device)
         self.kl_ctl = make_kl_controller(args.kl_controller, args.kl_coef, args.kl_target, args.kl_horizon)
         self.prompt_stream = PromptStream.for_trainer(self)
@@ -228,8 +201,8 @@ class PhasedPPOTrainer(PPOTrainer):
         names = ["eval_reward", "eval_reward_std", "eval_kl", "eval_response_length"]
         return names + [f"eval_rewards/{name}" for name in self.reward_names]
 
-    def _check_metric_for_best_model(self) -> None:
-        metric = self.args.metric_for_best_model
+    def _check_metric_for_best_model(self, args: ReplayPPOConfig) -> None:
+        metric = args.metric_for_best_model
         if metric is None:
             return
         full = metric if metric.startswith("eval_") else f"eval_{metric}"

@@ -12,6 +12,49 @@ from transformers import PreTrainedTokenizerBase
 from trl_replay_ppo.config import ReplayPPOConfig
 
 
+def check_arguments(
+    args: ReplayPPOConfig,
+    processing_class: PreTrainedTokenizerBase,
+    train_dataset: Dataset | None,
+    eval_dataset: Dataset | None,
+    reward_model: torch.nn.Module | None,
+    reward_funcs: list,
+    value_model: torch.nn.Module | None,
+) -> None:
+    """The trainer's arguments taken together: types, a reward, the critic, evaluation."""
+    if not isinstance(args, ReplayPPOConfig):
+        raise TypeError(
+            f"`args` must be a `ReplayPPOConfig` (a superset of TRL's `PPOConfig` with the same fields), got "
+            f"{type(args).__name__}. Replace `PPOConfig(...)` by `ReplayPPOConfig(...)`."
+        )
+    if train_dataset is None:
+        raise ValueError("`train_dataset` is required: a `datasets.Dataset` with `input_ids` or `prompt`.")
+    if getattr(processing_class, "pad_token_id", None) is None:
+        raise ValueError(
+            "The tokenizer (`processing_class`) has no pad token. Set one before building the trainer, e.g. "
+            "`tokenizer.add_special_tokens({'pad_token': '[PAD]'})` and resize the model embeddings."
+        )
+    if reward_model is None and not reward_funcs:
+        raise ValueError("No reward: pass `reward_model`, `reward_funcs`, or both.")
+    num_sources = int(reward_model is not None) + len(reward_funcs)
+    if args.reward_weights is not None and len(args.reward_weights) != num_sources:
+        raise ValueError(
+            f"`reward_weights` has {len(args.reward_weights)} entries but there are {num_sources} reward sources "
+            "(the reward model, if any, then each reward function)."
+        )
+    if args.shared_value_head and value_model is not None:
+        raise ValueError("`shared_value_head=True` builds the critic on the policy: pass `value_model=None`.")
+    if not args.shared_value_head and value_model is None:
+        raise ValueError("`value_model` is required (or set `shared_value_head=True`).")
+    if eval_dataset is not None and not isinstance(eval_dataset, Dataset):
+        raise TypeError(f"`eval_dataset` must be a `datasets.Dataset`, got {type(eval_dataset).__name__}.")
+    if eval_dataset is None and (args.eval_strategy != "no" or args.eval_on_start):
+        raise ValueError(
+            f"`eval_strategy={args.eval_strategy!s}`/`eval_on_start` need an `eval_dataset`; pass one or set "
+            "`eval_strategy='no'`."
+        )
+
+
 def check_sizes(args: ReplayPPOConfig, train_dataset: Dataset, eval_dataset: Dataset | None, world_size: int) -> None:
     """Every rank must get at least one full batch of prompts (batches are drop_last, as in TRL)."""
     prompts_per_batch = args.per_device_train_batch_size * args.gradient_accumulation_steps // args.num_generations
