@@ -28,25 +28,13 @@ from pathlib import Path
 
 import numpy as np
 
+from trl_replay_ppo.demo import DIGITS_SETTINGS
+
 RESULTS = Path(__file__).parent / "results"
 WINDOW = 5  # updates in the score's moving average
 LEVELS = (0.3, 0.4, 0.5, 0.6, 0.7)
 
-COMMON = {
-    "per_device_train_batch_size": 32,
-    "num_ppo_epochs": 4,
-    "response_length": 8,
-    "learning_rate": 3e-4,
-    "lr_scheduler_type": "constant",
-    "kl_coef": 0.01,
-    "temperature": 1.0,
-    "use_cpu": True,
-    "bf16": False,
-    "report_to": "none",
-    "save_strategy": "no",
-    "disable_tqdm": True,
-    "num_sample_generations": 0,
-}
+COMMON = {**DIGITS_SETTINGS, "bf16": False, "disable_tqdm": True}
 ARMS = {
     "stock_trl": {},
     "stock_trl_no_gc": {},
