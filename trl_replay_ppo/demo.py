@@ -10,7 +10,7 @@ from trl_replay_ppo.config import ReplayPPOConfig
 from trl_replay_ppo.plotting import plot_runs
 from trl_replay_ppo.tasks.digits import digits_reward, make_digits_dataset
 from trl_replay_ppo.tasks.tiny import build_tiny_models, load_tiny_models
-from trl_replay_ppo.trainer import PhasedPPOTrainer
+from trl_replay_ppo.trainer import ReplayPPOTrainer
 
 # Hyper-parameters that learn the digits task in about a minute on two CPU cores; the demo and
 # benchmarks/sample_efficiency.py both train with them.
@@ -48,7 +48,7 @@ def run_demo(output_dir: str | Path = "outputs/demo", **overrides) -> dict[str, 
     output_dir = Path(output_dir)
     models = load_tiny_models(build_tiny_models(output_dir / "models"))
     args = demo_config(output_dir, **overrides)
-    trainer = PhasedPPOTrainer(
+    trainer = ReplayPPOTrainer(
         args=args,
         processing_class=models["tokenizer"],
         model=models["policy"],
