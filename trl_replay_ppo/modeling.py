@@ -34,10 +34,6 @@ class SharedValueHead(torch.nn.Module):
         torch.nn.init.normal_(self.score.weight, std=1.0 / (hidden_size + 1) ** 0.5)
         self.config = policy.config
 
-    def head_state_dict(self) -> dict[str, torch.Tensor]:
-        """The critic's own weights: the head only (the backbone is saved with the policy)."""
-        return {f"score.{k}": v for k, v in self.score.state_dict().items()}
-
 
 def apply_value_lora(value_model: PreTrainedModel, peft_config) -> PreTrainedModel:
     """Put LoRA adapters on the value model's backbone; its ``score`` head stays fully trainable.
