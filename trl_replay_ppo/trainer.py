@@ -422,15 +422,13 @@ class PhasedPPOTrainer(PPOTrainer):
         with accelerator.autocast():
             query_responses, logitss = self.generate(queries, self.generation_kwargs, chunk)
             logprobs, ref_logprobs, postprocessed, values, model_scores = [], [], [], [], []
-            value_model = accelerator.unwrap_model(self.model).value_model
             for i in range(0, queries.shape[0], chunk):
                 query_response = query_responses[i : i + chunk]
                 response = query_response[:, context_length:]
                 logprobs.append(selective_log_softmax(logitss[i : i + chunk].float(), response))
-                ref_logprobs.append(self._ref_logprobs(query_response, response, context_length))
+                ref_logprobs.append(self._ref_logprobs(query_response, context_length))
                 postprocessed.append(self.truncate(response))
-                full_value, _, _ = get_reward(value_model, query_response, pad_token_id, context_length)
-                values.append(full_value[:, context_length - 1 : -1].squeeze(-1).float())
+                values.append(self.response_values(query_response, context_length))
                 model_scores.extend(self.reward_model_scores(queries[i : i + chunk], postprocessed[-1]))
         del logitss
         postprocessed_responses = torch.cat(postprocessed, 0)
@@ -489,17 +487,27 @@ class PhasedPPOTrainer(PPOTrainer):
         )
         return [scores.float()]
 
-    def _ref_logprobs(self, query_response: torch.Tensor, response: torch.Tensor, context_length: int) -> torch.Tensor:
+    def response_logprobs(
+        self, model: torch.nn.Module, query_responses: torch.Tensor, context_length: int
+    ) -> torch.Tensor:
+        """(b, R) log-probs of the responses under ``model``, from temperature-scaled logits (TRL's recipe)."""
+        output = forward(model, query_responses, self.processing_class.pad_token_id)
+        logits = output.logits[:, context_length - 1 : -1].float()
+        logits /= self.args.temperature + 1e-7
+        return selective_log_softmax(logits, query_responses[:, context_length:])
+
+    def response_values(self, query_responses: torch.Tensor, context_length: int) -> torch.Tensor:
+        """(b, R) critic values at each response position (before the token is generated)."""
+        value_model = self.accelerator.unwrap_model(self.model).value_model
+        full_value, _, _ = get_reward(value_model, query_responses, self.processing_class.pad_token_id, context_length)
+        return full_value[:, context_length - 1 : -1].squeeze(-1).float()
+
+    def _ref_logprobs(self, query_responses: torch.Tensor, context_length: int) -> torch.Tensor:
         """(b, R) reference log-probs: the ref model, or the policy with its adapter disabled."""
-        pad_token_id = self.processing_class.pad_token_id
         if self.ref_model is None:
             with self.null_ref_context():
-                ref_output = forward(self.model.policy, query_response, pad_token_id)
-        else:
-            ref_output = forward(self.ref_model, query_response, pad_token_id)
-        ref_logits = ref_output.logits[:, context_length - 1 : -1].float()
-        ref_logits /= self.args.temperature + 1e-7
-        return selective_log_softmax(ref_logits, response)
+                return self.response_logprobs(self.model.policy, query_responses, context_length)
+        return self.response_logprobs(self.ref_model, query_responses, context_length)
 
     def score(
         self,
@@ -774,13 +782,9 @@ class PhasedPPOTrainer(PPOTrainer):
         query_responses = torch.cat((queries, responses), 1)
         context_length = queries.shape[1]
         with self.accelerator.autocast():
-            output = forward(
-                self.accelerator.unwrap_model(self.model).policy, query_responses, self.processing_class.pad_token_id
-            )
-            logits = output.logits[:, context_length - 1 : -1].float()
-            logits /= self.args.temperature + 1e-7
-            logprobs = selective_log_softmax(logits, responses)
-            ref_logprobs = self._ref_logprobs(query_responses, responses, context_length)
+            policy = self.accelerator.unwrap_model(self.model).policy
+            logprobs = self.response_logprobs(policy, query_responses, context_length)
+            ref_logprobs = self._ref_logprobs(query_responses, context_length)
         padding_mask, _ = response_padding_masks(sequence_lengths, responses.shape[1])
         return torch.masked_fill(logprobs - ref_logprobs, padding_mask, 0).sum(1)
 

@@ -18,9 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from trl.experimental.ppo.ppo_trainer import INVALID_LOGPROB, forward
-from trl.experimental.utils import get_reward
-from trl.trainer.utils import selective_log_softmax
+from trl.experimental.ppo.ppo_trainer import INVALID_LOGPROB
 
 from trl_replay_ppo.config import ReplayPPOConfig
 from trl_replay_ppo.episodes import EpisodeBatch, pad_episodes
@@ -161,20 +159,14 @@ class ReplayMixin:
     @torch.no_grad()
     def current_logprobs_and_values(self, batch: EpisodeBatch) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, R) log-probs of the current policy and values of the current critic, masked like a rollout's."""
-        args, accelerator = self.args, self.accelerator
-        pad_token_id = self.processing_class.pad_token_id
-        context_length, chunk = batch.context_length, args.local_rollout_forward_batch_size
-        unwrapped = accelerator.unwrap_model(self.model)
+        context_length, chunk = batch.context_length, self.args.local_rollout_forward_batch_size
+        policy = self.accelerator.unwrap_model(self.model).policy
         logprobs, values = [], []
-        with accelerator.autocast():
+        with self.accelerator.autocast():
             for i in range(0, len(batch), chunk):
                 query_response = batch.query_responses[i : i + chunk]
-                output = forward(unwrapped.policy, query_response, pad_token_id)
-                logits = output.logits[:, context_length - 1 : -1].float()
-                logits /= args.temperature + 1e-7
-                logprobs.append(selective_log_softmax(logits, query_response[:, context_length:]))
-                full_value, _, _ = get_reward(unwrapped.value_model, query_response, pad_token_id, context_length)
-                values.append(full_value[:, context_length - 1 : -1].squeeze(-1).float())
+                logprobs.append(self.response_logprobs(policy, query_response, context_length))
+                values.append(self.response_values(query_response, context_length))
         logprobs = torch.masked_fill(torch.cat(logprobs), batch.padding_mask, INVALID_LOGPROB)
         values = torch.masked_fill(torch.cat(values), batch.padding_mask_p1, 0)
         return logprobs, values
