@@ -222,14 +222,14 @@ def test_failing_checkpoint_write_is_a_clear_error_and_keeps_earlier_checkpoints
 ):
     import trl_replay_ppo.checkpoint as checkpoint
 
-    torch_save = checkpoint.torch.save
+    save_state = checkpoint.save_state
 
-    def disk_full_at_step_4(obj, path, *args, **kwargs):
+    def disk_full_at_step_4(state, path):
         if "checkpoint-4" in str(path):
             raise OSError(28, "No space left on device")
-        return torch_save(obj, path, *args, **kwargs)
+        return save_state(state, path)
 
-    monkeypatch.setattr(checkpoint.torch, "save", disk_full_at_step_4)
+    monkeypatch.setattr(checkpoint, "save_state", disk_full_at_step_4)
     args = tiny_config(tmp_path, total_episodes=32, save_strategy="steps", save_steps=2)
     trainer = make_trainer(tiny, args, make_digits_dataset(16), reward_model=None, reward_funcs=digits_reward)
     with pytest.raises(checkpoint.CheckpointWriteError, match=r"checkpoint-4 \(OSError: .*No space left on device"):
@@ -238,7 +238,7 @@ def test_failing_checkpoint_write_is_a_clear_error_and_keeps_earlier_checkpoints
     assert latest_checkpoint(out) == out / "checkpoint-2"
     assert not (out / "tmp-checkpoint-4").exists() and not (out / "checkpoint-4").exists()
 
-    monkeypatch.setattr(checkpoint.torch, "save", torch_save)
+    monkeypatch.setattr(checkpoint, "save_state", save_state)
     fresh = load_tiny_models(tiny_dirs)
     resumed = make_trainer(fresh, args, make_digits_dataset(16), reward_model=None, reward_funcs=digits_reward)
     resumed.train(resume_from_checkpoint=True)

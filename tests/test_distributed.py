@@ -39,7 +39,7 @@ def test_two_processes_train_checkpoint_and_resume(tmp_path, tiny_dirs):
     assert straight["global_step"] == 8 and straight["episode"] == 64
     assert all(size > 0 for size in straight["buffer_sizes"])  # each rank keeps its own buffer
     checkpoint = tmp_path / "straight" / "checkpoint-4"
-    assert (checkpoint / "rank_0.pt").is_file() and (checkpoint / "rank_1.pt").is_file()
+    assert (checkpoint / "rank_0.safetensors").is_file() and (checkpoint / "rank_1.safetensors").is_file()
     records = [json.loads(line) for line in (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()]
     assert len(records) == 8 and records[-1]["buffer/size"] > 0  # rank 0 writes the metrics gathered over ranks
 

@@ -4,12 +4,17 @@ A checkpoint ``output_dir/checkpoint-N`` holds::
 
     trainable_params.safetensors   every trainable weight of policy and critic (adapters, value head...)
     policy/                        the policy (or its adapters) and tokenizer, `from_pretrained`-ready
-    optimizer.pt, scheduler.pt     optimizer and LR-scheduler state
+    optimizer.safetensors          optimizer state
+    scheduler.safetensors          LR-scheduler state
     trainer_state.json             transformers' TrainerState: step, episode, log history, best metric,
                                    callbacks' state
-    ppo_state.json                 KL coefficient, skipped steps, trained episodes, world size
-    rank_<i>.pt                    per rank: python/numpy/torch RNG states, prompt-stream position,
+    ppo_state.json                 checkpoint format, KL coefficient, skipped steps, world size
+    rank_<i>.safetensors           per rank: python/numpy/torch RNG states, prompt-stream position,
                                    replay buffer
+
+Nothing is pickled: tensors are safetensors, the rest JSON (`trl_replay_ppo.serialization`), so
+loading a checkpoint someone else wrote can never run code. Checkpoints of the pickle format
+(``*.pt`` files, before format 2) are refused.
 
 It is written into ``tmp-checkpoint-N`` and renamed to ``checkpoint-N`` once every rank's files are
 in: a process killed mid-write leaves only the temporary directory, which is never taken for a
@@ -32,18 +37,37 @@ from safetensors.torch import load_file, save_file
 from transformers.trainer_callback import ExportableState
 from trl.experimental.ppo.ppo_trainer import OnlineTrainerState
 
+from trl_replay_ppo.serialization import StateFileError, load_state, save_state
+
 if TYPE_CHECKING:
     from trl_replay_ppo.trainer import PhasedPPOTrainer
 
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
+CHECKPOINT_FORMAT = 2
 REQUIRED_FILES = (
     "trainable_params.safetensors",
-    "optimizer.pt",
-    "scheduler.pt",
+    "optimizer.safetensors",
+    "scheduler.safetensors",
     "trainer_state.json",
     "ppo_state.json",
-    "rank_0.pt",
+    "rank_0.safetensors",
 )
+PICKLE_FORMAT_FILES = ("optimizer.pt", "scheduler.pt", "rank_0.pt")
+
+
+class CheckpointFormatError(ValueError):
+    """A checkpoint this version cannot load: damaged, not this package's, or in the refused pickle format."""
+
+
+def check_not_pickle_format(path: Path) -> None:
+    """Refuse a checkpoint written in the pickle format (format 1), without opening any of its files."""
+    legacy = [name for name in PICKLE_FORMAT_FILES if (path / name).exists()]
+    if legacy and not is_complete(path):
+        raise CheckpointFormatError(
+            f"{path} is a checkpoint in the pickle format of trl_replay_ppo < 0.2 ({', '.join(legacy)}). This version "
+            "refuses to load it: unpickling a file can run arbitrary code. Resume it with the version that wrote it, "
+            "or start a new run from its `policy/` weights (safetensors)."
+        )
 
 
 def checkpoint_dir(output_dir: str | Path, step: int) -> Path:
@@ -71,6 +95,9 @@ def resolve_checkpoint(resume_from_checkpoint: bool | str | os.PathLike, output_
     if resume_from_checkpoint is True:
         found = latest_checkpoint(output_dir)
         if found is None:
+            root = Path(output_dir)
+            for candidate in sorted(root.glob("checkpoint-*")) if root.is_dir() else []:
+                check_not_pickle_format(candidate)
             raise FileNotFoundError(
                 f"`resume_from_checkpoint=True` but {output_dir} holds no complete checkpoint-N directory."
             )
@@ -78,6 +105,7 @@ def resolve_checkpoint(resume_from_checkpoint: bool | str | os.PathLike, output_
     path = Path(resume_from_checkpoint)
     if not path.exists():
         raise FileNotFoundError(f"`resume_from_checkpoint`: {path} does not exist.")
+    check_not_pickle_format(path)
     missing = [name for name in REQUIRED_FILES if not (path / name).is_file()]
     if missing:
         raise ValueError(
@@ -142,16 +170,17 @@ def save_checkpoint(trainer: PhasedPPOTrainer) -> Path:
             staging.mkdir(parents=True)
 
     def write_rank_state() -> None:
-        torch.save(trainer.rank_state(), staging / f"rank_{accelerator.process_index}.pt")
+        save_state(trainer.rank_state(), staging / f"rank_{accelerator.process_index}.safetensors")
 
     def write_shared_state_and_commit() -> None:
         if not accelerator.is_main_process:
             return
         save_file(trainable_state(trainer), staging / "trainable_params.safetensors")
         trainer.save_model(str(staging / "policy"), _internal_call=True)
-        torch.save(trainer.optimizer.state_dict(), staging / "optimizer.pt")
-        torch.save(trainer.lr_scheduler.state_dict(), staging / "scheduler.pt")
-        (staging / "ppo_state.json").write_text(json.dumps(trainer.ppo_state(), indent=2))
+        save_state(trainer.optimizer.state_dict(), staging / "optimizer.safetensors")
+        save_state(trainer.lr_scheduler.state_dict(), staging / "scheduler.safetensors")
+        ppo_state = {"checkpoint_format": CHECKPOINT_FORMAT, **trainer.ppo_state()}
+        (staging / "ppo_state.json").write_text(json.dumps(ppo_state, indent=2))
         state.stateful_callbacks = callback_states(trainer)
         if state.best_global_step == state.global_step:
             state.best_model_checkpoint = str(final)
@@ -201,7 +230,11 @@ def rotate_checkpoints(output_dir: str, limit: int | None, best: str | None) -> 
 def load_trainable_params(trainer: PhasedPPOTrainer, path: Path) -> None:
     """Copy the checkpoint's trainable weights into the trainer's policy and critic."""
     model = trainer.accelerator.unwrap_model(trainer.model)
-    saved = load_file(path / "trainable_params.safetensors")
+    file = path / "trainable_params.safetensors"
+    try:
+        saved = load_file(file)
+    except Exception as error:
+        raise StateFileError(f"{file} is not a valid checkpoint file of trl_replay_ppo ({error}).") from error
     trainable = {name: p for name, p in model.named_parameters() if p.requires_grad}
     if saved.keys() != trainable.keys():
         missing, unexpected = sorted(trainable.keys() - saved.keys()), sorted(saved.keys() - trainable.keys())
@@ -214,24 +247,47 @@ def load_trainable_params(trainer: PhasedPPOTrainer, path: Path) -> None:
             param.copy_(saved[name])
 
 
+def read_json(file: Path) -> dict[str, Any]:
+    """A checkpoint's JSON file; `StateFileError` naming it when it is not valid JSON."""
+    try:
+        return json.loads(file.read_text())
+    except (OSError, ValueError) as error:
+        raise StateFileError(f"{file} is not a valid checkpoint file of trl_replay_ppo ({error}).") from error
+
+
 def load_checkpoint(trainer: PhasedPPOTrainer, path: Path) -> None:
-    """Restore everything :func:`save_checkpoint` wrote, on every rank. RNG states are restored last."""
+    """Restore everything :func:`save_checkpoint` wrote, on every rank. RNG states are restored last.
+
+    Every file is read and checked before anything of the trainer changes.
+    """
     accelerator = trainer.accelerator
-    ppo_state = json.loads((path / "ppo_state.json").read_text())
+    check_not_pickle_format(path)
+    ppo_state = read_json(path / "ppo_state.json")
+    if ppo_state.get("checkpoint_format") != CHECKPOINT_FORMAT:
+        raise CheckpointFormatError(
+            f"{path} has checkpoint format {ppo_state.get('checkpoint_format')}; this version of trl_replay_ppo "
+            f"reads format {CHECKPOINT_FORMAT}."
+        )
     if ppo_state["world_size"] != accelerator.num_processes:
         raise ValueError(
             f"{path} was written by {ppo_state['world_size']} processes but this run has "
             f"{accelerator.num_processes}; resume with the same number of processes (each rank's replay buffer "
             "and data position are its own)."
         )
-    rank_file = path / f"rank_{accelerator.process_index}.pt"
+    rank_file = path / f"rank_{accelerator.process_index}.safetensors"
     if not rank_file.is_file():
         raise ValueError(f"{path} has no state for rank {accelerator.process_index} ({rank_file.name}).")
+    optimizer_state = load_state(path / "optimizer.safetensors")
+    scheduler_state = load_state(path / "scheduler.safetensors")
+    try:
+        trainer_state = OnlineTrainerState(**read_json(path / "trainer_state.json"))
+    except TypeError as error:
+        raise StateFileError(f"{path / 'trainer_state.json'} is not a valid trainer state ({error}).") from error
+    rank_state = load_state(rank_file)
     load_trainable_params(trainer, path)
-    trainer.optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu", weights_only=False))
-    trainer.lr_scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=False))
-    trainer.state = OnlineTrainerState.load_from_json(str(path / "trainer_state.json"))
+    trainer.optimizer.load_state_dict(optimizer_state)
+    trainer.lr_scheduler.load_state_dict(scheduler_state)
+    trainer.state = trainer_state
     trainer.load_ppo_state(ppo_state)
-    rank_state = torch.load(rank_file, weights_only=False)
     trainer.load_rank_state(rank_state)
     set_rng_state(rank_state["rng"])
