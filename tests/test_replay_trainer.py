@@ -53,9 +53,7 @@ def test_replayed_rows_use_recomputed_values_and_advantages(tmp_path, tiny):
         torch.testing.assert_close(batch.values[replayed], expected, rtol=1e-5, atol=1e-6)  # the critic of now
         batch = compute_advantages(batch)
         kl = kl_estimate(batch.proximal_logprobs, batch.ref_logprobs, "k1")
-        rewards, _ = shaped_rewards(
-            kl, batch.scores, batch.sequence_lengths, batch.padding_mask_p1, trainer.kl_ctl.value, False
-        )
+        rewards, _ = shaped_rewards(kl, batch.scores, batch.sequence_lengths, trainer.kl_ctl.value)
         advantages, _ = compute_gae(rewards, batch.values, trainer.args.gamma, trainer.args.lam)
         torch.testing.assert_close(batch.raw_advantages, advantages)
         for row in range(batch.num_fresh, len(batch)):

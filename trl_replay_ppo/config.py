@@ -126,6 +126,15 @@ class ReplayPPOConfig(PPOConfig):
         },
     )
 
+    suppress_pad_token: bool = field(
+        default=True,
+        metadata={
+            "help": "Never sample the pad token (when it differs from eos) in rollouts, evaluation and sample "
+            "generations, and give it probability 0 in every log-prob, KL and entropy, so the log-probs describe "
+            "what was sampled. A sampled pad token is indistinguishable from padding, so the policy never learns "
+            "not to emit it and drifts into empty responses. False reproduces TRL's PPO bit for bit."
+        },
+    )
     eval_temperature: float = field(
         default=0.0,
         metadata={"help": "Sampling temperature of `evaluate()`; 0 means greedy decoding."},

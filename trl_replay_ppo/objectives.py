@@ -8,7 +8,8 @@ TRL's. Masks are True on padding (TRL's convention).
 from __future__ import annotations
 
 import torch
-from trl.experimental.ppo.ppo_trainer import masked_mean, masked_whiten
+
+from trl_replay_ppo.masking import masked_mean, masked_whiten
 
 
 def kl_estimate(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, estimator: str) -> torch.Tensor:
@@ -18,12 +19,7 @@ def kl_estimate(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, estimator: s
 
 
 def shaped_rewards(
-    kl: torch.Tensor,
-    scores: torch.Tensor,
-    sequence_lengths: torch.Tensor,
-    padding_mask_p1: torch.Tensor,
-    kl_coef: float,
-    whiten: bool,
+    kl: torch.Tensor, scores: torch.Tensor, sequence_lengths: torch.Tensor, kl_coef: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token rewards (B, R): ``-kl_coef * kl`` everywhere, plus the score on the token after the last.
 
@@ -35,10 +31,17 @@ def shaped_rewards(
     lengths_p1 = sequence_lengths + 1
     score_at = torch.where(lengths_p1 < rewards.size(1), lengths_p1, sequence_lengths)
     rewards[rows, score_at] += scores
-    if whiten:
-        rewards = masked_whiten(rewards, mask=~padding_mask_p1, shift_mean=False)
-        rewards = torch.masked_fill(rewards, padding_mask_p1, 0)
     return rewards, non_score_reward
+
+
+def whiten_rewards(rewards: torch.Tensor, padding_mask_p1: torch.Tensor) -> tuple[torch.Tensor, bool]:
+    """Per-token rewards (B, R) scaled to unit variance (mean kept), 0 past the reward positions.
+
+    Returns ``(rewards, whitened)``; with fewer than 2 reward positions the rewards are kept as they
+    are and ``whitened`` is False.
+    """
+    whitened, ok = masked_whiten(rewards, mask=~padding_mask_p1, shift_mean=False)
+    return torch.masked_fill(whitened, padding_mask_p1, 0), ok
 
 
 def compute_gae(
@@ -57,9 +60,14 @@ def compute_gae(
     return advantages, advantages + values
 
 
-def whiten_advantages(advantages: torch.Tensor, padding_mask: torch.Tensor) -> torch.Tensor:
-    """Zero-mean unit-variance advantages over response tokens, 0 on padding."""
-    return torch.masked_fill(masked_whiten(advantages, ~padding_mask), padding_mask, 0)
+def whiten_advantages(advantages: torch.Tensor, padding_mask: torch.Tensor) -> tuple[torch.Tensor, bool]:
+    """Zero-mean unit-variance advantages over response tokens, 0 on padding, and whether whitening happened.
+
+    With fewer than 2 response tokens there is no variance: the advantages are kept as they are
+    (``False`` is returned so the caller counts it) instead of becoming NaN.
+    """
+    whitened, ok = masked_whiten(advantages, ~padding_mask)
+    return torch.masked_fill(whitened, padding_mask, 0), ok
 
 
 def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:

@@ -40,7 +40,6 @@ from trl.experimental.ppo.ppo_trainer import (
     INVALID_LOGPROB,
     batch_generation,
     forward,
-    masked_mean,
     print_rich_table,
     truncate_response,
 )
@@ -60,7 +59,7 @@ from trl_replay_ppo.config import ReplayPPOConfig
 from trl_replay_ppo.data import PromptCollator, PromptStream, is_conversational, prepare_prompt_dataset
 from trl_replay_ppo.episodes import EpisodeBatch
 from trl_replay_ppo.kl import make_kl_controller
-from trl_replay_ppo.masking import last_token_index, response_padding_masks
+from trl_replay_ppo.masking import last_token_index, masked_mean, response_padding_masks, suppress_token
 from trl_replay_ppo.modeling import SharedValueHead, apply_value_lora, enable_gradient_checkpointing
 from trl_replay_ppo.objectives import (
     compute_gae,
@@ -70,6 +69,7 @@ from trl_replay_ppo.objectives import (
     shaped_rewards,
     value_loss,
     whiten_advantages,
+    whiten_rewards,
 )
 from trl_replay_ppo.replay.mixin import ReplayMixin
 from trl_replay_ppo.rewards import (
@@ -84,6 +84,7 @@ from trl_replay_ppo.validation import check_arguments, check_output_dir, check_s
 logger = logging.getLogger(__name__)
 
 PROMPT_COLUMNS = ("input_ids", "attention_mask")
+EMPTY_RESPONSE_WARNING = 0.25  # warn when more than this fraction of an update's responses is empty
 STAT_NAMES = ("approxkl", "pg_clipfrac", "pg_loss", "vf_loss", "vf_clipfrac", "entropy", "ratio")
 
 
@@ -194,7 +195,9 @@ class PhasedPPOTrainer(PPOTrainer):
         self.prompt_stream = PromptStream.for_trainer(self)
         self.skipped_steps = 0
         self.nonfinite_rewards = 0
+        self.whiten_fallbacks = 0
         self._consecutive_skips = 0
+        self._warned_empty = False
 
     def eval_metric_names(self) -> list[str]:
         """Every metric ``evaluate()`` returns."""
@@ -266,6 +269,7 @@ class PhasedPPOTrainer(PPOTrainer):
             "top_k": 0.0,
             "top_p": 1.0,
             "do_sample": True,
+            **self.suppress_kwargs(),
         }
         self.accelerator.print("===training policy===")
         self.start_time = time.time()
@@ -355,6 +359,8 @@ class PhasedPPOTrainer(PPOTrainer):
             "skipped_steps": self.skipped_steps,
             "consecutive_skips": self._consecutive_skips,
             "nonfinite_rewards": self.nonfinite_rewards,
+            "whiten_fallbacks": self.whiten_fallbacks,
+            "warned_empty": self._warned_empty,
             "accumulation_step": self.accelerator.step,
         }
 
@@ -363,6 +369,8 @@ class PhasedPPOTrainer(PPOTrainer):
         self.skipped_steps = state["skipped_steps"]
         self._consecutive_skips = state["consecutive_skips"]
         self.nonfinite_rewards = state["nonfinite_rewards"]
+        self.whiten_fallbacks = state["whiten_fallbacks"]
+        self._warned_empty = state["warned_empty"]
         self.accelerator.step = state["accumulation_step"]
 
     def rank_state(self) -> dict[str, Any]:
@@ -490,10 +498,15 @@ class PhasedPPOTrainer(PPOTrainer):
     def response_logprobs(
         self, model: torch.nn.Module, query_responses: torch.Tensor, context_length: int
     ) -> torch.Tensor:
-        """(b, R) log-probs of the responses under ``model``, from temperature-scaled logits (TRL's recipe)."""
+        """(b, R) log-probs of the responses under ``model``, from temperature-scaled logits (TRL's recipe).
+
+        The suppressed pad token has probability 0, as in generation, so these describe the
+        distribution that was sampled.
+        """
         output = forward(model, query_responses, self.processing_class.pad_token_id)
         logits = output.logits[:, context_length - 1 : -1].float()
         logits /= self.args.temperature + 1e-7
+        logits = suppress_token(logits, self.suppressed_token_id)
         return selective_log_softmax(logits, query_responses[:, context_length:])
 
     def response_values(self, query_responses: torch.Tensor, context_length: int) -> torch.Tensor:
@@ -566,15 +579,14 @@ class PhasedPPOTrainer(PPOTrainer):
             )
         batch.kl = kl_estimate(batch.policy_logprobs, batch.ref_logprobs, args.kl_estimator)
         rewards, batch.non_score_reward = shaped_rewards(
-            batch.kl,
-            batch.scores,
-            batch.sequence_lengths,
-            batch.padding_mask_p1,
-            self.kl_ctl.value,
-            args.whiten_rewards,
+            batch.kl, batch.scores, batch.sequence_lengths, self.kl_ctl.value
         )
+        if args.whiten_rewards:
+            rewards, whitened = whiten_rewards(rewards, batch.padding_mask_p1)
+            self.whiten_fallbacks += not whitened
         batch.raw_advantages, batch.returns = compute_gae(rewards, batch.values, args.gamma, args.lam)
-        batch.advantages = whiten_advantages(batch.raw_advantages, batch.padding_mask)
+        batch.advantages, whitened = whiten_advantages(batch.raw_advantages, batch.padding_mask)
+        self.whiten_fallbacks += not whitened
         return batch
 
     def ppo_update(self, batch: EpisodeBatch) -> dict[str, torch.Tensor]:
@@ -625,6 +637,7 @@ class PhasedPPOTrainer(PPOTrainer):
         output, vpred_temp = forward(self.model, batch.query_responses[rows], self.processing_class.pad_token_id)
         logits = output.logits[:, context_length - 1 : -1].float()
         logits /= args.temperature + 1e-7
+        logits = suppress_token(logits, self.suppressed_token_id)
         new_logprobs = selective_log_softmax(logits, responses)
         new_logprobs = torch.masked_fill(new_logprobs, padding_mask, INVALID_LOGPROB)
         vpred = vpred_temp[:, context_length - 1 : -1].squeeze(-1).float()
@@ -710,6 +723,7 @@ class PhasedPPOTrainer(PPOTrainer):
             "top_k": 0.0,
             "top_p": 1.0,
             "do_sample": True,
+            **self.suppress_kwargs(),
         }
         table = defaultdict(list)
         for prompts in self.eval_dataloader:
@@ -788,9 +802,26 @@ class PhasedPPOTrainer(PPOTrainer):
         padding_mask, _ = response_padding_masks(sequence_lengths, responses.shape[1])
         return torch.masked_fill(logprobs - ref_logprobs, padding_mask, 0).sum(1)
 
+    @property
+    def suppressed_token_id(self) -> int | None:
+        """The pad token when it must never be sampled (``suppress_pad_token``, pad distinct from eos), else None.
+
+        A sampled pad token is indistinguishable from padding: masked out of every loss, the policy
+        would never learn not to emit it. When pad and eos are the same token, it stays a legal stop.
+        """
+        tokenizer = self.processing_class
+        if not self.args.suppress_pad_token or tokenizer.pad_token_id == tokenizer.eos_token_id:
+            return None
+        return tokenizer.pad_token_id
+
+    def suppress_kwargs(self) -> dict[str, Any]:
+        """Generation settings that keep the suppressed token from being sampled."""
+        token = self.suppressed_token_id
+        return {} if token is None else {"suppress_tokens": [token]}
+
     def eval_generation_kwargs(self) -> dict[str, Any]:
         """Generation settings for evaluation: greedy, or sampling at ``eval_temperature`` when > 0."""
-        kwargs: dict[str, Any] = {"max_new_tokens": self.args.response_length}
+        kwargs: dict[str, Any] = {"max_new_tokens": self.args.response_length, **self.suppress_kwargs()}
         if self.args.eval_temperature > 0:
             return {**kwargs, "temperature": self.args.eval_temperature, "top_k": 0.0, "top_p": 1.0, "do_sample": True}
         return {**kwargs, "do_sample": False}
@@ -870,9 +901,33 @@ class PhasedPPOTrainer(PPOTrainer):
         metrics["policy/grad_norm"] = float(np.mean(grad_norms))
         metrics["objective/kl_coef"] = self.kl_ctl.value
         metrics["train/skipped_steps"] = self.skipped_steps
+        metrics["train/whiten_fallbacks"] = self.whiten_fallbacks
+        empty = gather(self.empty_responses(batch.fresh()).float()).mean().item()
+        metrics["rollout/empty_fraction"] = empty
+        self.warn_if_collapsing(empty)
         if self.args.reward_nonfinite_value is not None:
             metrics["rewards/nonfinite"] = self.nonfinite_rewards
         return metrics
+
+    def empty_responses(self, batch: EpisodeBatch) -> torch.Tensor:
+        """(B,) True for a response with no content: it starts with the pad, eos or stop token."""
+        first = batch.responses[:, 0]
+        stops = {self.processing_class.pad_token_id, self.processing_class.eos_token_id, self.stop_token_id} - {None}
+        return (batch.sequence_lengths < 0) | torch.isin(first, torch.tensor(sorted(stops), device=first.device))
+
+    def warn_if_collapsing(self, empty_fraction: float) -> None:
+        """Warn once when many responses are empty: the usual first sign of a collapsing policy."""
+        if empty_fraction <= EMPTY_RESPONSE_WARNING or self._warned_empty:
+            return
+        self._warned_empty = True
+        logger.warning(
+            "%.0f%% of the responses of update %d are empty (the first token was the pad, eos or stop token). "
+            "A policy drifting towards empty responses usually means `learning_rate` or `num_ppo_epochs` is too "
+            "high, or the pad token can be sampled (keep `suppress_pad_token=True`, or use a pad token distinct "
+            "from eos). Training stops if every response of an update is empty.",
+            100 * empty_fraction,
+            self.state.global_step + 1,
+        )
 
 
 def reward_model_name(reward_model: torch.nn.Module) -> str:
