@@ -154,7 +154,7 @@ def pretrain_answer_prior(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     tasks: tuple[ArithmeticTask, ...] = (SPARSE, HELD_OUT),
-    steps: int = 300,
+    steps: int = 600,
     batch_size: int = 64,
     learning_rate: float = 3e-3,
     seed: int = 0,
