@@ -196,6 +196,8 @@ class PhasedPPOTrainer(PPOTrainer):
         self.skipped_steps = 0
         self.nonfinite_rewards = 0
         self.whiten_fallbacks = 0
+        self.trained_episodes = 0
+        self.trained_tokens = 0
         self._consecutive_skips = 0
         self._warned_empty = False
 
@@ -360,6 +362,8 @@ class PhasedPPOTrainer(PPOTrainer):
             "consecutive_skips": self._consecutive_skips,
             "nonfinite_rewards": self.nonfinite_rewards,
             "whiten_fallbacks": self.whiten_fallbacks,
+            "trained_episodes": self.trained_episodes,
+            "trained_tokens": self.trained_tokens,
             "warned_empty": self._warned_empty,
             "accumulation_step": self.accelerator.step,
         }
@@ -370,6 +374,8 @@ class PhasedPPOTrainer(PPOTrainer):
         self._consecutive_skips = state["consecutive_skips"]
         self.nonfinite_rewards = state["nonfinite_rewards"]
         self.whiten_fallbacks = state["whiten_fallbacks"]
+        self.trained_episodes = state["trained_episodes"]
+        self.trained_tokens = state["trained_tokens"]
         self._warned_empty = state["warned_empty"]
         self.accelerator.step = state["accumulation_step"]
 
@@ -902,6 +908,13 @@ class PhasedPPOTrainer(PPOTrainer):
         metrics["objective/kl_coef"] = self.kl_ctl.value
         metrics["train/skipped_steps"] = self.skipped_steps
         metrics["train/whiten_fallbacks"] = self.whiten_fallbacks
+        tokens = (~batch.padding_mask).sum().reshape(1) * self.args.num_ppo_epochs
+        self.trained_episodes += self.accelerator.gather(torch.tensor([len(batch)], device=tokens.device)).sum().item()
+        self.trained_tokens += self.accelerator.gather(tokens).sum().item()
+        metrics["efficiency/generated_episodes"] = self.state.episode
+        metrics["efficiency/trained_episodes"] = self.trained_episodes
+        metrics["efficiency/trained_tokens"] = self.trained_tokens
+        metrics["efficiency/sample_efficiency"] = self.trained_episodes / max(1, self.state.episode)
         empty = gather(self.empty_responses(batch.fresh()).float()).mean().item()
         metrics["rollout/empty_fraction"] = empty
         self.warn_if_collapsing(empty)

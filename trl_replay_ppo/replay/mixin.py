@@ -133,7 +133,6 @@ class ReplayMixin:
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.replay_buffer = build_replay_buffer(self.args, self.local_seed) if self.args.use_replay_buffer else None
-        self.trained_episodes = 0
 
     def extend_batch(self, batch: EpisodeBatch) -> EpisodeBatch:
         """Append ``replay_sample_size`` replayed episodes once the buffer holds ``min_replay_size``."""
@@ -174,7 +173,6 @@ class ReplayMixin:
     def after_ppo_update(self, batch: EpisodeBatch) -> None:
         """Re-prioritise replayed rows, store the fresh ones, evict what is too old or too reused."""
         super().after_ppo_update(batch)
-        self.trained_episodes += len(batch) * self.accelerator.num_processes
         buffer = self.replay_buffer
         if buffer is None:
             return
@@ -187,13 +185,6 @@ class ReplayMixin:
         fresh = to_episodes(batch, range(batch.num_fresh), self.processing_class.pad_token_id)
         buffer.add(fresh, priorities[: batch.num_fresh], version)
         buffer.evict(version + 1)
-
-    def ppo_state(self) -> dict:
-        return {**super().ppo_state(), "trained_episodes": self.trained_episodes}
-
-    def load_ppo_state(self, state: dict) -> None:
-        super().load_ppo_state(state)
-        self.trained_episodes = state["trained_episodes"]
 
     def rank_state(self) -> dict:
         buffer = self.replay_buffer
@@ -211,10 +202,6 @@ class ReplayMixin:
     def extra_metrics(self, batch: EpisodeBatch, stats: dict[str, torch.Tensor]) -> dict[str, float]:
         metrics = super().extra_metrics(batch, stats)
         gather = self.accelerator.gather_for_metrics
-        generated = self.state.episode
-        metrics["efficiency/generated_episodes"] = generated
-        metrics["efficiency/trained_episodes"] = self.trained_episodes
-        metrics["efficiency/sample_efficiency"] = self.trained_episodes / max(1, generated)
         if self.replay_buffer is None:
             return metrics
         sizes = gather(torch.tensor([float(len(self.replay_buffer))], device=self.accelerator.device))

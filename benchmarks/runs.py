@@ -1,0 +1,328 @@
+"""One benchmark run: a trainer (this package's, stock TRL PPO, or TRL's GRPOTrainer) on one task and seed.
+
+`run(spec)` trains for a budget of generated episodes and returns a record: the learning curve
+(held-out evaluation score and training-rollout score against generated episodes and wall time),
+optimizer steps and trained tokens, peak memory, and how the run ended. Every arm is evaluated by
+the same `Evaluator` (greedy completions of the held-out prompts, scored by the task's reward),
+whose cost is counted in the wall time.
+
+A spec is plain JSON: ``{"task", "kind" ("ours" | "stock" | "grpo"), "settings", "seed",
+"budget", "eval_every"}``; ``settings`` are the config fields of the arm.
+"""
+
+from __future__ import annotations
+
+import gc
+import math
+import resource
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate.state import AcceleratorState
+from datasets import Dataset
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, TrainerCallback
+from transformers.trainer_callback import PrinterCallback
+
+from trl_replay_ppo.tasks.arithmetic import HELD_OUT, SPARSE, ArithmeticRewardModel, arithmetic_reward
+from trl_replay_ppo.tasks.digits import DigitsRewardModel, digits_reward, make_digits_dataset
+
+MODELS = Path("/tmp/trl_replay_ppo_benchmark/models")
+
+
+@dataclass(frozen=True)
+class TaskData:
+    train: Dataset
+    eval: Dataset
+    reward: Any
+    reward_model: type
+    models: str  # "tiny" (random policy) or "arithmetic" (the arithmetic base model)
+
+
+def task_data(task: str) -> TaskData:
+    """Prompts, reward function, reward-model class and base models of a benchmark task."""
+    if task == "digits":
+        return TaskData(
+            make_digits_dataset(2000, seed=0),
+            make_digits_dataset(128, seed=1),
+            digits_reward,
+            DigitsRewardModel,
+            "tiny",
+        )
+    arithmetic = HELD_OUT if task.startswith("held_out") else SPARSE
+    return TaskData(
+        arithmetic.dataset("train"), arithmetic.dataset("eval"), arithmetic_reward, ArithmeticRewardModel, "arithmetic"
+    )
+
+
+def model_dirs(kind: str) -> dict[str, Path]:
+    """Build (once per machine) and return the directories of the tiny or arithmetic models."""
+    from trl_replay_ppo.tasks.arithmetic import build_arithmetic_models
+    from trl_replay_ppo.tasks.tiny import build_tiny_models
+
+    root = MODELS / kind
+    dirs = {name: root / name for name in ("tokenizer", "policy", "reward")}
+    if not (root / "complete").exists():
+        (build_arithmetic_models if kind == "arithmetic" else build_tiny_models)(root)
+        (root / "complete").touch()
+    return dirs
+
+
+class CountingReward:
+    """Wraps a reward function and counts the completions it scored (= generated episodes) and their tokens."""
+
+    def __init__(self, func, tokenizer):
+        self.func, self.tokenizer, self.__name__ = func, tokenizer, func.__name__
+        self.calls = self.tokens = 0
+
+    def __call__(self, prompts, completions, **kwargs):
+        self.calls += len(completions)
+        self.tokens += sum(len(self.tokenizer(c)["input_ids"]) + 1 for c in completions)  # + the stop token
+        return self.func(prompts, completions, **kwargs)
+
+
+class Evaluator:
+    """Greedy completions of the held-out prompts, scored by the task's reward: the same for every arm."""
+
+    def __init__(self, data: TaskData, tokenizer, max_new_tokens: int):
+        self.data, self.tokenizer, self.max_new_tokens = data, tokenizer, max_new_tokens
+        self.encoded = tokenizer(list(data.eval["prompt"]), return_tensors="pt", padding=True)
+        self.columns = {k: list(data.eval[k]) for k in data.eval.column_names if k != "prompt"}
+
+    @torch.no_grad()
+    def __call__(self, policy: torch.nn.Module) -> float:
+        was_training = policy.training
+        policy.eval()
+        pad = self.tokenizer.pad_token_id
+        output = policy.generate(
+            **self.encoded,
+            max_new_tokens=self.max_new_tokens,
+            do_sample=False,
+            pad_token_id=pad,
+            eos_token_id=self.tokenizer.eos_token_id,
+            suppress_tokens=[pad],
+        )
+        policy.train(was_training)
+        completions = self.tokenizer.batch_decode(
+            output[:, self.encoded["input_ids"].shape[1] :], skip_special_tokens=True
+        )
+        rewards = self.data.reward(list(self.data.eval["prompt"]), completions, **self.columns)
+        return float(sum(rewards) / len(rewards))
+
+
+class Curve(TrainerCallback):
+    """Evaluates every ``eval_every`` generated episodes and records the learning curve."""
+
+    def __init__(self, evaluate, episodes, policy, eval_every: int, train_score_key: str):
+        self.evaluate, self.episodes, self.policy, self.eval_every = evaluate, episodes, policy, eval_every
+        self.train_score_key = train_score_key
+        self.points: list[dict] = []
+        self.train_scores: list[float] = []
+        self.start = time.perf_counter()
+        self.eval_seconds = 0.0
+        self.next_eval = 0
+        self.max_empty_fraction = 0.0
+        self.skipped_steps = 0
+
+    def record(self, force: bool = False) -> None:
+        generated = self.episodes()
+        if generated < self.next_eval and not force:
+            return
+        started = time.perf_counter()
+        score = self.evaluate(self.policy())
+        self.eval_seconds += time.perf_counter() - started
+        recent = self.train_scores[-5:]
+        self.points.append(
+            {
+                "episode": generated,
+                "eval": score,
+                "train": float(sum(recent) / len(recent)) if recent else math.nan,
+                "time": time.perf_counter() - self.start,
+            }
+        )
+        self.next_eval = generated + self.eval_every
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not logs:
+            return
+        if self.train_score_key in logs:
+            self.train_scores.append(float(logs[self.train_score_key]))
+        self.max_empty_fraction = max(self.max_empty_fraction, logs.get("rollout/empty_fraction", 0.0))
+        self.skipped_steps = logs.get("train/skipped_steps", self.skipped_steps)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.record()
+
+
+class StepCounter:
+    """Counts optimizer steps by wrapping ``optimizer.step``."""
+
+    def __init__(self, optimizer):
+        self.steps = 0
+        step = optimizer.step
+
+        def counting_step(*args, **kwargs):
+            self.steps += 1
+            return step(*args, **kwargs)
+
+        optimizer.step = counting_step
+
+
+def run(spec: dict) -> dict:
+    """Train one arm as ``spec`` says; never raises (a failure is recorded with its reason)."""
+    import datasets
+    import transformers
+
+    torch.set_num_threads(1)
+    datasets.disable_progress_bars()
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+    start = time.perf_counter()
+    record = {"spec": spec, "points": [], "stopped": None}
+    AcceleratorState._reset_state(reset_partial_state=True)  # several runs may share a process
+    collect = gc.collect
+    extra: dict = {}
+    try:
+        record.update(_train(spec, extra))
+    except Exception as error:  # a run that stops early is a result, not a crash of the benchmark
+        record["stopped"] = f"{type(error).__name__}: {str(error)[:300]}"
+        record["traceback"] = traceback.format_exc()[-2000:]
+    finally:
+        gc.collect = collect
+    if not record["points"]:  # stopped early: keep the curve up to the stop
+        record["points"] = extra.pop("points_so_far", [])
+    extra.pop("points_so_far", None)
+    record.update(extra)
+    record["wall_time"] = time.perf_counter() - start
+    record["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
+    return record
+
+
+def _time_generation(trainer) -> list[float]:
+    """Accumulate the seconds this package's trainer spends generating, in a one-element list."""
+    total = [0.0]
+    generate = trainer.generate
+
+    def timed(*args, **kwargs):
+        started = time.perf_counter()
+        try:
+            return generate(*args, **kwargs)
+        finally:
+            total[0] += time.perf_counter() - started
+
+    trainer.generate = timed
+    return total
+
+
+def _train(spec: dict, extra: dict) -> dict:
+    data = task_data(spec["task"])
+    dirs = model_dirs(data.models)
+    tokenizer = AutoTokenizer.from_pretrained(dirs["tokenizer"])
+    policy = AutoModelForCausalLM.from_pretrained(dirs["policy"])
+    settings = dict(spec["settings"])
+    response_length = settings["response_length"]
+    evaluator = Evaluator(data, tokenizer, response_length)
+    reward = CountingReward(data.reward, tokenizer)
+    common = {
+        "output_dir": f"/tmp/trl_replay_ppo_benchmark/runs/{spec['task']}-{spec['kind']}-{spec['seed']}",
+        "report_to": "none",
+        "save_strategy": "no",
+        "use_cpu": True,
+        "disable_tqdm": True,
+        "seed": spec["seed"],
+        "lr_scheduler_type": "constant",
+        "bf16": False,
+    }
+    if spec["kind"] == "grpo":
+        trainer, episodes, score_key = _grpo(spec, settings, common, policy, tokenizer, data, reward)
+    else:
+        trainer, episodes, score_key = _ppo(spec, settings, common, policy, tokenizer, data, reward, dirs)
+    counter = StepCounter(trainer.optimizer) if spec["kind"] != "grpo" else None  # GRPO builds it in train()
+
+    def policy() -> torch.nn.Module:
+        model = trainer.accelerator.unwrap_model(trainer.model)
+        return model if spec["kind"] == "grpo" else model.policy
+
+    curve = Curve(evaluator, episodes, policy, spec["eval_every"], score_key)
+    trainer.add_callback(curve)
+    trainer.remove_callback(PrinterCallback)
+    generation = _time_generation(trainer) if spec["kind"] == "ours" else None
+    curve.record(force=True)
+    started = time.perf_counter()
+    try:
+        trainer.train()
+    finally:
+        extra.update(
+            {
+                "train_seconds": time.perf_counter() - started - curve.eval_seconds,
+                "generation_seconds": generation[0] if generation else None,
+                "max_empty_fraction": curve.max_empty_fraction,
+                "skipped_steps": curve.skipped_steps,
+                "points_so_far": curve.points,
+            }
+        )
+    if curve.points[-1]["episode"] != episodes():
+        curve.record(force=True)
+    if spec["kind"] == "grpo":
+        trained_tokens = reward.tokens * settings.get("num_iterations", 1)
+    else:
+        trained_tokens = getattr(trainer, "trained_tokens", None)  # stock TRL does not count them
+    return {
+        "points": curve.points,
+        "generated": episodes(),
+        "optimizer_steps": counter.steps if counter is not None else trainer.state.global_step,
+        "trained_tokens": trained_tokens,
+    }
+
+
+def _ppo(spec, settings, common, policy, tokenizer, data, reward, dirs):
+    from trl_replay_ppo import ReplayPPOConfig, ReplayPPOTrainer
+
+    value_model = AutoModelForSequenceClassification.from_pretrained(dirs["reward"], num_labels=1)
+    ref_policy = AutoModelForCausalLM.from_pretrained(dirs["policy"])
+    budget = {"total_episodes": spec["budget"], "num_sample_generations": 0}
+    if spec["kind"] == "stock":
+        from trl.experimental.ppo import PPOConfig, PPOTrainer
+
+        gc.collect = lambda generation=2: 0  # TRL calls it twice per update; on a tiny model it dominates the time
+        tokenized = data.train.map(lambda row: tokenizer(row["prompt"]), remove_columns=data.train.column_names)
+        args = PPOConfig(**common, **budget, **settings)
+        trainer = PPOTrainer(
+            args=args,
+            processing_class=tokenizer,
+            model=policy,
+            ref_model=ref_policy,
+            reward_model=data.reward_model(tokenizer),
+            value_model=value_model,
+            train_dataset=tokenized,
+        )
+        return trainer, lambda: trainer.state.episode, "objective/scores"
+    args = ReplayPPOConfig(**common, **budget, **settings)
+    trainer = ReplayPPOTrainer(
+        args=args,
+        processing_class=tokenizer,
+        model=policy,
+        ref_model=ref_policy,
+        value_model=value_model,
+        reward_funcs=reward,
+        train_dataset=data.train,
+    )
+    return trainer, lambda: trainer.state.episode, "objective/scores"
+
+
+def _grpo(spec, settings, common, policy, tokenizer, data, reward):
+    from trl import GRPOConfig, GRPOTrainer
+
+    settings = dict(settings)
+    response_length = settings.pop("response_length")
+    num_iterations = settings.get("num_iterations", 1)
+    batch = settings["per_device_train_batch_size"]
+    steps = math.ceil(spec["budget"] / batch) * num_iterations
+    args = GRPOConfig(**common, **settings, max_completion_length=response_length, max_steps=steps, logging_steps=1)
+    trainer = GRPOTrainer(
+        model=policy, reward_funcs=reward, args=args, train_dataset=data.train, processing_class=tokenizer
+    )
+    return trainer, lambda: reward.calls, "reward"

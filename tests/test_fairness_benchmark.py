@@ -1,0 +1,33 @@
+"""The fair benchmark's smoke path: every arm the installed TRL offers runs, and the result files are written."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent.parent))
+
+from benchmarks.fairness import main, stock_available
+
+
+def test_quick_benchmark_runs_every_arm(tmp_path):
+    result = main(
+        ["--quick", "--tasks", "sparse", "--sections", "tasks", "--jobs", "0", "--output_dir", str(tmp_path)]
+    )
+    assert {p.name for p in tmp_path.iterdir()} == {"fairness.json", "fairness.md", "fairness.png"}
+    summary = json.loads((tmp_path / "fairness.json").read_text())["tasks"]["sparse"]["summary"]
+    expected = {"replay_off", "compute_matched", "tuned_ppo", "tuned_grpo", "replay_default", "tuned_replay"}
+    if stock_available() is None:
+        expected.add("stock_trl")
+    assert set(summary) == expected
+    for arm, figures in summary.items():
+        assert figures["runs"] == 1 and not figures["stopped"], (arm, figures["stopped"])
+        assert figures["steps_per_episode"] > 0, arm
+    assert (
+        summary["compute_matched"]["settings"]["num_ppo_epochs"]
+        == 2 * summary["replay_off"]["settings"]["num_ppo_epochs"]
+    )
+    assert summary["tuned_grpo"]["kind"] == "grpo"
+    assert "| sparse |" in (tmp_path / "fairness.md").read_text()
+    assert result["tasks"]["sparse"]["headline"]["best_replay"] in ("replay_default", "tuned_replay")
