@@ -60,7 +60,7 @@ def main() -> None:
     class Sampler(TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):
             if state.global_step % 25 == 0 or state.global_step == 1:
-                size = len(trainer.replay_buffer)
+                size = len(trainer.replay)
                 samples.append({"update": state.global_step, "rss_mib": rss_bytes() / 2**20, "buffer_size": size})
 
     trainer = ReplayPPOTrainer(

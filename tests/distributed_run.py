@@ -17,33 +17,45 @@ from trl_replay_ppo.tasks.tiny import load_tiny_models
 
 def main(models_dir: str, output_dir: str, resume: str) -> None:
     tiny = load_tiny_models({k: Path(models_dir) / k for k in ("tokenizer", "policy", "reward")})
+    # Small buffers evicted by reuse: each rank's sampling decides what it evicts, so the ranks' buffer sizes
+    # drift apart, and replay must still start and stop on every rank at once.
     args = tiny_config(
         Path(output_dir),
         output_dir=output_dir,
-        total_episodes=64,  # 8 episodes per update across 2 ranks: 8 updates
+        total_episodes=96,  # 8 episodes per update across 2 ranks: 12 updates
         use_replay_buffer=True,
         use_priority_sampling=True,
-        replay_buffer_size=32,
-        min_replay_size=8,
+        replay_buffer_size=16,
+        min_replay_size=14,
         replay_sample_size=4,
+        max_replay_reuse=2,
         save_strategy="steps",
         save_steps=4,
     )
     trainer = make_trainer(tiny, args, make_digits_dataset(32), reward_model=None, reward_funcs=digits_reward)
     accelerator = trainer.accelerator
     assert accelerator.num_processes == 2, f"world size {accelerator.num_processes}"
+    sizes = []
+    record = trainer.after_ppo_update
+
+    def recording(batch):
+        record(batch)
+        sizes.append(len(trainer.replay))
+
+    trainer.after_ppo_update = recording
     trainer.train(resume_from_checkpoint=True if resume == "resume" else None)
     flat = torch.cat([p.detach().flatten() for p in trainer.model.parameters()])
     gathered = accelerator.gather(flat.unsqueeze(0))
-    buffer_sizes = accelerator.gather(torch.tensor([len(trainer.replay_buffer)]))
+    all_sizes = accelerator.gather(torch.tensor([sizes]))
     if accelerator.is_main_process:
         summary = {
             "world_size": accelerator.num_processes,
             "ranks_equal": bool(torch.equal(gathered[0], gathered[1])),
-            "buffer_sizes": buffer_sizes.tolist(),
+            "buffer_sizes": all_sizes.tolist(),
             "global_step": trainer.state.global_step,
             "episode": trainer.state.episode,
             "weights_sum": float(flat.double().sum()),
+            "replayed": sum(log.get("replay/episodes", 0) for log in trainer.state.log_history),
         }
         (Path(output_dir) / f"summary-{resume}.json").write_text(json.dumps(summary))
 

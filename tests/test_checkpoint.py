@@ -87,8 +87,8 @@ def test_resume_is_exact(tmp_path, tiny_dirs):
             if key not in ("eps", "step"):
                 assert _same(got[key], value), (expected["step"], key, got[key], value)
     assert resumed.kl_ctl.value == straight.kl_ctl.value
-    assert resumed.replay_buffer.storage.cursor == straight.replay_buffer.storage.cursor
-    assert resumed.replay_buffer.rng.bit_generator.state == straight.replay_buffer.rng.bit_generator.state
+    assert resumed.replay.buffer.storage.cursor == straight.replay.buffer.storage.cursor
+    assert resumed.replay.buffer.rng.bit_generator.state == straight.replay.buffer.rng.bit_generator.state
 
 
 KILL_SCRIPT = """

@@ -1,4 +1,4 @@
-"""Replay pieces: sum tree, samplers, eviction, storage, buffer state."""
+"""Replay pieces: sum tree, samplers (with unbiased weights), eviction, storage, buffer state."""
 
 from __future__ import annotations
 
@@ -7,15 +7,17 @@ import pytest
 import torch
 from scipy.stats import chisquare
 
+from trl_replay_ppo.episodes import Episode
 from trl_replay_ppo.replay import (
-    Episode,
     EpisodeStorage,
     EvictionPolicy,
+    LinearSchedule,
     PrioritizedSampler,
     ReplayBuffer,
     SumTree,
     UniformSampler,
 )
+from trl_replay_ppo.replay.experience import effective_sample_size
 from trl_replay_ppo.replay.sampler import PRIORITY_EPS
 
 
@@ -30,9 +32,20 @@ def episode(i: int) -> Episode:
     )
 
 
-def buffer(capacity=8, prioritized=False, staleness=100, reuse=4, decay=1.0, alpha=1.0, beta=1.0) -> ReplayBuffer:
-    sampler = PrioritizedSampler(capacity, alpha, beta, decay) if prioritized else UniformSampler(capacity)
+def buffer(capacity=8, prioritized=False, staleness=100, reuse=4, decay=1.0, alpha=1.0) -> ReplayBuffer:
+    sampler = PrioritizedSampler(capacity, alpha, decay) if prioritized else UniformSampler()
     return ReplayBuffer(EpisodeStorage(capacity), sampler, EvictionPolicy(staleness, reuse), seed=0)
+
+
+def corrected_shares(keys: list[float], n: int, beta: float, draws: int = 20000) -> np.ndarray:
+    """Each item's share of the importance-weighted replayed rows, over many draws of ``n`` (Monte Carlo)."""
+    buf = buffer(capacity=len(keys), prioritized=True)
+    buf.add([episode(i) for i in range(len(keys))], np.array(keys, dtype=float), version=0)
+    totals = np.zeros(len(keys))
+    for _ in range(draws // n):
+        slots, _, weights = buf.sample(n, beta=beta)
+        np.add.at(totals, slots, weights)
+    return totals / totals.sum()
 
 
 def test_sum_tree_totals_and_prefix_search():
@@ -50,65 +63,103 @@ def test_sum_tree_samples_proportionally():
     tree = SumTree(6)
     weights = np.array([1.0, 2.0, 3.0, 4.0, 5.0, 5.0])
     tree.update(np.arange(6), weights)
-    rng = np.random.default_rng(0)
-    draws = tree.find(rng.uniform(0, tree.total, size=20000))
-    observed = np.bincount(draws, minlength=6)
-    assert chisquare(observed, weights / weights.sum() * len(draws)).pvalue > 0.01
+    draws = tree.find(np.random.default_rng(0).uniform(0, tree.total, size=20000))
+    assert chisquare(np.bincount(draws, minlength=6), weights / weights.sum() * len(draws)).pvalue > 0.01
 
 
-def test_prioritized_sampler_draws_proportionally_without_duplicates():
-    sampler = PrioritizedSampler(8, alpha=1.0, beta=1.0, decay=1.0)
+def test_prioritized_draws_are_proportional_with_replacement():
     priorities = np.array([1.0, 1.0, 2.0, 4.0, 8.0, 0.5, 0.5, 3.0])
-    sampler.add(np.arange(8), priorities, version=0)
-    rng = np.random.default_rng(1)
+    buf = buffer(capacity=8, prioritized=True)
+    buf.add([episode(i) for i in range(8)], priorities, version=0)
     counts = np.zeros(8)
-    for _ in range(4000):
-        slots, _ = sampler.sample(1, rng, version=0)
-        counts[slots] += 1
-    expected = (priorities + PRIORITY_EPS) / (priorities + PRIORITY_EPS).sum() * 4000
+    for _ in range(500):
+        slots, _, _ = buf.sample(8)
+        np.add.at(counts, slots, 1)  # a slot drawn twice counts twice
+    expected = (priorities + PRIORITY_EPS) / (priorities + PRIORITY_EPS).sum() * counts.sum()
     assert chisquare(counts, expected).pvalue > 0.01
-    for _ in range(50):
-        slots, _ = sampler.sample(6, rng, version=0)
-        assert len(set(slots.tolist())) == 6
-    assert sampler.tree.total == pytest.approx((priorities + PRIORITY_EPS).sum())  # set-aside leaves restored
 
 
-def test_importance_weights_by_hand():
-    sampler = PrioritizedSampler(4, alpha=0.5, beta=0.4, decay=1.0)
+def test_corrected_shares_are_unbiased_by_hand():
+    # keys [6, 1, 1, 1], n = 2, beta = 1: P = [2/3, 1/9, 1/9, 1/9], weights (N P)^-1 = [3/8, 9/4, 9/4, 9/4];
+    # expected counts n P times weights give every item n / N: a share of 1/4 each.
+    np.testing.assert_allclose(corrected_shares([6, 1, 1, 1], n=2, beta=1.0), [0.25] * 4, atol=0.01)
+
+
+def test_rare_successes_get_their_true_share():
+    # 13 successes among 128 episodes (a rate of 0.102) with priority 0.9, failures 0.01; 32 rows per draw.
+    keys = [0.9] * 13 + [0.01] * 115
+    shares = corrected_shares(keys, n=32, beta=1.0, draws=64000)
+    assert shares[:13].sum() == pytest.approx(13 / 128, abs=0.01)
+
+
+def test_importance_weights_by_hand_have_expectation_one():
+    buf = buffer(capacity=4, prioritized=True, alpha=0.5)
     priorities = np.array([1.0, 4.0, 9.0, 16.0])
-    sampler.add(np.arange(4), priorities, version=0)
-    slots, weights = sampler.sample(4, np.random.default_rng(0), version=0)
-    keys = (priorities + PRIORITY_EPS) ** 0.5
-    probs = keys / keys.sum()
-    expected = (4 * probs[slots]) ** -0.4
-    np.testing.assert_allclose(weights, expected / expected.max())
-    assert weights.max() == 1.0 and weights[np.argmax(probs[slots])] == weights.min()
+    buf.add([episode(i) for i in range(4)], priorities, version=0)
+    slots, _, weights = buf.sample(4, beta=0.4)
+    probabilities = (priorities + PRIORITY_EPS) ** 0.5 / ((priorities + PRIORITY_EPS) ** 0.5).sum()
+    raw = (4 * probabilities) ** -0.4
+    np.testing.assert_allclose(weights, raw[slots] / (probabilities * raw).sum())
+    draws = [buf.sample(4, beta=0.4)[2] for _ in range(3000)]
+    assert np.mean(draws) == pytest.approx(1.0, abs=0.02)
+
+
+def test_one_tiny_priority_does_not_crush_the_other_weights():
+    buf = buffer(capacity=4, prioritized=True)
+    buf.add([episode(i) for i in range(4)], np.array([1e-3, 1.0, 1.0, 1.0]), version=0)
+    for _ in range(20):
+        slots, _, weights = buf.sample(4, beta=1.0)
+        assert weights[slots != 0] == pytest.approx(0.75, rel=1e-3)  # (N P)^-1 with P ~ 1/3, whatever else is drawn
+
+
+def test_effective_sample_size_by_hand():
+    assert effective_sample_size(np.ones(4)) == 1.0
+    assert effective_sample_size(np.array([3.0, 1.0])) == pytest.approx(16 / 20)
+    assert effective_sample_size(np.array([1.0, 0.0, 0.0, 0.0])) == pytest.approx(0.25)
+
+
+def test_non_finite_priorities_are_skipped_and_counted():
+    buf = buffer(capacity=8, prioritized=True)
+    slots = buf.add([episode(i) for i in range(3)], np.array([1.0, np.nan, 2.0]), version=0)
+    assert len(slots) == 2 and len(buf) == 2 and buf.nonfinite_priorities == 1
+    buf.update_priorities(slots, np.array([np.inf, 5.0]))
+    assert buf.nonfinite_priorities == 2
+    assert buf.sampler.priority[slots].tolist() == [1.0, 5.0]  # the inf one kept its previous priority
+    assert np.isfinite(buf.sampler.tree.total)
+    drawn, _, weights = buf.sample(4)
+    assert np.isfinite(weights).all() and set(drawn.tolist()) <= set(slots.tolist())
+    assert buf.stats(1)["buffer/nonfinite_priorities"] == 2
 
 
 def test_staleness_decay_favours_recent_episodes_and_survives_rebase():
-    sampler = PrioritizedSampler(4, alpha=1.0, beta=1.0, decay=0.5)
-    sampler.add(np.array([0, 1]), np.array([1.0, 1.0]), version=0)
-    sampler.add(np.array([2, 3]), np.array([1.0, 1.0]), version=2)
-    leaves = sampler.tree.leaves()
+    buf = buffer(capacity=4, prioritized=True, decay=0.5)
+    buf.add([episode(0), episode(1)], np.array([1.0, 1.0]), version=0)
+    buf.add([episode(2), episode(3)], np.array([1.0, 1.0]), version=2)
+    leaves = buf.sampler.tree.leaves()
     assert leaves[2] / leaves[0] == pytest.approx(4.0)  # two updates younger: 0.5 ** -2
-    sampler.add(np.array([0]), np.array([1.0]), version=100)  # forces a rebase
-    assert sampler.base == 100
-    leaves = sampler.tree.leaves()
+    buf.add([episode(4)], np.array([1.0]), version=100)  # overwrites slot 0 and forces a rebase
+    assert buf.sampler.base == 100
+    leaves = buf.sampler.tree.leaves()
     assert leaves[0] / leaves[2] == pytest.approx(2.0**98)
-    assert np.isfinite(sampler.tree.total)
+    assert np.isfinite(buf.sampler.tree.total)
 
 
-def test_uniform_sampler_only_returns_occupied_slots():
-    sampler = UniformSampler(10)
-    sampler.add(np.arange(10), np.zeros(10), version=0)
-    sampler.remove(np.array([0, 3, 9]))
-    rng = np.random.default_rng(0)
+def test_uniform_sampler_draws_distinct_stored_episodes_with_weight_one():
+    buf = buffer(capacity=10)
+    buf.add([episode(i) for i in range(10)], np.zeros(10), version=0)
+    buf.storage.remove(np.array([0, 3, 9]))
     seen = set()
     for _ in range(200):
-        slots, weights = sampler.sample(4, rng, version=0)
+        slots, _, weights = buf.sample(4)
         assert len(set(slots.tolist())) == 4 and np.all(weights == 1)
         seen.update(slots.tolist())
     assert seen == {1, 2, 4, 5, 6, 7, 8}
+    assert buf.stats(0).keys().isdisjoint({"buffer/priority_mean"})  # no NaN metric for a feature that is off
+
+
+def test_linear_schedule():
+    schedule = LinearSchedule(0.4, 1.0, 10)
+    assert [schedule(s) for s in (0, 5, 10, 20)] == pytest.approx([0.4, 0.7, 1.0, 1.0])
 
 
 def test_eviction_by_age_reuse_and_capacity():
@@ -134,37 +185,36 @@ def test_buffer_never_exceeds_capacity(prioritized):
     for version in range(40):
         count = int(rng.integers(1, 9))
         buf.add([episode(i) for i in range(count)], rng.random(count), version)
-        assert len(buf) <= 16 and len(buf.sampler) == len(buf)
+        assert len(buf) <= 16
         if len(buf) >= 4:
-            slots, _, _ = buf.sample(4, version)
+            slots, _, _ = buf.sample(4)
             buf.mark_replayed(slots)
-            buf.update_priorities(slots, rng.random(4), version)
+            buf.update_priorities(slots, rng.random(4))
         buf.evict(version + 1)
-        assert len(buf.sampler) == len(buf)
+        if prioritized:  # only stored episodes carry sampling mass
+            assert np.all(buf.sampler.tree.leaves()[~buf.storage.valid] == 0)
 
 
 def test_sample_more_than_held_is_an_error():
     buf = buffer()
     buf.add([episode(0)], np.ones(1), version=0)
-    with pytest.raises(ValueError, match="Cannot sample 2 episodes from a replay buffer holding 1"):
-        buf.sample(2, version=0)
+    with pytest.raises(ValueError, match="Cannot draw 2 distinct episodes from a storage holding 1"):
+        buf.sample(2)
 
 
 @pytest.mark.parametrize("prioritized", [False, True])
 def test_state_dict_round_trip_is_equal_and_decoupled(prioritized):
-    source = buffer(capacity=8, prioritized=prioritized, decay=0.9, alpha=0.6, beta=0.4)
+    source = buffer(capacity=8, prioritized=prioritized, decay=0.9, alpha=0.6)
     source.add([episode(i) for i in range(6)], np.arange(6, dtype=float), version=0)
-    source.sample(3, version=1)
+    source.sample(3)
     state = source.state_dict()
-    restored = buffer(capacity=8, prioritized=prioritized, decay=0.9, alpha=0.6, beta=0.4)
+    restored = buffer(capacity=8, prioritized=prioritized, decay=0.9, alpha=0.6)
     restored.load_state_dict(state)
-    # Same future: same draws, same episodes.
-    a_slots, a_eps, a_w = source.sample(3, version=2)
-    b_slots, b_eps, b_w = restored.sample(3, version=2)
+    a_slots, a_eps, a_w = source.sample(3, beta=0.5)  # same future: same draws, same episodes
+    b_slots, b_eps, b_w = restored.sample(3, beta=0.5)
     assert a_slots.tolist() == b_slots.tolist() and np.array_equal(a_w, b_w)
     assert all(torch.equal(x.response, y.response) for x, y in zip(a_eps, b_eps, strict=True))
-    # Decoupled: changing the source changes neither the state nor the restored buffer.
-    source.storage.episodes[0].response.add_(100)
+    source.storage.episodes[0].response.add_(100)  # decoupled: changing the source changes neither copy
     source.storage.version[:] = 99
     source.mark_replayed(np.arange(6))
     assert state["storage"]["episodes"][0]["response"].tolist() == [0]
@@ -174,9 +224,9 @@ def test_state_dict_round_trip_is_equal_and_decoupled(prioritized):
 
 def test_loading_into_a_different_buffer_is_a_clear_error():
     state = buffer(capacity=8).state_dict()
-    with pytest.raises(ValueError, match="capacity 8 but `replay_buffer_size` is 4"):
+    with pytest.raises(ValueError, match="saved storage has capacity 8, this one 4"):
         buffer(capacity=4).load_state_dict(state)
-    with pytest.raises(ValueError, match="same `use_priority_sampling`"):
+    with pytest.raises(ValueError, match="saved buffer used UniformSampler, this one PrioritizedSampler"):
         buffer(capacity=8, prioritized=True).load_state_dict(state)
     with pytest.raises(ValueError, match="schema version"):
-        buffer(capacity=8).load_state_dict({**state, "schema_version": 99})
+        buffer(capacity=8).load_state_dict({**state, "schema_version": 1})

@@ -53,7 +53,7 @@ def test_replayed_rows_use_recomputed_values_and_advantages(tmp_path, tiny):
         torch.testing.assert_close(batch.values[replayed], expected, rtol=1e-5, atol=1e-6)  # the critic of now
         batch = compute_advantages(batch)
         kl = kl_estimate(batch.proximal_logprobs, batch.ref_logprobs, "k1")
-        rewards, _ = shaped_rewards(kl, batch.scores, batch.sequence_lengths, trainer.kl_ctl.value)
+        rewards, _ = shaped_rewards(kl, batch.scores, batch.score_index, trainer.kl_ctl.value)
         advantages, _ = compute_gae(rewards, batch.values, trainer.args.gamma, trainer.args.lam)
         torch.testing.assert_close(batch.raw_advantages, advantages)
         for row in range(batch.num_fresh, len(batch)):
@@ -84,11 +84,14 @@ def test_fresh_rows_have_weight_exactly_one_and_replayed_rows_are_weighted(tmp_p
         assert torch.equal(
             batch.token_weights[: batch.num_fresh], torch.ones_like(batch.token_weights[: batch.num_fresh])
         )
-        replay_weights = batch.token_weights[batch.num_fresh :][~batch.padding_mask[batch.num_fresh :]]
-        assert replay_weights.max() <= 1.5 and replay_weights.min() > 0
+        replayed = slice(batch.num_fresh, None)
+        truncated = batch.token_weights[replayed] / batch.row_weights[replayed, None]  # the IS factor alone
+        valid = ~batch.padding_mask[replayed]
+        assert truncated[valid].max() <= 1.5 + 1e-6 and truncated[valid].min() > 0
+        assert torch.equal(batch.row_weights[: batch.num_fresh], torch.ones(batch.num_fresh))
         assert torch.equal(batch.proximal_logprobs[: batch.num_fresh], batch.logprobs[: batch.num_fresh])
     log = trainer.state.log_history[-1]
-    assert 0 < log["replay/is_weight_mean"] <= 1.5
+    assert log["replay/is_weight_mean"] > 0 and 0 < log["replay/ess_priority"] <= 1
     assert 0 <= log["replay/clipfrac"] <= 1
     assert log["buffer/priority_mean"] > 0
     assert log["efficiency/sample_efficiency"] > 1.0
@@ -166,6 +169,8 @@ def test_seed_name_alias():
         ({"replay_importance_cap": 0.0}, "replay_importance_cap"),
         ({"priority_staleness_decay": 0.0}, "priority_staleness_decay"),
         ({"replay_sample_size": 12}, r"multiple of the per-rank batch .* = 8"),
+        ({"staleness_threshold": 0}, r"never start: .* min\(1000, 0 \* 8\) = 0 episodes .* = 100\. Raise `staleness_th"),
+        ({"staleness_threshold": 2, "min_replay_size": 40}, r"min\(1000, 2 \* 8\) = 16 episodes .* = 40"),
     ],
 )
 def test_bad_replay_settings_are_named(tmp_path, overrides, match):
@@ -182,11 +187,11 @@ def test_buffer_memory_stays_bounded_over_a_long_run(tmp_path, tiny):
 
     def recording(batch):
         after(batch)
-        sizes.append(len(trainer.replay_buffer))
-        stored.append(sum(e is not None for e in trainer.replay_buffer.storage.episodes))
+        sizes.append(len(trainer.replay))
+        stored.append(sum(e is not None for e in trainer.replay.buffer.storage.episodes))
 
     trainer.after_ppo_update = recording
     trainer.train()
     assert len(sizes) == 60
     assert max(sizes) == 16 and max(stored) == 16  # full, and never more
-    assert trainer.replay_buffer.evicted["fifo"] + trainer.replay_buffer.evicted["reuse"] >= 4 * 60 - 16
+    assert trainer.replay.buffer.evicted["fifo"] + trainer.replay.buffer.evicted["reuse"] >= 4 * 60 - 16

@@ -353,6 +353,15 @@ class ReplayPPOConfig(PPOConfig):
         if not (self.replay_importance_cap > 0):
             _fail("replay_importance_cap", self.replay_importance_cap, "must be > 0")
         local_batch = self.per_device_train_batch_size * self.gradient_accumulation_steps
+        needed = max(self.min_replay_size, self.replay_sample_size)
+        holdable = min(self.replay_buffer_size, self.staleness_threshold * local_batch)
+        if self.use_replay_buffer and holdable < needed:
+            raise ValueError(
+                f"Replay would never start: the buffer can hold at most min(`replay_buffer_size`, "
+                f"`staleness_threshold` * per-rank batch) = min({self.replay_buffer_size}, {self.staleness_threshold} "
+                f"* {local_batch}) = {holdable} episodes (older ones are evicted), fewer than max(`min_replay_size`, "
+                f"`replay_sample_size`) = {needed}. Raise `staleness_threshold` or lower `min_replay_size`."
+            )
         if self.use_replay_buffer and self.replay_sample_size % local_batch:
             suggestion = max(local_batch, self.replay_sample_size // local_batch * local_batch)
             raise ValueError(

@@ -22,16 +22,10 @@ def last_token_index(responses: torch.Tensor, pad_token_id: int) -> torch.Tensor
     return first_true_indices(responses == pad_token_id) - 1
 
 
-def response_padding_masks(sequence_lengths: torch.Tensor, response_length: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Masks (B, R) that are True past the last token, and past the token after it.
-
-    Log-probs and advantages live on ``~padding_mask``; values and rewards also on the
-    token after the last one, hence ``padding_mask_p1``.
-    """
+def response_padding_mask(sequence_lengths: torch.Tensor, response_length: int) -> torch.Tensor:
+    """(B, R) mask that is True past each row's last response token (where log-probs and advantages stop)."""
     positions = torch.arange(response_length, device=sequence_lengths.device).repeat(sequence_lengths.shape[0], 1)
-    padding_mask = positions > sequence_lengths.unsqueeze(1)
-    padding_mask_p1 = positions > (sequence_lengths + 1).unsqueeze(1)
-    return padding_mask, padding_mask_p1
+    return positions > sequence_lengths.unsqueeze(1)
 
 
 def suppress_token(logits: torch.Tensor, token_id: int | None) -> torch.Tensor:
@@ -61,15 +55,25 @@ def masked_var(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return variance * (mask_sum / (mask_sum - 1))
 
 
-def masked_whiten(values: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) -> tuple[torch.Tensor, bool]:
+def masked_whiten(
+    values: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, weights: torch.Tensor | None = None
+) -> tuple[torch.Tensor, bool]:
     """Whitened ``values`` over the valid entries, and whether it was possible.
 
+    With ``weights`` (same shape), the mean and (Bessel-corrected) variance are weighted: e.g. by
+    importance weights, so that rows sampled more often than their share count for their share.
     Whitening needs at least 2 valid values (a variance); with fewer, ``values`` come back
     unchanged and the flag is False, so the caller can count the fallback.
     """
-    if int(mask.sum()) < 2:
+    count = int(mask.sum())
+    if count < 2:
         return values, False
-    mean, var = masked_mean(values, mask), masked_var(values, mask)
+    if weights is None:
+        mean, var = masked_mean(values, mask), masked_var(values, mask)
+    else:
+        weights = weights * mask
+        mean = (values * weights).sum() / weights.sum()
+        var = ((values - mean) ** 2 * weights).sum() / weights.sum() * (count / (count - 1))
     whitened = (values - mean) * torch.rsqrt(var + 1e-8)
     if not shift_mean:
         whitened += mean

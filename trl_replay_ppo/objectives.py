@@ -19,18 +19,16 @@ def kl_estimate(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, estimator: s
 
 
 def shaped_rewards(
-    kl: torch.Tensor, scores: torch.Tensor, sequence_lengths: torch.Tensor, kl_coef: float
+    kl: torch.Tensor, scores: torch.Tensor, score_index: torch.Tensor, kl_coef: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-token rewards (B, R): ``-kl_coef * kl`` everywhere, plus the score on the token after the last.
+    """Per-token rewards (B, R): ``-kl_coef * kl`` everywhere, plus each score (B,) at its ``score_index`` (B,).
 
     Returns ``(rewards, non_score_reward)``.
     """
     non_score_reward = -kl_coef * kl
     rewards = non_score_reward.clone()
     rows = torch.arange(rewards.size(0), device=rewards.device)
-    lengths_p1 = sequence_lengths + 1
-    score_at = torch.where(lengths_p1 < rewards.size(1), lengths_p1, sequence_lengths)
-    rewards[rows, score_at] += scores
+    rewards[rows, score_index] += scores
     return rewards, non_score_reward
 
 
@@ -60,13 +58,17 @@ def compute_gae(
     return advantages, advantages + values
 
 
-def whiten_advantages(advantages: torch.Tensor, padding_mask: torch.Tensor) -> tuple[torch.Tensor, bool]:
+def whiten_advantages(
+    advantages: torch.Tensor, padding_mask: torch.Tensor, token_weights: torch.Tensor | None = None
+) -> tuple[torch.Tensor, bool]:
     """Zero-mean unit-variance advantages over response tokens, 0 on padding, and whether whitening happened.
 
-    With fewer than 2 response tokens there is no variance: the advantages are kept as they are
-    (``False`` is returned so the caller counts it) instead of becoming NaN.
+    ``token_weights`` (B, R), when replayed rows are present, weight each token's share of the mean
+    and variance (fresh tokens 1), so prioritised replayed rows do not shift the statistics applied
+    to fresh rows. With fewer than 2 response tokens there is no variance: the advantages are kept
+    as they are (``False`` is returned so the caller counts it) instead of becoming NaN.
     """
-    whitened, ok = masked_whiten(advantages, ~padding_mask)
+    whitened, ok = masked_whiten(advantages, ~padding_mask, weights=token_weights)
     return torch.masked_fill(whitened, padding_mask, 0), ok
 
 
@@ -77,13 +79,26 @@ def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
 
 
 def value_loss(
-    vpred: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor, cliprange_value: float
+    vpred: torch.Tensor,
+    old_values: torch.Tensor,
+    returns: torch.Tensor,
+    mask: torch.Tensor,
+    cliprange_value: float,
+    row_weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Clipped value loss ``0.5 * max((v - R)^2, (clip(v) - R)^2)``; returns ``(loss, clipfrac)``."""
+    """Clipped value loss ``0.5 * max((v - R)^2, (clip(v) - R)^2)``; returns ``(loss, clipfrac)``.
+
+    ``row_weights`` (b,) are the prioritized-replay weights of the rows (1 for fresh rows), so the
+    critic regresses on the distribution the data came from, not the priority-skewed one; None
+    means 1 everywhere (TRL's loss exactly).
+    """
     vpredclipped = torch.clamp(vpred, old_values - cliprange_value, old_values + cliprange_value)
     vf_losses1 = torch.square(vpred - returns)
     vf_losses2 = torch.square(vpredclipped - returns)
-    vf_loss = 0.5 * masked_mean(torch.max(vf_losses1, vf_losses2), ~mask)
+    vf_losses = torch.max(vf_losses1, vf_losses2)
+    if row_weights is not None:
+        vf_losses = vf_losses * row_weights[:, None]
+    vf_loss = 0.5 * masked_mean(vf_losses, ~mask)
     vf_clipfrac = masked_mean((vf_losses2 > vf_losses1).float(), ~mask)
     return vf_loss, vf_clipfrac
 

@@ -4,7 +4,7 @@
 
     prompts  = next prompt batch                      (next_prompts)
     batch    = generate, score, ref/behaviour logprobs, values   (rollout)
-    batch    = batch (+ replayed episodes, in the replay mixin)  (extend_batch)
+    batch    = batch (+ replayed episodes, by self.replay)       (extend_batch)
     batch    = KL-shaped rewards, GAE, whitening      (compute_advantages)
     stats    = PPO epochs x minibatches x micro-batches          (ppo_update)
     replay bookkeeping (priorities, new episodes, eviction)     (after_ppo_update)
@@ -37,7 +37,6 @@ from transformers.trainer_utils import TrainOutput
 from transformers.utils import is_rich_available
 from trl.experimental.ppo import PPOTrainer
 from trl.experimental.ppo.ppo_trainer import (
-    INVALID_LOGPROB,
     batch_generation,
     forward,
     print_rich_table,
@@ -57,9 +56,9 @@ from trl_replay_ppo.checkpoint import (
 )
 from trl_replay_ppo.config import ReplayPPOConfig
 from trl_replay_ppo.data import PromptCollator, PromptStream, is_conversational, prepare_prompt_dataset
-from trl_replay_ppo.episodes import EpisodeBatch
+from trl_replay_ppo.episodes import INVALID_LOGPROB, EpisodeBatch
 from trl_replay_ppo.kl import make_kl_controller
-from trl_replay_ppo.masking import last_token_index, masked_mean, response_padding_masks, suppress_token
+from trl_replay_ppo.masking import last_token_index, masked_mean, response_padding_mask, suppress_token
 from trl_replay_ppo.modeling import SharedValueHead, apply_value_lora, enable_gradient_checkpointing
 from trl_replay_ppo.objectives import (
     compute_gae,
@@ -71,7 +70,7 @@ from trl_replay_ppo.objectives import (
     whiten_advantages,
     whiten_rewards,
 )
-from trl_replay_ppo.replay.mixin import ReplayMixin
+from trl_replay_ppo.replay import ExperienceReplay
 from trl_replay_ppo.rewards import (
     RewardFunc,
     call_reward_func,
@@ -193,6 +192,9 @@ class PhasedPPOTrainer(PPOTrainer):
         self.reward_weights = torch.tensor(weights, dtype=torch.float32, device=self.accelerator.device)
         self.kl_ctl = make_kl_controller(args.kl_controller, args.kl_coef, args.kl_target, args.kl_horizon)
         self.prompt_stream = PromptStream.for_trainer(self)
+        self.replay: ExperienceReplay | None = None
+        if args.use_replay_buffer:
+            self.replay = ExperienceReplay.from_config(args, self.local_seed, processing_class.pad_token_id)
         self.skipped_steps = 0
         self.nonfinite_rewards = 0
         self.whiten_fallbacks = 0
@@ -385,11 +387,18 @@ class PhasedPPOTrainer(PPOTrainer):
             "rng": rng_state(),
             "prompt_stream": self.prompt_stream.state_dict(),
             "active_dataloaders": self._dataloader_tags(),
+            "replay": None if self.replay is None else self.replay.state_dict(),
         }
 
     def load_rank_state(self, state: dict[str, Any]) -> None:
+        if (state["replay"] is None) != (self.replay is None):
+            raise ValueError(
+                "The checkpoint and this run disagree on `use_replay_buffer`; resume with the value it was saved with."
+            )
         self.prompt_stream.load_state_dict(state["prompt_stream"])
         self._restore_dataloader_tags(state["active_dataloaders"])
+        if self.replay is not None:
+            self.replay.load_state_dict(state["replay"])
 
     def _dataloader_tags(self) -> list[str]:
         """Which dataloaders accelerate currently tracks as being iterated, in order.
@@ -567,11 +576,31 @@ class PhasedPPOTrainer(PPOTrainer):
         return (source_scores * self.reward_weights).sum(1), source_scores
 
     def extend_batch(self, batch: EpisodeBatch) -> EpisodeBatch:
-        """Hook for off-policy data (the replay mixin adds replayed episodes here)."""
-        return batch
+        """Add replayed episodes (when replay is on and every rank's buffer holds enough)."""
+        if self.replay is None:
+            return batch
+        sizes = self.accelerator.gather(torch.tensor([len(self.replay)], device=self.accelerator.device))
+        return self.replay.augment(batch, self, self.state.global_step, int(sizes.min()))
 
     def after_ppo_update(self, batch: EpisodeBatch) -> None:
-        """Hook run after the PPO update, before logging (the replay mixin stores episodes here)."""
+        """Store what replay needs of this update (priorities, fresh episodes) and evict."""
+        if self.replay is not None:
+            self.replay.record(batch, self.state.global_step)
+
+    @torch.no_grad()
+    def logprobs_and_values(self, batch: EpisodeBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, R) log-probs of the current policy and values of the current critic, masked like a rollout's."""
+        context_length, chunk = batch.context_length, self.args.local_rollout_forward_batch_size
+        policy = self.accelerator.unwrap_model(self.model).policy
+        logprobs, values = [], []
+        with self.accelerator.autocast():
+            for i in range(0, len(batch), chunk):
+                query_response = batch.query_responses[i : i + chunk]
+                logprobs.append(self.response_logprobs(policy, query_response, context_length))
+                values.append(self.response_values(query_response, context_length))
+        logprobs = torch.masked_fill(torch.cat(logprobs), batch.padding_mask, INVALID_LOGPROB)
+        values = torch.masked_fill(torch.cat(values), batch.padding_mask_p1, 0)
+        return logprobs, values
 
     @torch.no_grad()
     def compute_advantages(self, batch: EpisodeBatch) -> EpisodeBatch:
@@ -584,14 +613,12 @@ class PhasedPPOTrainer(PPOTrainer):
                 "`max_grad_norm` on, and use a pad token distinct from the stop token."
             )
         batch.kl = kl_estimate(batch.policy_logprobs, batch.ref_logprobs, args.kl_estimator)
-        rewards, batch.non_score_reward = shaped_rewards(
-            batch.kl, batch.scores, batch.sequence_lengths, self.kl_ctl.value
-        )
+        rewards, batch.non_score_reward = shaped_rewards(batch.kl, batch.scores, batch.score_index, self.kl_ctl.value)
         if args.whiten_rewards:
             rewards, whitened = whiten_rewards(rewards, batch.padding_mask_p1)
             self.whiten_fallbacks += not whitened
         batch.raw_advantages, batch.returns = compute_gae(rewards, batch.values, args.gamma, args.lam)
-        batch.advantages, whitened = whiten_advantages(batch.raw_advantages, batch.padding_mask)
+        batch.advantages, whitened = whiten_advantages(batch.raw_advantages, batch.padding_mask, batch.token_weights)
         self.whiten_fallbacks += not whitened
         return batch
 
@@ -648,8 +675,9 @@ class PhasedPPOTrainer(PPOTrainer):
         new_logprobs = torch.masked_fill(new_logprobs, padding_mask, INVALID_LOGPROB)
         vpred = vpred_temp[:, context_length - 1 : -1].squeeze(-1).float()
         vpred = torch.masked_fill(vpred, padding_mask_p1, 0)
+        row_weights = None if batch.row_weights is None else batch.row_weights[rows]
         vf_loss, vf_clipfrac = value_loss(
-            vpred, batch.values[rows], batch.returns[rows], padding_mask_p1, args.cliprange_value
+            vpred, batch.values[rows], batch.returns[rows], padding_mask_p1, args.cliprange_value, row_weights
         )
         token_weights = None if batch.token_weights is None else batch.token_weights[rows]
         pg_loss, clipped, ratio, logprobs_diff = policy_loss(
@@ -805,7 +833,7 @@ class PhasedPPOTrainer(PPOTrainer):
             policy = self.accelerator.unwrap_model(self.model).policy
             logprobs = self.response_logprobs(policy, query_responses, context_length)
             ref_logprobs = self._ref_logprobs(query_responses, context_length)
-        padding_mask, _ = response_padding_masks(sequence_lengths, responses.shape[1])
+        padding_mask = response_padding_mask(sequence_lengths, responses.shape[1])
         return torch.masked_fill(logprobs - ref_logprobs, padding_mask, 0).sum(1)
 
     @property
@@ -918,8 +946,24 @@ class PhasedPPOTrainer(PPOTrainer):
         empty = gather(self.empty_responses(batch.fresh()).float()).mean().item()
         metrics["rollout/empty_fraction"] = empty
         self.warn_if_collapsing(empty)
+        if self.replay is not None:
+            metrics.update(self.replay_metrics(stats))
         if self.args.reward_nonfinite_value is not None:
             metrics["rewards/nonfinite"] = self.nonfinite_rewards
+        return metrics
+
+    def replay_metrics(self, stats: dict[str, torch.Tensor]) -> dict[str, float]:
+        """``buffer/*`` and ``replay/*``: buffer statistics, the replayed tokens' clip fraction and weights."""
+        gather = self.accelerator.gather_for_metrics
+        metrics = self.replay.metrics(self.state.global_step + 1)
+        sizes = gather(torch.tensor([float(len(self.replay))], device=self.accelerator.device))
+        metrics["buffer/size"] = sizes.mean().item()
+        if "replay_tokens" in stats:
+            tokens = gather(stats["replay_tokens"].sum().reshape(1)).sum()
+            metrics["replay/clipfrac"] = (gather(stats["replay_clipped"].sum().reshape(1)).sum() / tokens).item()
+            metrics["replay/is_weight_mean"] = (
+                gather(stats["replay_weight_sum"].sum().reshape(1)).sum() / tokens
+            ).item()
         return metrics
 
     def empty_responses(self, batch: EpisodeBatch) -> torch.Tensor:
@@ -949,7 +993,7 @@ def reward_model_name(reward_model: torch.nn.Module) -> str:
     return name_or_path.rstrip("/").split("/")[-1] or type(reward_model).__name__
 
 
-class ReplayPPOTrainer(ReplayMixin, PhasedPPOTrainer):
+class ReplayPPOTrainer(PhasedPPOTrainer):
     """TRL's PPOTrainer with staleness-aware (optionally prioritized) experience replay.
 
     A drop-in replacement for ``trl.experimental.ppo.PPOTrainer``: same constructor (plus

@@ -1,43 +1,38 @@
-"""`EpisodeStorage`: a fixed-capacity ring of episodes kept on CPU."""
+"""`EpisodeStorage`: a fixed-capacity ring of episodes kept on CPU, and the schema of replay state."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
-SCHEMA_VERSION = 1
+from trl_replay_ppo.episodes import Episode
+
+SCHEMA_VERSION = 2
 
 
-@dataclass
-class Episode:
-    """One stored episode, tensors trimmed to their real length (no padding).
-
-    ``response`` holds the tokens up to and including the last one (``length`` tokens); the
-    per-token log-probs have the same length.
-    """
-
-    query: torch.Tensor  # (Lq_i,) prompt tokens, left padding removed
-    response: torch.Tensor  # (length,)
-    logprobs: torch.Tensor  # (length,) behaviour policy log-probs
-    ref_logprobs: torch.Tensor  # (length,) reference log-probs
-    score: float
-    source_scores: torch.Tensor  # (S,) per reward source
+def check_schema(state: dict[str, Any], name: str) -> None:
+    """Refuse replay state written with another schema version, naming the piece."""
+    if state.get("schema_version") != SCHEMA_VERSION:
+        raise ValueError(
+            f"{name} state has schema version {state.get('schema_version')}; this version of trl_replay_ppo reads "
+            f"version {SCHEMA_VERSION}."
+        )
 
 
 class EpisodeStorage:
     """Fixed-capacity ring: a new episode takes the next slot, overwriting the oldest when full (FIFO).
 
-    Per slot it also keeps the policy version (update index) the episode was generated at and how
-    many times it has been replayed. Slots freed by eviction are simply marked invalid; the ring
+    Per slot it also keeps the policy version (update index) the episode was generated at, how
+    many times it has been replayed, and whether the slot holds an episode (``valid``); samplers
+    read these instead of keeping copies. Slots freed by eviction are marked invalid; the ring
     reuses them when its write position comes round.
     """
 
     def __init__(self, capacity: int):
         if capacity < 1:
-            raise ValueError(f"`replay_buffer_size` must be >= 1; got {capacity}.")
+            raise ValueError(f"A storage needs a capacity of at least 1 episode; got {capacity}.")
         self.capacity = capacity
         self.episodes: list[Episode | None] = [None] * capacity
         self.version = np.zeros(capacity, dtype=np.int64)
@@ -50,9 +45,9 @@ class EpisodeStorage:
 
     def add(self, episodes: list[Episode], version: int) -> tuple[np.ndarray, np.ndarray]:
         """Store ``episodes`` generated at ``version``; returns ``(slots written, slots overwritten)``."""
-        slots = (self.cursor + np.arange(len(episodes))) % self.capacity
         if len(episodes) > self.capacity:
-            raise ValueError(f"Cannot add {len(episodes)} episodes to a buffer of capacity {self.capacity}.")
+            raise ValueError(f"Cannot add {len(episodes)} episodes to a storage of capacity {self.capacity}.")
+        slots = (self.cursor + np.arange(len(episodes))) % self.capacity
         overwritten = slots[self.valid[slots]]
         for slot, episode in zip(slots.tolist(), episodes, strict=True):
             self.episodes[slot] = episode
@@ -70,9 +65,6 @@ class EpisodeStorage:
     def get(self, slots: np.ndarray) -> list[Episode]:
         return [self.episodes[slot] for slot in np.asarray(slots).tolist()]
 
-    def valid_slots(self) -> np.ndarray:
-        return np.flatnonzero(self.valid)
-
     def state_dict(self) -> dict[str, Any]:
         return {
             "schema_version": SCHEMA_VERSION,
@@ -85,12 +77,9 @@ class EpisodeStorage:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        _check_schema(state, "EpisodeStorage")
+        check_schema(state, "EpisodeStorage")
         if state["capacity"] != self.capacity:
-            raise ValueError(
-                f"The saved replay buffer has capacity {state['capacity']} but `replay_buffer_size` is "
-                f"{self.capacity}; resume with the same `replay_buffer_size`."
-            )
+            raise ValueError(f"The saved storage has capacity {state['capacity']}, this one {self.capacity}.")
         self.episodes = [
             None if e is None else Episode(**{k: _clone(v) for k, v in e.items()}) for e in state["episodes"]
         ]
@@ -102,11 +91,3 @@ class EpisodeStorage:
 
 def _clone(value):
     return value.clone() if isinstance(value, torch.Tensor) else value
-
-
-def _check_schema(state: dict[str, Any], name: str) -> None:
-    if state.get("schema_version") != SCHEMA_VERSION:
-        raise ValueError(
-            f"{name} state has schema version {state.get('schema_version')}; this version of trl_replay_ppo reads "
-            f"version {SCHEMA_VERSION}."
-        )
