@@ -28,7 +28,7 @@ def main(models_dir: str, output_dir: str, resume: str) -> None:
         replay_buffer_size=16,
         min_replay_size=14,
         replay_sample_size=4,
-        max_replay_reuse=2,
+        max_replay_reuse=1,
         save_strategy="steps",
         save_steps=4,
     )

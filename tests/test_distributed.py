@@ -38,7 +38,8 @@ def test_two_processes_train_checkpoint_and_resume(tmp_path, tiny_dirs):
     assert straight["world_size"] == 2 and straight["ranks_equal"]
     assert straight["global_step"] == 12 and straight["episode"] == 96
     rank0, rank1 = straight["buffer_sizes"]
-    assert any(a != b for a, b in zip(rank0, rank1, strict=True)), straight["buffer_sizes"]  # the buffers drifted
+    # The buffers drifted so far that one rank had enough episodes to replay while the other had not.
+    assert any((a >= 14) != (b >= 14) for a, b in zip(rank0, rank1, strict=True)), straight["buffer_sizes"]
     assert straight["replayed"] > 0  # ... and replay ran anyway, on both ranks alike (no hang, equal weights)
     checkpoint = tmp_path / "straight" / "checkpoint-8"
     assert (checkpoint / "rank_0.safetensors").is_file() and (checkpoint / "rank_1.safetensors").is_file()
