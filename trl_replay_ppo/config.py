@@ -18,12 +18,8 @@ def _fail(name: str, value: object, requirement: str) -> None:
 class ReplayPPOConfig(PPOConfig):
     r"""Configuration for [`ReplayPPOTrainer`]: every `PPOConfig` field, plus the ones below.
 
-    Fields keep TRL's names; the reference design's names map as follows:
-    GROUP_SIZE -> `num_generations`, MAX_GRAD_NORM -> `max_grad_norm`, ENTROPY_COEF -> `entropy_coef`.
-    Every field is validated here, with an error that names the field and what to change.
-
-    Reference design names: EARLY_STOPPING_PATIENCE -> `early_stopping_patience`, EVAL_EVERY_N_STEPS ->
-    `eval_steps`, SAVE_EVERY_N_STEPS -> `save_steps`, LEARNING_RATE -> `learning_rate`.
+    Fields keep TRL's names. Every field is validated here, with an error that names the field and
+    what to change.
 
     Defaults that differ from `PPOConfig`:
     - `bf16` defaults to `False`: TRL's PPO trainer ignores `bf16` (it always trains in fp32), so
@@ -86,7 +82,7 @@ class ReplayPPOConfig(PPOConfig):
     num_generations: int = field(
         default=1,
         metadata={
-            "help": "Completions sampled per prompt (the reference design's GROUP_SIZE). The per-rank batch "
+            "help": "Completions sampled per prompt. The per-rank batch "
             "`per_device_train_batch_size * gradient_accumulation_steps` must be a multiple of it."
         },
     )
@@ -151,8 +147,8 @@ class ReplayPPOConfig(PPOConfig):
     early_stopping_patience: int | None = field(
         default=None,
         metadata={
-            "help": "Stop after this many evaluations without improvement of `metric_for_best_model` "
-            "(EARLY_STOPPING_PATIENCE); adds transformers' `EarlyStoppingCallback`. Needs `eval_strategy`."
+            "help": "Stop after this many evaluations without improvement of `metric_for_best_model`; adds "
+            "transformers' `EarlyStoppingCallback`. Needs `eval_strategy`."
         },
     )
     restore_callback_states_from_checkpoint: bool = field(
@@ -163,26 +159,30 @@ class ReplayPPOConfig(PPOConfig):
         },
     )
 
-    # Experience replay (the reference design's efficient tier)
+    # Experience replay
     use_replay_buffer: bool = field(
         default=True,
         metadata={
-            "help": "Train every update on its fresh episodes plus `replay_sample_size` replayed ones "
-            "(USE_REPLAY_BUFFER)."
+            "help": "Train every update on its fresh episodes plus `replay_sample_size` replayed ones. Replayed "
+            "tokens are weighted (truncated importance ratio times the prioritized-replay weight), and so is their "
+            "share of the advantage whitening statistics and of the value loss; fresh tokens weigh 1."
         },
     )
     replay_buffer_size: int = field(
         default=1000,
-        metadata={"help": "Episodes kept per rank; the oldest is overwritten when full (REPLAY_BUFFER_SIZE)."},
+        metadata={"help": "Episodes kept per rank; the oldest is overwritten when full."},
     )
     min_replay_size: int = field(
         default=100,
-        metadata={"help": "Replay starts once the buffer holds this many episodes (MIN_REPLAY_SIZE)."},
+        metadata={
+            "help": "Replay starts once every rank's buffer holds this many episodes (the smallest buffer over the "
+            "ranks decides, so all ranks replay together)."
+        },
     )
     replay_sample_size: int = field(
         default=32,
         metadata={
-            "help": "Replayed episodes added to each update, per rank (REPLAY_SAMPLE_SIZE). A multiple of "
+            "help": "Replayed episodes added to each update, per rank. A multiple of "
             "`per_device_train_batch_size * gradient_accumulation_steps`, so each optimizer step sees as many "
             "episodes as without replay."
         },
@@ -190,19 +190,19 @@ class ReplayPPOConfig(PPOConfig):
     use_priority_sampling: bool = field(
         default=False,
         metadata={
-            "help": "Sample replayed episodes proportionally to priority^alpha, priority = mean |advantage| at their "
-            "last use, decayed with age (USE_PRIORITY_SAMPLING); otherwise uniformly."
+            "help": "Sample replayed episodes with replacement, proportionally to (priority * decay^age)^alpha, and "
+            "correct the bias with importance weights (N P(i))^-beta; otherwise uniformly without replacement. An "
+            "episode's priority is its mean |advantage| (before whitening) when it was last trained on, i.e. measured "
+            "before that update's epochs: how far its return was from the critic's expectation then."
         },
     )
     max_replay_reuse: int = field(
         default=4,
-        metadata={"help": "An episode is evicted after being replayed this many times (MAX_REPLAY_REUSE)."},
+        metadata={"help": "An episode is evicted after being replayed this many times."},
     )
     staleness_threshold: int = field(
         default=100,
-        metadata={
-            "help": "An episode is evicted once generated more than this many updates ago (STALENESS_THRESHOLD)."
-        },
+        metadata={"help": "An episode is evicted once generated more than this many updates ago."},
     )
     priority_alpha: float = field(
         default=0.6,
@@ -210,11 +210,18 @@ class ReplayPPOConfig(PPOConfig):
     )
     priority_beta: float = field(
         default=0.4,
-        metadata={"help": "Initial importance-sampling exponent of prioritized replay, annealed to 1 over training."},
+        metadata={
+            "help": "Initial importance-sampling exponent of prioritized replay, annealed linearly to 1 over "
+            "training: at 1 the weights undo the whole sampling bias, the staleness decay included, so that late in training "
+            "priorities decide which episodes are seen, not how much they count."
+        },
     )
     priority_staleness_decay: float = field(
         default=0.99,
-        metadata={"help": "Per-update decay of an episode's priority with its age (1 disables)."},
+        metadata={
+            "help": "Per-update decay of an episode's sampling priority with its age (1 disables): recent episodes "
+            "are drawn more often (the importance weights correct their share as beta reaches 1)."
+        },
     )
     replay_importance_cap: float = field(
         default=2.0,
