@@ -212,8 +212,8 @@ class ReplayPPOConfig(PPOConfig):
         default=0.4,
         metadata={
             "help": "Initial importance-sampling exponent of prioritized replay, annealed linearly to 1 over "
-            "training: at 1 the weights undo the whole sampling bias, the staleness decay included, so that late in training "
-            "priorities decide which episodes are seen, not how much they count."
+            "training: at 1 the weights undo the whole sampling bias, the staleness decay included, so that late in "
+            "training priorities decide which episodes are seen, not how much they count."
         },
     )
     priority_staleness_decay: float = field(
