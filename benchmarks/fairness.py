@@ -233,6 +233,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--output_dir", default=str(RESULTS), help="Where fairness.{json,md,png} go.")
     parser.add_argument("--jobs", type=int, default=2, help="Runs in parallel (one thread each); 0 runs them here.")
     parser.add_argument("--no_cache", action="store_true", help="Train every run again.")
+    parser.add_argument("--tune_only", action="store_true", help="Stop after the tuning runs; print their table.")
     parser.add_argument(
         "--sections",
         nargs="+",
@@ -261,6 +262,12 @@ def main(argv: list[str] | None = None) -> dict:
                         task, family, overrides, TUNING_SEED, options.quick
                     )
     tuning = dict(zip(tuning_specs, run_all(list(tuning_specs.values()), cache, options.jobs), strict=True))
+    if options.tune_only:
+        for (task, family, overrides), record in tuning.items():
+            print(
+                f"{task} {family} {overrides}: final eval {report.final_score(record):.3f}, stopped {record['stopped']}"
+            )
+        return {"tuning": {str(k): r for k, r in tuning.items()}}
     chosen: dict[str, dict[str, tuple[str, dict]]] = {}
     targets: dict[str, float] = {}
     for task in tasks:
