@@ -265,7 +265,8 @@ def main(argv: list[str] | None = None) -> dict:
     if options.tune_only:
         for (task, family, overrides), record in tuning.items():
             print(
-                f"{task} {family} {overrides}: final eval {report.final_score(record):.3f}, stopped {record['stopped']}"
+                f"{task} {family} {overrides}: final eval {report.final_score(record):.3f}, "
+                f"stopped {record['stopped']}"
             )
         return {"tuning": {str(k): r for k, r in tuning.items()}}
     chosen: dict[str, dict[str, tuple[str, dict]]] = {}

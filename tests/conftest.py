@@ -8,6 +8,7 @@ import pytest
 import torch
 from accelerate.state import AcceleratorState, PartialState
 
+from trl_replay_ppo.compat import trl_ppo
 from trl_replay_ppo.tasks.tiny import build_tiny_models, load_tiny_models
 
 os.environ.setdefault("WANDB_MODE", "offline")
@@ -35,3 +36,16 @@ def fresh_accelerate_state():
     yield
     AcceleratorState._reset_state(reset_partial_state=True)
     PartialState._reset_state()
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "needs_trl_ppo: compares with stock TRL PPO, which only TRL <= 1.12 has")
+
+
+def pytest_collection_modifyitems(config, items):
+    if trl_ppo() is not None:
+        return
+    reason = "stock TRL PPO exists only on TRL <= 1.12: this test runs in CI's TRL 1.12 job (`make test-trl1.12`)"
+    for item in items:
+        if "needs_trl_ppo" in item.keywords:
+            item.add_marker(pytest.mark.skip(reason=reason))

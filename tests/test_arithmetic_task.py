@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
-from trl.experimental.utils import get_reward
 
+from trl_replay_ppo.forwards import sequence_scores
 from trl_replay_ppo.tasks.arithmetic import (
     FORMAT_CREDIT,
     HELD_OUT,
@@ -58,7 +58,7 @@ def test_reward_model_scores_like_the_reward_function():
     ids = [tokenizer(t)["input_ids"] for t in texts]
     width = max(map(len, ids))
     query_responses = torch.tensor([[tokenizer.pad_token_id] * (width - len(i)) + i for i in ids])
-    _, scores, _ = get_reward(model, query_responses, tokenizer.pad_token_id, context_length=width - 2)
+    _, scores, _ = sequence_scores(model, query_responses, tokenizer.pad_token_id, context_length=width - 2)
     assert scores.tolist() == [1.0, pytest.approx(FORMAT_CREDIT), 1.0, 0.0]
 
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 from datasets import Dataset
 from helpers import make_trainer, tiny_config
-from trl.experimental.ppo import PPOConfig
 
-import trl_replay_ppo.trainer as trainer_module
+import trl_replay_ppo.passes as passes_module
 from trl_replay_ppo import ReplayPPOConfig
+from trl_replay_ppo.base import PPOConfig
 from trl_replay_ppo.tasks.digits import digits_reward, make_digits_dataset
 
 CONFIG_CASES = [
@@ -141,7 +141,7 @@ TRAINER_CASES = [
         "need an `eval_dataset`",
     ),
     (
-        "TRL's PPOConfig instead of ReplayPPOConfig",
+        "the base PPOConfig (TRL's, or this package's on TRL 1.13+) instead of ReplayPPOConfig",
         lambda t, p: make_trainer(t, PPOConfig(output_dir=str(p), use_cpu=True, bf16=False), make_digits_dataset(8)),
         TypeError,
         "`args` must be a `ReplayPPOConfig`",
@@ -177,7 +177,7 @@ def no_generation(monkeypatch):
     def forbidden(*args, **kwargs):
         raise AssertionError("generation started before the bad input was reported")
 
-    monkeypatch.setattr(trainer_module, "batch_generation", forbidden)
+    monkeypatch.setattr(passes_module, "batch_generation", forbidden)
 
 
 @pytest.mark.parametrize(("name", "build", "error", "match"), TRAINER_CASES, ids=[c[0] for c in TRAINER_CASES])

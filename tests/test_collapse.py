@@ -45,7 +45,9 @@ def test_a_policy_that_favours_the_pad_token_never_emits_it(tmp_path, tiny):
     batch = trainer.rollout(trainer.next_prompts())
     assert not (batch.responses == pad).any()  # sampled: every position is a real token
     assert (batch.sequence_lengths == batch.responses.shape[1] - 1).all()
-    _, responses, _, _ = trainer.complete(next(iter(trainer.eval_dataloader)), trainer.eval_generation_kwargs())
+    _, responses, _, _ = trainer.generate_and_score(
+        next(iter(trainer.eval_dataloader)), trainer.eval_generation_kwargs()
+    )
     assert not (responses == pad).any()  # greedy evaluation would pick pad everywhere
 
     # The log-probs describe the distribution that was sampled: the pad token's mass renormalised away.

@@ -6,10 +6,12 @@ import pytest
 import torch
 from accelerate.state import AcceleratorState, PartialState
 from helpers import LogRecorder, digit_prompts, seed_everything, tiny_config, tokenized_prompts
-from trl.experimental.ppo import PPOConfig, PPOTrainer
 
 from trl_replay_ppo import ReplayPPOTrainer
+from trl_replay_ppo.compat import trl_ppo
 from trl_replay_ppo.tasks.tiny import load_tiny_models
+
+pytestmark = pytest.mark.needs_trl_ppo
 
 PARITY_ARGS = {
     "per_device_train_batch_size": 4,
@@ -52,6 +54,7 @@ def _run(trainer_cls, args, tiny_dirs):
 
 @pytest.mark.parametrize("kl_estimator", ["k1", "k3"])
 def test_phased_loop_is_bitwise_trl(tmp_path, tiny_dirs, kl_estimator):
+    PPOConfig, PPOTrainer = trl_ppo()
     common = {**PARITY_ARGS, "kl_estimator": kl_estimator}
     stock_args = PPOConfig(
         output_dir=str(tmp_path / "stock"),

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 from helpers import LogRecorder, make_trainer, tiny_config
-from trl.experimental.utils import get_reward
 
 from trl_replay_ppo import PPOTrainerWithReplay, ReplayPPOConfig, ReplayPPOTrainer
+from trl_replay_ppo.forwards import sequence_scores
 from trl_replay_ppo.objectives import compute_gae, kl_estimate, shaped_rewards
 from trl_replay_ppo.tasks.digits import digits_reward, make_digits_dataset
 from trl_replay_ppo.tasks.tiny import load_tiny_models
@@ -45,7 +45,7 @@ def test_replayed_rows_use_recomputed_values_and_advantages(tmp_path, tiny):
             return compute_advantages(batch)
         unwrapped = trainer.accelerator.unwrap_model(trainer.model)
         replayed = slice(batch.num_fresh, None)
-        full_value, _, _ = get_reward(
+        full_value, _, _ = sequence_scores(
             unwrapped.value_model, batch.query_responses[replayed], pad, batch.context_length
         )
         expected = full_value[:, batch.context_length - 1 : -1].squeeze(-1)
@@ -169,7 +169,10 @@ def test_seed_name_alias():
         ({"replay_importance_cap": 0.0}, "replay_importance_cap"),
         ({"priority_staleness_decay": 0.0}, "priority_staleness_decay"),
         ({"replay_sample_size": 12}, r"multiple of the per-rank batch .* = 8"),
-        ({"staleness_threshold": 0}, r"never start: .* min\(1000, 0 \* 8\) = 0 episodes .* = 100\. Raise `staleness_th"),
+        (
+            {"staleness_threshold": 0},
+            r"never start: .* min\(1000, 0 \* 8\) = 0 episodes .* = 100\. Raise `staleness_th",
+        ),
         ({"staleness_threshold": 2, "min_replay_size": 40}, r"min\(1000, 2 \* 8\) = 16 episodes .* = 40"),
     ],
 )

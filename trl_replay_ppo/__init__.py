@@ -1,12 +1,24 @@
-"""trl_replay_ppo: TRL's PPOTrainer with staleness-aware prioritized experience replay."""
+"""trl_replay_ppo: PPO for language models with experience replay, a drop-in for TRL's PPOTrainer."""
 
-import os
+from __future__ import annotations
 
-# This package is built on `trl.experimental.ppo` on purpose (TRL 1.0-1.12 keep PPO there); its
-# "experimental API" warning on every import says nothing actionable to our users.
-os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+import warnings
 
 from trl_replay_ppo.config import ReplayPPOConfig
-from trl_replay_ppo.trainer import PhasedPPOTrainer, PPOTrainerWithReplay, ReplayPPOTrainer
+from trl_replay_ppo.trainer import ReplayPPOTrainer
 
-__all__ = ["PPOTrainerWithReplay", "PhasedPPOTrainer", "ReplayPPOConfig", "ReplayPPOTrainer"]
+PPOTrainerWithReplay = ReplayPPOTrainer  # the name users of the three-tier PPO design know
+
+__all__ = ["PPOTrainerWithReplay", "ReplayPPOConfig", "ReplayPPOTrainer"]
+
+
+def __getattr__(name: str):
+    if name == "PhasedPPOTrainer":
+        warnings.warn(
+            "`PhasedPPOTrainer` is now `ReplayPPOTrainer` (replay off with `use_replay_buffer=False`); the old name "
+            "will be removed in 0.3.",
+            FutureWarning,
+            stacklevel=2,
+        )
+        return ReplayPPOTrainer
+    raise AttributeError(f"module 'trl_replay_ppo' has no attribute {name!r}")

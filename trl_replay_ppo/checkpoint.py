@@ -29,18 +29,41 @@ import random
 import re
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
+from accelerate import Accelerator
 from safetensors.torch import load_file, save_file
+from transformers import TrainerState
 from transformers.trainer_callback import ExportableState
-from trl.experimental.ppo.ppo_trainer import OnlineTrainerState
 
 from trl_replay_ppo.serialization import StateFileError, load_state, save_state
 
-if TYPE_CHECKING:
-    from trl_replay_ppo.trainer import PhasedPPOTrainer
+
+class Checkpointable(Protocol):
+    """What the checkpoint writer and reader need of a trainer."""
+
+    args: Any
+    accelerator: Accelerator
+    state: TrainerState
+    optimizer: torch.optim.Optimizer
+    lr_scheduler: Any
+    callback_handler: Any
+    control: Any
+
+    def trainable_parameters(self) -> dict[str, torch.nn.Parameter]: ...
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None: ...
+
+    def ppo_state(self) -> dict[str, Any]: ...
+
+    def load_ppo_state(self, state: dict[str, Any]) -> None: ...
+
+    def rank_state(self) -> dict[str, Any]: ...
+
+    def load_rank_state(self, state: dict[str, Any]) -> None: ...
+
 
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
 CHECKPOINT_FORMAT = 2
@@ -114,9 +137,8 @@ def resolve_checkpoint(resume_from_checkpoint: bool | str | os.PathLike, output_
     return path
 
 
-def trainable_state(trainer: PhasedPPOTrainer) -> dict[str, torch.Tensor]:
-    model = trainer.accelerator.unwrap_model(trainer.model)
-    return {name: p.detach().cpu().contiguous() for name, p in model.named_parameters() if p.requires_grad}
+def trainable_state(trainer: Checkpointable) -> dict[str, torch.Tensor]:
+    return {name: p.detach().cpu().contiguous() for name, p in trainer.trainable_parameters().items()}
 
 
 def rng_state() -> dict[str, Any]:
@@ -138,7 +160,7 @@ class CheckpointWriteError(OSError):
     """A checkpoint could not be written; earlier checkpoints are untouched."""
 
 
-def save_checkpoint(trainer: PhasedPPOTrainer) -> Path:
+def save_checkpoint(trainer: Checkpointable) -> Path:
     """Write ``checkpoint-<global_step>`` atomically (all ranks take part); returns its path.
 
     An ``OSError`` on any rank (disk full, permissions...) is raised on every rank as
@@ -196,7 +218,7 @@ def save_checkpoint(trainer: PhasedPPOTrainer) -> Path:
     return final
 
 
-def callback_states(trainer: PhasedPPOTrainer) -> dict[str, Any]:
+def callback_states(trainer: Checkpointable) -> dict[str, Any]:
     """``{class name: state}`` of every stateful callback and of the trainer control (as transformers keeps it)."""
     states: dict[str, Any] = {}
     for callback in [*trainer.callback_handler.callbacks, trainer.control]:
@@ -227,15 +249,14 @@ def rotate_checkpoints(output_dir: str, limit: int | None, best: str | None) -> 
             shutil.rmtree(path, ignore_errors=True)
 
 
-def load_trainable_params(trainer: PhasedPPOTrainer, path: Path) -> None:
+def load_trainable_params(trainer: Checkpointable, path: Path) -> None:
     """Copy the checkpoint's trainable weights into the trainer's policy and critic."""
-    model = trainer.accelerator.unwrap_model(trainer.model)
     file = path / "trainable_params.safetensors"
     try:
         saved = load_file(file)
     except Exception as error:
         raise StateFileError(f"{file} is not a valid checkpoint file of trl_replay_ppo ({error}).") from error
-    trainable = {name: p for name, p in model.named_parameters() if p.requires_grad}
+    trainable = trainer.trainable_parameters()
     if saved.keys() != trainable.keys():
         missing, unexpected = sorted(trainable.keys() - saved.keys()), sorted(saved.keys() - trainable.keys())
         raise ValueError(
@@ -255,7 +276,7 @@ def read_json(file: Path) -> dict[str, Any]:
         raise StateFileError(f"{file} is not a valid checkpoint file of trl_replay_ppo ({error}).") from error
 
 
-def load_checkpoint(trainer: PhasedPPOTrainer, path: Path) -> None:
+def load_checkpoint(trainer: Checkpointable, path: Path) -> None:
     """Restore everything :func:`save_checkpoint` wrote, on every rank. RNG states are restored last.
 
     Every file is read and checked before anything of the trainer changes.
@@ -280,7 +301,7 @@ def load_checkpoint(trainer: PhasedPPOTrainer, path: Path) -> None:
     optimizer_state = load_state(path / "optimizer.safetensors")
     scheduler_state = load_state(path / "scheduler.safetensors")
     try:
-        trainer_state = OnlineTrainerState(**read_json(path / "trainer_state.json"))
+        trainer_state = type(trainer.state)(**read_json(path / "trainer_state.json"))
     except TypeError as error:
         raise StateFileError(f"{path / 'trainer_state.json'} is not a valid trainer state ({error}).") from error
     rank_state = load_state(rank_file)

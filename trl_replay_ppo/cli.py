@@ -185,7 +185,7 @@ def plot(argv: list[str]) -> int:
 
 def config_reference() -> str:
     """Markdown table of the fields `ReplayPPOConfig` adds to (or re-defaults from) TRL's `PPOConfig`."""
-    from trl.experimental.ppo import PPOConfig
+    from trl_replay_ppo.base import PPOConfig
 
     from trl_replay_ppo.config import ReplayPPOConfig
 

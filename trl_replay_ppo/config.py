@@ -7,7 +7,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Literal
 
-from trl.experimental.ppo import PPOConfig
+from trl_replay_ppo.base import PPOConfig
 
 
 def _fail(name: str, value: object, requirement: str) -> None:
@@ -16,7 +16,10 @@ def _fail(name: str, value: object, requirement: str) -> None:
 
 @dataclass
 class ReplayPPOConfig(PPOConfig):
-    r"""Configuration for [`ReplayPPOTrainer`]: every `PPOConfig` field, plus the ones below.
+    r"""Configuration for [`ReplayPPOTrainer`]: every field of TRL's `PPOConfig`, plus the ones below.
+
+    The base is TRL's ``trl.experimental.ppo.PPOConfig`` on TRL <= 1.12 and this package's copy of
+    it (same fields and defaults) on TRL 1.13 and later, which removed PPO (`trl_replay_ppo.base`).
 
     Fields keep TRL's names. Every field is validated here, with an error that names the field and
     what to change.
@@ -106,6 +109,14 @@ class ReplayPPOConfig(PPOConfig):
     kl_horizon: float = field(
         default=10000.0,
         metadata={"help": "Horizon (in episodes) of the adaptive KL controller: larger reacts more slowly."},
+    )
+    target_kl: float | None = field(
+        default=None,
+        metadata={
+            "help": "Stop an update's remaining PPO epochs once an epoch's mean approximate KL between the new and "
+            "the old policy (over all ranks) exceeds 1.5 x this value (as Stable-Baselines3 does); None runs every "
+            "epoch. The epochs run are logged as `train/ppo_epochs`."
+        },
     )
     max_skipped_steps: int = field(
         default=10,
@@ -321,6 +332,8 @@ class ReplayPPOConfig(PPOConfig):
             _fail("kl_horizon", self.kl_horizon, "must be > 0")
         if self.max_skipped_steps < 1:
             _fail("max_skipped_steps", self.max_skipped_steps, "must be >= 1")
+        if self.target_kl is not None and not (self.target_kl > 0):
+            _fail("target_kl", self.target_kl, "must be > 0 (or None)")
         if not (self.eval_temperature >= 0):
             _fail("eval_temperature", self.eval_temperature, "must be >= 0 (0 means greedy)")
 

@@ -1,4 +1,9 @@
-"""Critic variants that save memory: a value head on the policy's backbone, and LoRA on the value model."""
+"""The policy + critic module the trainer optimises, and critic variants that save memory.
+
+`PolicyAndValueWrapper` holds the policy and the value model as one module (one optimizer, one
+``accelerator.prepare``); `SharedValueHead` is a critic on the policy's own backbone; `apply_value_lora`
+puts LoRA adapters on a separate value model.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,53 @@ import copy
 
 import torch
 from transformers import PreTrainedModel
+
+from trl_replay_ppo.compat import is_checkpointing
+
+
+class PolicyAndValueWrapper(torch.nn.Module):
+    """``policy`` and ``value_model`` as one module; calling it runs the critic, then the policy, on the same inputs.
+
+    Parameter names are ``policy.*`` and ``value_model.*`` (what checkpoints store).
+    ``is_gradient_checkpointing`` is read by TRL's ``unwrap_model_for_generation``, which turns
+    checkpointing off while generating.
+    """
+
+    def __init__(self, policy: PreTrainedModel, value_model: torch.nn.Module):
+        super().__init__()
+        self.policy = policy
+        self.value_model = value_model
+        self.critic_backbone = getattr(value_model, value_model.base_model_prefix)
+        self.is_gradient_checkpointing = is_checkpointing(policy)
+
+    def gradient_checkpointing_enable(self, **kwargs) -> None:
+        self.policy.gradient_checkpointing_enable(**kwargs)
+        self.is_gradient_checkpointing = True
+
+    def gradient_checkpointing_disable(self) -> None:
+        self.policy.gradient_checkpointing_disable()
+        self.is_gradient_checkpointing = False
+
+    def forward(self, **kwargs):
+        """``(policy output, (B, T, 1) critic values)``."""
+        output = self.critic_backbone(**kwargs)
+        values = self.value_model.score(output.hidden_states[-1])
+        return self.policy(**kwargs), values
+
+
+def disable_dropout(model: torch.nn.Module) -> None:
+    """Set every dropout probability to 0 (log-probs must not change between two passes over the same tokens)."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0
+
+
+def create_reference_model(model: PreTrainedModel) -> PreTrainedModel:
+    """A frozen copy of ``model`` in eval mode, to serve as the KL reference."""
+    reference = copy.deepcopy(model)
+    for param in reference.parameters():
+        param.requires_grad = False
+    return reference.eval()
 
 
 class Float32Linear(torch.nn.Linear):

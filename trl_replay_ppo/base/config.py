@@ -1,0 +1,121 @@
+"""`PPOConfig` for TRL 1.13 and later, which no longer ship one.
+
+Same field names and defaults as ``trl.experimental.ppo.PPOConfig`` of TRL 1.12, so a config written
+for TRL's PPO reads the same here; `trl_replay_ppo.compat` picks TRL's class where it exists.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from transformers import TrainingArguments
+
+
+@dataclass
+class PPOConfig(TrainingArguments):
+    """Training arguments of PPO for language models: `transformers.TrainingArguments` plus the PPO fields.
+
+    The fields marked "set by the trainer" are filled in from the batch arithmetic when the trainer
+    is built; leave them unset.
+    """
+
+    logging_steps: float = field(
+        default=10,
+        metadata={"help": "Log every this many updates (a float in [0, 1) is a fraction of all updates)."},
+    )
+    gradient_checkpointing: bool = field(
+        default=True,
+        metadata={"help": "Recompute activations in the backward pass to save memory (at some extra compute)."},
+    )
+    bf16: bool | None = field(
+        default=None,
+        metadata={"help": "Use bfloat16 mixed precision; None means yes unless `fp16` is set."},
+    )
+    learning_rate: float = field(default=3e-6, metadata={"help": "Initial learning rate of AdamW."})
+    dataset_num_proc: int | None = field(
+        default=None, metadata={"help": "Processes used to prepare the datasets (None: this process)."}
+    )
+    num_mini_batches: int = field(default=1, metadata={"help": "Minibatches each update's batch is split into."})
+    total_episodes: int | None = field(
+        default=None,
+        metadata={"help": "Episodes (prompt + response) to generate in all; None means `num_train_epochs` passes."},
+    )
+    local_rollout_forward_batch_size: int = field(
+        default=64,
+        metadata={"help": "Sequences per generation and per no-grad forward pass in the rollout, per rank."},
+    )
+    num_sample_generations: int = field(
+        default=10,
+        metadata={
+            "help": "How many times to print sample completions of the eval prompts during training (0: never)."
+        },
+    )
+    response_length: int = field(default=53, metadata={"help": "Maximum new tokens per response."})
+    stop_token: Literal["eos"] | None = field(
+        default=None,
+        metadata={
+            "help": "'eos' ends responses at the tokenizer's eos token; None generates `response_length` tokens."
+        },
+    )
+    stop_token_id: int | None = field(
+        default=None, metadata={"help": "A token id that ends responses (instead of `stop_token`)."}
+    )
+    temperature: float = field(default=0.7, metadata={"help": "Sampling temperature of the rollouts."})
+    missing_eos_penalty: float | None = field(
+        default=None,
+        metadata={"help": "Subtracted from the score of a response that has no eos token (None: no penalty)."},
+    )
+    sft_model_path: str = field(
+        default="EleutherAI/pythia-160m", metadata={"help": "Path of the supervised model (scripts only)."}
+    )
+    world_size: int | None = field(default=None, metadata={"help": "Number of processes (set by the trainer)."})
+    num_total_batches: int | None = field(default=None, metadata={"help": "Number of updates (set by the trainer)."})
+    micro_batch_size: int | None = field(
+        default=None, metadata={"help": "Episodes per micro-batch over all ranks (set by the trainer)."}
+    )
+    local_batch_size: int | None = field(
+        default=None, metadata={"help": "Episodes per update and rank (set by the trainer)."}
+    )
+    batch_size: int | None = field(
+        default=None, metadata={"help": "Episodes per update over all ranks (set by the trainer)."}
+    )
+    local_mini_batch_size: int | None = field(
+        default=None, metadata={"help": "Episodes per minibatch and rank (set by the trainer)."}
+    )
+    mini_batch_size: int | None = field(
+        default=None, metadata={"help": "Episodes per minibatch over all ranks (set by the trainer)."}
+    )
+    push_to_hub: bool = field(default=False, metadata={"help": "Push the model to the Hub at the end."})
+    reward_model_path: str = field(
+        default="EleutherAI/pythia-160m", metadata={"help": "Path of the reward model (scripts only)."}
+    )
+    model_adapter_name: str | None = field(
+        default=None, metadata={"help": "Name of the policy's trainable adapter when the model has several."}
+    )
+    ref_adapter_name: str | None = field(
+        default=None, metadata={"help": "Name of the adapter that acts as the reference policy, if any."}
+    )
+    num_ppo_epochs: int = field(default=4, metadata={"help": "Passes over each update's batch."})
+    whiten_rewards: bool = field(default=False, metadata={"help": "Scale the per-token rewards to unit variance."})
+    kl_coef: float = field(default=0.05, metadata={"help": "Coefficient of the KL penalty to the reference policy."})
+    kl_estimator: Literal["k1", "k3"] = field(
+        default="k1",
+        metadata={"help": "Per-token KL estimator: 'k1' (log pi - log ref) or 'k3' (lower variance, also unbiased)."},
+    )
+    cliprange: float = field(default=0.2, metadata={"help": "Clip range of the policy ratio."})
+    vf_coef: float = field(default=0.1, metadata={"help": "Coefficient of the value loss."})
+    cliprange_value: float = field(default=0.2, metadata={"help": "Clip range of the value prediction."})
+    gamma: float = field(default=1.0, metadata={"help": "Discount factor."})
+    lam: float = field(default=0.95, metadata={"help": "GAE lambda."})
+    ds3_gather_for_generation: bool = field(
+        default=True,
+        metadata={
+            "help": "Under DeepSpeed ZeRO-3, gather the policy's weights for generation (faster; off lets models "
+            "larger than one GPU's memory train, with slower generation)."
+        },
+    )
+
+    def __post_init__(self) -> None:
+        self.bf16 = not self.fp16 if self.bf16 is None else self.bf16
+        super().__post_init__()
