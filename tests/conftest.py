@@ -14,7 +14,7 @@ from trl_replay_ppo.tasks.tiny import build_tiny_models, load_tiny_models
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-torch.set_num_threads(2)
+torch.set_num_threads(int(os.environ.get("TRL_REPLAY_PPO_TEST_THREADS", "2")))  # CI machines have 2 cores
 
 
 @pytest.fixture(scope="session")
