@@ -91,3 +91,29 @@ def test_shared_value_head_without_lora_trains_everything(tmp_path, tiny):
 def test_bad_critic_settings(tmp_path, tiny, overrides, kwargs, match):
     with pytest.raises(ValueError, match=match):
         make_trainer(tiny, tiny_config(tmp_path, **overrides), make_digits_dataset(4), **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "extra"),
+    [
+        ({}, {}),  # a separate, fully trained critic
+        ({"lora_value_model": True}, {"peft_config": LORA, "ref_model": None}),
+        ({"shared_value_head": True}, {"peft_config": LORA, "ref_model": None, "value_model": None}),
+    ],
+    ids=["separate critic", "LoRA critic", "shared head on a LoRA policy"],
+)
+def test_saved_critic_reloads_with_from_pretrained(tmp_path, tiny, overrides, extra):
+    from transformers import AutoModelForSequenceClassification
+
+    from trl_replay_ppo.forwards import sequence_scores
+
+    args = tiny_config(tmp_path, total_episodes=8, save_value_model=True, **overrides)
+    trainer = make_trainer(tiny, args, make_digits_dataset(8), reward_model=None, reward_funcs=digits_reward, **extra)
+    trainer.train()
+    trainer.save_model(str(tmp_path / "saved"))
+    reloaded = AutoModelForSequenceClassification.from_pretrained(tmp_path / "saved" / "value_model", num_labels=1)
+    batch = trainer.rollout(trainer.next_prompts())
+    pad = trainer.processing_class.pad_token_id
+    live = trainer.response_values(batch.query_responses, batch.context_length)
+    values, _, _ = sequence_scores(reloaded, batch.query_responses, pad, batch.context_length)
+    torch.testing.assert_close(values[:, batch.context_length - 1 : -1].squeeze(-1), live, rtol=1e-4, atol=1e-5)

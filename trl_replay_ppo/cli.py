@@ -186,7 +186,6 @@ def plot(argv: list[str]) -> int:
 def config_reference() -> str:
     """Markdown table of the fields `ReplayPPOConfig` adds to (or re-defaults from) TRL's `PPOConfig`."""
     from trl_replay_ppo.base import PPOConfig
-
     from trl_replay_ppo.config import ReplayPPOConfig
 
     inherited = {f.name: f for f in fields(PPOConfig)}

@@ -142,6 +142,14 @@ class ReplayPPOConfig(PPOConfig):
             "not to emit it and drifts into empty responses. False reproduces TRL's PPO bit for bit."
         },
     )
+    save_value_model: bool = field(
+        default=False,
+        metadata={
+            "help": "`save_model` also saves the trained critic in `<output_dir>/value_model`, loadable with "
+            "`AutoModelForSequenceClassification.from_pretrained(path, num_labels=1)` (LoRA merged; a shared value "
+            "head becomes a classifier on the policy's architecture)."
+        },
+    )
     eval_temperature: float = field(
         default=0.0,
         metadata={"help": "Sampling temperature of `evaluate()`; 0 means greedy decoding."},

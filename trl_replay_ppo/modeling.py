@@ -87,6 +87,35 @@ class SharedValueHead(torch.nn.Module):
         self.config = policy.config
 
 
+def export_value_model(value_model: torch.nn.Module, policy: torch.nn.Module) -> PreTrainedModel:
+    """A standalone copy of the critic that ``AutoModelForSequenceClassification.from_pretrained`` loads.
+
+    LoRA adapters are merged into the copy (on the value model, or on the policy backbone a
+    `SharedValueHead` uses); the live models are not touched. A shared head becomes a sequence
+    classifier of the policy's architecture: its backbone plus the head as ``score``.
+    """
+    from transformers import AutoModelForSequenceClassification
+
+    if not isinstance(value_model, SharedValueHead):
+        exported = copy.deepcopy(value_model)
+        prefix = exported.base_model_prefix
+        backbone = getattr(exported, prefix)
+        if hasattr(backbone, "merge_and_unload"):
+            setattr(exported, prefix, backbone.merge_and_unload())
+        return exported
+    merged = copy.deepcopy(policy)
+    if hasattr(merged, "merge_and_unload"):
+        merged = merged.merge_and_unload()
+    config = copy.deepcopy(merged.config)
+    config.num_labels = 1
+    exported = AutoModelForSequenceClassification.from_config(config)
+    prefix = exported.base_model_prefix
+    state = {f"{prefix}.{k}": v for k, v in getattr(merged, merged.base_model_prefix).state_dict().items()}
+    state["score.weight"] = value_model.score.weight.detach().to(exported.score.weight.dtype)
+    exported.load_state_dict(state)
+    return exported
+
+
 def apply_value_lora(value_model: PreTrainedModel, peft_config) -> PreTrainedModel:
     """Put LoRA adapters on the value model's backbone; its ``score`` head stays fully trainable.
 

@@ -7,6 +7,7 @@ what these methods return.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -18,6 +19,7 @@ from trl_replay_ppo.compat import (
     set_accumulation_step,
     set_dataloader_references,
 )
+from trl_replay_ppo.modeling import export_value_model
 
 
 @dataclass
@@ -45,16 +47,20 @@ class ResumableState:
 
         The base's version saves the wrapped module under DDP, which fails on tied weights; this one
         unwraps first. Writes on the main process only and never waits for the others, so it is safe
-        to call from code that runs on the main process alone. DeepSpeed keeps the base's path (it
-        gathers sharded weights).
+        to call from code that runs on the main process alone. With ``save_value_model`` the trained
+        critic goes to ``output_dir/value_model`` (see `export_value_model`). DeepSpeed keeps the
+        base's path (it gathers sharded weights; the critic is not saved there).
         """
         if self.is_deepspeed_enabled:
             super().save_model(output_dir, _internal_call)
             return
         output_dir = output_dir or self.args.output_dir
         if self.accelerator.is_main_process:
-            self.accelerator.unwrap_model(self.model).policy.save_pretrained(output_dir)
+            model = self.accelerator.unwrap_model(self.model)
+            model.policy.save_pretrained(output_dir)
             self.processing_class.save_pretrained(output_dir)
+            if self.args.save_value_model:
+                export_value_model(model.value_model, model.policy).save_pretrained(Path(output_dir) / "value_model")
 
     def ppo_state(self) -> dict[str, Any]:
         """Trainer-wide state beyond transformers' `TrainerState`, saved in ``ppo_state.json``."""
