@@ -143,3 +143,36 @@ def test_fresh_run_keeps_an_earlier_metrics_file(tmp_path, tiny_dirs):
     kept = [p for p in (tmp_path / "out").glob("metrics.*.jsonl")]
     assert len(kept) == 1 and kept[0].read_text() == first
     assert os.path.getsize(tmp_path / "out" / "metrics.jsonl") > 0
+
+
+def test_no_global_side_effects(tmp_path, tiny):
+    import logging
+    import subprocess
+    import sys
+    import warnings
+
+    environment = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import os, json; e = dict(os.environ); import trl_replay_ppo; print(e == dict(os.environ))",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert environment.stdout.strip().endswith("True")  # importing the package changes no environment variable
+    showwarning, filters = warnings.showwarning, list(warnings.filters)
+    logged = ("trl_replay_ppo", "transformers", "trl", "accelerate")
+    loggers = {name: (logging.getLogger(name).level, list(logging.getLogger(name).handlers)) for name in logged}
+    trainer = make_trainer(tiny, tiny_config(tmp_path, total_episodes=8), make_digits_dataset(8))
+
+    def warn_during_training(*args, **kwargs):
+        warnings.warn("a warning raised while training", UserWarning, stacklevel=1)
+        return rollout(*args, **kwargs)
+
+    rollout, trainer.rollout = trainer.rollout, warn_during_training
+    trainer.train()
+    assert warnings.showwarning is showwarning and warnings.filters == filters
+    assert {n: (logging.getLogger(n).level, list(logging.getLogger(n).handlers)) for n in logged} == loggers
+    assert "a warning raised while training" in (tmp_path / "out" / "train.log").read_text()

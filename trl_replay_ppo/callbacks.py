@@ -15,7 +15,7 @@ from transformers.trainer_callback import ProgressCallback
 PROGRESS_KEYS = {"objective/scores": "score", "objective/kl": "kl", "eval_reward": "eval"}
 METRICS_FILE = "metrics.jsonl"
 TEXT_LOG_FILE = "train.log"
-LOGGERS = ("trl_replay_ppo", "transformers", "trl", "accelerate", "py.warnings")
+LOGGERS = ("trl_replay_ppo", "transformers", "trl", "accelerate")
 
 
 class RewardProgressCallback(ProgressCallback):
@@ -96,10 +96,17 @@ class MetricsFileCallback(TrainerCallback):
 
 
 class TextLogCallback(TrainerCallback):
-    """A human-readable ``output_dir/train.log`` (main process): the config, warnings, one line per log."""
+    """A human-readable ``output_dir/train.log`` (main process): the config, warnings, one line per log.
+
+    Warnings raised during training are copied to the file (and still shown as before); everything
+    it changes in the process (log handlers, the package logger's level, ``warnings.showwarning``) is
+    undone at the end of training.
+    """
 
     def __init__(self):
         self.handler: logging.Handler | None = None
+        self._showwarning = None
+        self._level = logging.NOTSET
 
     def on_train_begin(self, args, state, control, **kwargs):
         if not state.is_world_process_zero or self.handler is not None:
@@ -108,16 +115,22 @@ class TextLogCallback(TrainerCallback):
         self.handler = logging.FileHandler(Path(args.output_dir) / TEXT_LOG_FILE)
         self.handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         self.handler.setLevel(logging.INFO)
-        logging.captureWarnings(True)
-        warnings.simplefilter("default")
+        self._showwarning = warnings.showwarning
+        warnings.showwarning = self._show_and_log_warning
         for name in LOGGERS:
             logging.getLogger(name).addHandler(self.handler)
         package_logger = logging.getLogger("trl_replay_ppo")
+        self._level = package_logger.level
         if package_logger.getEffectiveLevel() > logging.INFO:
             package_logger.setLevel(logging.INFO)
         package_logger.info(
             "Training in %s from step %d with config:\n%s", args.output_dir, state.global_step, args.to_json_string()
         )
+
+    def _show_and_log_warning(self, message, category, filename, lineno, file=None, line=None) -> None:
+        self._showwarning(message, category, filename, lineno, file, line)
+        text = warnings.formatwarning(message, category, filename, lineno, line).strip()
+        self.handler.handle(logging.LogRecord("py.warnings", logging.WARNING, filename, lineno, text, None, None))
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if self.handler is None or not logs:
@@ -132,3 +145,5 @@ class TextLogCallback(TrainerCallback):
             logging.getLogger(name).removeHandler(self.handler)
         self.handler.close()
         self.handler = None
+        warnings.showwarning = self._showwarning
+        logging.getLogger("trl_replay_ppo").setLevel(self._level)
