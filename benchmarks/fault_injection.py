@@ -27,10 +27,10 @@ def child(output_dir: str, models_dir: str, updates: int) -> None:
     """One training process: resume from the newest checkpoint if there is one, train to the end."""
     import torch
 
-    from trl_replay_ppo import ReplayPPOConfig, ReplayPPOTrainer, checkpoint
+    from trl_replay_ppo import ReplayPPOConfig, checkpoint
     from trl_replay_ppo.checkpoint import latest_checkpoint
     from trl_replay_ppo.tasks.digits import digits_reward, make_digits_dataset
-    from trl_replay_ppo.tasks.tiny import load_tiny_models
+    from trl_replay_ppo.tasks.tiny import load_tiny_models, tiny_trainer
 
     torch.set_num_threads(1)
     save_file = checkpoint.save_file
@@ -62,15 +62,7 @@ def child(output_dir: str, models_dir: str, updates: int) -> None:
         replay_sample_size=8,
         seed=0,
     )
-    trainer = ReplayPPOTrainer(
-        args=args,
-        processing_class=models["tokenizer"],
-        model=models["policy"],
-        ref_model=models["ref_policy"],
-        value_model=models["value_model"],
-        reward_funcs=digits_reward,
-        train_dataset=make_digits_dataset(24, seed=7),
-    )
+    trainer = tiny_trainer(models, args, make_digits_dataset(24, seed=7), reward_funcs=digits_reward)
     resume = latest_checkpoint(output_dir)
     print(f"RESUMING {resume}", flush=True)
     trainer.train(resume_from_checkpoint=str(resume) if resume else None)

@@ -31,9 +31,9 @@ def main() -> None:
     import torch
     from transformers import TrainerCallback
 
-    from trl_replay_ppo import ReplayPPOConfig, ReplayPPOTrainer
+    from trl_replay_ppo import ReplayPPOConfig
     from trl_replay_ppo.tasks.digits import digits_reward, make_digits_dataset
-    from trl_replay_ppo.tasks.tiny import build_tiny_models, load_tiny_models
+    from trl_replay_ppo.tasks.tiny import build_tiny_models, load_tiny_models, tiny_trainer
 
     torch.set_num_threads(2)
     models = load_tiny_models(build_tiny_models("/tmp/long-run/models"))
@@ -63,16 +63,7 @@ def main() -> None:
                 size = len(trainer.replay)
                 samples.append({"update": state.global_step, "rss_mib": rss_bytes() / 2**20, "buffer_size": size})
 
-    trainer = ReplayPPOTrainer(
-        args=args,
-        processing_class=models["tokenizer"],
-        model=models["policy"],
-        ref_model=models["ref_policy"],
-        value_model=models["value_model"],
-        reward_funcs=digits_reward,
-        train_dataset=make_digits_dataset(4000),
-        callbacks=[Sampler()],
-    )
+    trainer = tiny_trainer(models, args, make_digits_dataset(4000), reward_funcs=digits_reward, callbacks=[Sampler()])
     started = time.time()
     trainer.train()
     full = [s for s in samples if s["buffer_size"] >= options.buffer]

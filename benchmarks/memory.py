@@ -68,8 +68,7 @@ def run_mode(mode: str, layers: int, batch: int, prompt_tokens: int, response_to
     """One PPO update in this process; returns the measured figures."""
     from datasets import Dataset
 
-    from trl_replay_ppo import ReplayPPOTrainer
-    from trl_replay_ppo.tasks.tiny import build_tokenizer
+    from trl_replay_ppo.tasks.tiny import build_tokenizer, tiny_trainer
 
     tokenizer = build_tokenizer()
     policy, value = build(mode, layers)
@@ -82,16 +81,12 @@ def run_mode(mode: str, layers: int, batch: int, prompt_tokens: int, response_to
         response_length=response_tokens,
         max_prompt_length=None,
     )
-    trainer = ReplayPPOTrainer(
-        args=args,
-        processing_class=tokenizer,
-        model=policy,
-        ref_model=None,
-        value_model=value,
-        reward_funcs=lambda prompts, completions, **kw: [float(len(c)) for c in completions],
-        train_dataset=prompts,
-        peft_config=lora,
-    )
+
+    def length_reward(prompts, completions, **kwargs):
+        return [float(len(c)) for c in completions]
+
+    models = {"tokenizer": tokenizer, "policy": policy, "ref_policy": None, "value_model": value}  # ref: no adapter
+    trainer = tiny_trainer(models, args, prompts, reward_funcs=length_reward, peft_config=lora)
     measured = {}
     step = trainer.optimizer_step
 

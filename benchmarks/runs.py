@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from accelerate.state import AcceleratorState
 from datasets import Dataset
-from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, TrainerCallback
+from transformers import TrainerCallback
 from transformers.trainer_callback import PrinterCallback
 
 from trl_replay_ppo.tasks.arithmetic import HELD_OUT, SPARSE, ArithmeticRewardModel, arithmetic_reward
@@ -218,10 +218,11 @@ def _time_generation(trainer) -> list[float]:
 
 
 def _train(spec: dict, extra: dict) -> dict:
+    from trl_replay_ppo.tasks.tiny import load_tiny_models
+
     data = task_data(spec["task"])
-    dirs = model_dirs(data.models)
-    tokenizer = AutoTokenizer.from_pretrained(dirs["tokenizer"])
-    policy = AutoModelForCausalLM.from_pretrained(dirs["policy"])
+    models = load_tiny_models(model_dirs(data.models))
+    tokenizer = models["tokenizer"]
     settings = dict(spec["settings"])
     response_length = settings["response_length"]
     evaluator = Evaluator(data, tokenizer, response_length)
@@ -237,9 +238,9 @@ def _train(spec: dict, extra: dict) -> dict:
         "bf16": False,
     }
     if spec["kind"] == "grpo":
-        trainer, episodes, score_key = _grpo(spec, settings, common, policy, tokenizer, data, reward)
+        trainer, episodes, score_key = _grpo(spec, settings, common, models, data, reward)
     else:
-        trainer, episodes, score_key = _ppo(spec, settings, common, policy, tokenizer, data, reward, dirs)
+        trainer, episodes, score_key = _ppo(spec, settings, common, models, data, reward)
     counter = StepCounter(trainer.optimizer) if spec["kind"] != "grpo" else None  # GRPO builds it in train()
 
     def policy() -> torch.nn.Module:
@@ -278,42 +279,27 @@ def _train(spec: dict, extra: dict) -> dict:
     }
 
 
-def _ppo(spec, settings, common, policy, tokenizer, data, reward, dirs):
-    from trl_replay_ppo import ReplayPPOConfig, ReplayPPOTrainer
+def _ppo(spec, settings, common, models, data, reward):
+    from trl_replay_ppo import ReplayPPOConfig
+    from trl_replay_ppo.tasks.tiny import tiny_trainer
 
-    value_model = AutoModelForSequenceClassification.from_pretrained(dirs["reward"], num_labels=1)
-    ref_policy = AutoModelForCausalLM.from_pretrained(dirs["policy"])
     budget = {"total_episodes": spec["budget"], "num_sample_generations": 0}
     if spec["kind"] == "stock":
-        from trl.experimental.ppo import PPOConfig, PPOTrainer
+        from trl_replay_ppo.compat import trl_ppo
 
+        PPOConfig, PPOTrainer = trl_ppo()
         gc.collect = lambda generation=2: 0  # TRL calls it twice per update; on a tiny model it dominates the time
+        tokenizer = models["tokenizer"]
         tokenized = data.train.map(lambda row: tokenizer(row["prompt"]), remove_columns=data.train.column_names)
         args = PPOConfig(**common, **budget, **settings)
-        trainer = PPOTrainer(
-            args=args,
-            processing_class=tokenizer,
-            model=policy,
-            ref_model=ref_policy,
-            reward_model=data.reward_model(tokenizer),
-            value_model=value_model,
-            train_dataset=tokenized,
-        )
-        return trainer, lambda: trainer.state.episode, "objective/scores"
-    args = ReplayPPOConfig(**common, **budget, **settings)
-    trainer = ReplayPPOTrainer(
-        args=args,
-        processing_class=tokenizer,
-        model=policy,
-        ref_model=ref_policy,
-        value_model=value_model,
-        reward_funcs=reward,
-        train_dataset=data.train,
-    )
+        trainer = tiny_trainer(models, args, tokenized, PPOTrainer, reward_model=data.reward_model(tokenizer))
+    else:
+        args = ReplayPPOConfig(**common, **budget, **settings)
+        trainer = tiny_trainer(models, args, data.train, reward_funcs=reward)
     return trainer, lambda: trainer.state.episode, "objective/scores"
 
 
-def _grpo(spec, settings, common, policy, tokenizer, data, reward):
+def _grpo(spec, settings, common, models, data, reward):
     from trl import GRPOConfig, GRPOTrainer
 
     settings = dict(settings)
@@ -323,6 +309,10 @@ def _grpo(spec, settings, common, policy, tokenizer, data, reward):
     steps = math.ceil(spec["budget"] / batch) * num_iterations
     args = GRPOConfig(**common, **settings, max_completion_length=response_length, max_steps=steps, logging_steps=1)
     trainer = GRPOTrainer(
-        model=policy, reward_funcs=reward, args=args, train_dataset=data.train, processing_class=tokenizer
+        model=models["policy"],
+        reward_funcs=reward,
+        args=args,
+        train_dataset=data.train,
+        processing_class=models["tokenizer"],
     )
     return trainer, lambda: reward.calls, "reward"

@@ -29,6 +29,7 @@ def main(models_dir: str, output_dir: str, resume: str) -> None:
         min_replay_size=14,
         replay_sample_size=4,
         max_replay_reuse=1,
+        target_kl=0.01,  # stopping the epochs early must be agreed by both ranks too
         save_strategy="steps",
         save_steps=4,
     )

@@ -10,6 +10,7 @@ from datasets import Dataset
 from transformers import TrainerCallback
 
 from trl_replay_ppo import ReplayPPOConfig, ReplayPPOTrainer
+from trl_replay_ppo.tasks.tiny import tiny_trainer
 
 
 def seed_everything(seed: int) -> None:
@@ -52,15 +53,8 @@ def tiny_config(tmp_path, **overrides) -> ReplayPPOConfig:
 
 
 def make_trainer(tiny, args, train_dataset, **kwargs) -> ReplayPPOTrainer:
-    """A trainer on the tiny models; keyword arguments replace or add constructor arguments."""
-    models = {
-        "model": tiny["policy"],
-        "ref_model": tiny["ref_policy"],
-        "reward_model": tiny["reward_model"],
-        "value_model": tiny["value_model"],
-    }
-    models.update(kwargs)
-    return ReplayPPOTrainer(args=args, processing_class=tiny["tokenizer"], train_dataset=train_dataset, **models)
+    """A trainer on the tiny models, scored by the tiny reward model unless ``kwargs`` say otherwise."""
+    return tiny_trainer(tiny, args, train_dataset, **{"reward_model": tiny["reward_model"], **kwargs})
 
 
 def snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -184,7 +184,3 @@ def no_generation(monkeypatch):
 def test_bad_trainer_input_fails_before_generation(tmp_path, tiny, no_generation, name, build, error, match):
     with pytest.raises(error, match=match):
         build(tiny, tmp_path)
-
-
-def test_enough_cases():
-    assert len(CONFIG_CASES) + len(TRAINER_CASES) >= 25

@@ -251,3 +251,18 @@ def test_unwritable_output_dir_fails_before_training(tmp_path, tiny):
     args = tiny_config(tmp_path, output_dir=str(blocker / "out"))
     with pytest.raises(PermissionError, match=r"`output_dir`=.* is not a writable directory"):
         make_trainer(tiny, args, make_digits_dataset(8))
+
+
+def test_rotation_keeps_the_newest_and_the_best(tmp_path):
+    from trl_replay_ppo.checkpoint import rotate_checkpoints
+
+    for step in (2, 4, 6, 8, 10):
+        (tmp_path / f"checkpoint-{step}").mkdir()
+    (tmp_path / "tmp-checkpoint-12").mkdir()  # a partial write is not rotation's business
+    rotate_checkpoints(str(tmp_path), limit=2, best=str(tmp_path / "checkpoint-4"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "checkpoint-10",
+        "checkpoint-4",
+        "checkpoint-8",
+        "tmp-checkpoint-12",
+    ]

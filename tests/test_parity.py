@@ -9,7 +9,7 @@ from helpers import LogRecorder, digit_prompts, seed_everything, tiny_config, to
 
 from trl_replay_ppo import ReplayPPOTrainer
 from trl_replay_ppo.compat import trl_ppo
-from trl_replay_ppo.tasks.tiny import load_tiny_models
+from trl_replay_ppo.tasks.tiny import load_tiny_models, tiny_trainer
 
 pytestmark = pytest.mark.needs_trl_ppo
 
@@ -37,14 +37,12 @@ def _run(trainer_cls, args, tiny_dirs):
     dataset = tokenized_prompts(models["tokenizer"], digit_prompts(40))
     recorder = LogRecorder()
     seed_everything(args.seed)  # stock TRL never seeds numpy/python; both arms start from the same state
-    trainer = trainer_cls(
-        args=args,
-        processing_class=models["tokenizer"],
-        model=models["policy"],
-        ref_model=models["ref_policy"],
+    trainer = tiny_trainer(
+        models,
+        args,
+        dataset,
+        trainer_cls,
         reward_model=models["reward_model"],
-        value_model=models["value_model"],
-        train_dataset=dataset,
         eval_dataset=dataset,
         callbacks=[recorder],
     )

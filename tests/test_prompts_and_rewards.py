@@ -98,16 +98,6 @@ def test_bad_datasets_fail_before_generation(tmp_path, tiny, dataset, error, mat
         make_trainer(tiny, tiny_config(tmp_path), dataset)
 
 
-def test_no_reward_at_all(tmp_path, tiny):
-    with pytest.raises(ValueError, match="No reward"):
-        make_trainer(tiny, tiny_config(tmp_path), make_digits_dataset(4), reward_model=None)
-
-
-def test_non_callable_reward_func(tmp_path, tiny):
-    with pytest.raises(TypeError, match=r"reward_funcs\[0\]"):
-        make_trainer(tiny, tiny_config(tmp_path), make_digits_dataset(4), reward_funcs=["digits_reward"])
-
-
 def test_reward_func_with_wrong_length_fails_before_generation(tmp_path, tiny):
     def short(prompts, completions, **kwargs):
         return [0.0]
@@ -136,12 +126,6 @@ def test_reward_func_checked_again_during_training(tmp_path, tiny):
     with pytest.raises(ValueError, match="`flaky` returned 1 values for 4 completions"):
         trainer.train()
     assert not changed(before, trainer.model)
-
-
-def test_reward_weights_length_must_match_sources(tmp_path, tiny):
-    args = tiny_config(tmp_path, reward_weights=[1.0, 1.0, 1.0])
-    with pytest.raises(ValueError, match="`reward_weights` has 3 entries but there are 2 reward sources"):
-        make_trainer(tiny, args, make_digits_dataset(4), reward_funcs=digits_reward)
 
 
 def test_tokenized_dataset_is_used_as_is(tiny):

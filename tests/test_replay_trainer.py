@@ -9,7 +9,7 @@ import pytest
 import torch
 from helpers import LogRecorder, make_trainer, tiny_config
 
-from trl_replay_ppo import PPOTrainerWithReplay, ReplayPPOConfig, ReplayPPOTrainer
+from trl_replay_ppo import ReplayPPOConfig
 from trl_replay_ppo.forwards import sequence_scores
 from trl_replay_ppo.objectives import compute_gae, kl_estimate, shaped_rewards
 from trl_replay_ppo.tasks.digits import digits_reward, make_digits_dataset
@@ -147,10 +147,6 @@ def test_replay_reaches_the_target_with_fewer_generations(tmp_path, tiny_dirs):
         trainer.train()
         episodes[use_replay] = _episodes_to_target(recorder.logs, target=0.25)
     assert episodes[True] < episodes[False], episodes
-
-
-def test_seed_name_alias():
-    assert PPOTrainerWithReplay is ReplayPPOTrainer
 
 
 @pytest.mark.parametrize(

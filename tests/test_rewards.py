@@ -5,12 +5,10 @@ from __future__ import annotations
 import pytest
 
 from trl_replay_ppo.rewards import (
-    call_reward_func,
     format_reward,
     gsm8k_accuracy,
     gsm8k_reference,
     last_number,
-    validate_reward_funcs,
 )
 
 ANSWER_72 = "She sold 48/2 = <<48/2=24>>24 clips in May.\nIn total 48+24 = <<48+24=72>>72 clips.\n#### 72"
@@ -66,16 +64,3 @@ def test_number_parsing():
 )
 def test_format_reward(completion, expected):
     assert format_reward(prompts=["q"], completions=[completion]) == [expected]
-
-
-def test_non_callable_reward_func_is_named():
-    with pytest.raises(TypeError, match=r"reward_funcs\[1\]"):
-        validate_reward_funcs([format_reward, "gsm8k_accuracy"])
-
-
-def test_wrong_length_is_named():
-    def two_few(prompts, completions, **kwargs):
-        return [1.0]
-
-    with pytest.raises(ValueError, match=r"two_few.*returned 1 values for 2 completions"):
-        call_reward_func(two_few, ["a", "b"], ["x", "y"], {})

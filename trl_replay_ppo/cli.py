@@ -123,26 +123,24 @@ def train(argv: list[str]) -> int:
         load["attn_implementation"] = model_args.attn_implementation
     name = model_args.model_name_or_path
     tokenizer = AutoTokenizer.from_pretrained(name, padding_side="left", trust_remote_code=remote_code)
-    policy = AutoModelForCausalLM.from_pretrained(name, revision=model_args.model_revision, **load)
-    value_model = None
-    if not args.shared_value_head:
-        value_model = AutoModelForSequenceClassification.from_pretrained(
-            script.value_model_path or name, num_labels=1, **load
-        )
-    reward_model = None
-    if args.reward_model_path:
-        reward_model = AutoModelForSequenceClassification.from_pretrained(args.reward_model_path, num_labels=1, **load)
+
+    def classifier(path: str | None) -> torch.nn.Module | None:
+        return AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, **load) if path else None
+
+    models = {
+        "model": AutoModelForCausalLM.from_pretrained(name, revision=model_args.model_revision, **load),
+        "ref_model": None,  # a copy of the policy, or the policy with its adapter disabled
+        "value_model": None if args.shared_value_head else classifier(script.value_model_path or name),
+        "reward_model": classifier(args.reward_model_path),
+    }
     trainer = ReplayPPOTrainer(
         args=args,
         processing_class=tokenizer,
-        model=policy,
-        ref_model=None,
-        reward_model=reward_model,
-        value_model=value_model,
-        reward_funcs=reward_funcs,
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
+        reward_funcs=reward_funcs,
         peft_config=get_peft_config(model_args),
+        **models,
     )
     trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
     trainer.save_model(args.output_dir)

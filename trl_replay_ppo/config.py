@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 from trl_replay_ppo.base import PPOConfig
+from trl_replay_ppo.base.config import help_field
 
 
 def _fail(name: str, value: object, requirement: str) -> None:
@@ -31,231 +32,161 @@ class ReplayPPOConfig(PPOConfig):
     - `max_grad_norm` is honoured (TRL's PPO ignores it); set it to 0 or None to disable clipping.
     """
 
-    bf16: bool | None = field(
-        default=False,
-        metadata={
-            "help": "Run policy/value forward passes under bf16 autocast through accelerate (fp32 master weights). "
-            "Off by default: TRL's PPO trainer always ran in fp32."
-        },
+    bf16: bool | None = help_field(
+        False,
+        "Run policy/value forward passes under bf16 autocast through accelerate (fp32 master weights). "
+        "Off by default: TRL's PPO trainer always ran in fp32.",
     )
-    gradient_checkpointing: bool | None = field(
-        default=None,
-        metadata={
-            "help": "Recompute activations in the backward pass of the policy and value model to save memory. "
-            "Off unless set: TRL's PPO trainer ignored this flag."
-        },
+    gradient_checkpointing: bool | None = help_field(
+        None,
+        "Recompute activations in the backward pass of the policy and value model to save memory. "
+        "Off unless set: TRL's PPO trainer ignored this flag.",
     )
-    max_grad_norm: float | None = field(
-        default=1.0,
-        metadata={
-            "help": "Clip the global gradient norm to this value once per optimizer step (0 or None disables). "
-            "The pre-clip norm is logged as `policy/grad_norm`."
-        },
+    max_grad_norm: float | None = help_field(
+        1.0,
+        "Clip the global gradient norm to this value once per optimizer step (0 or None disables). "
+        "The pre-clip norm is logged as `policy/grad_norm`.",
     )
 
     # Rewards and prompts
-    reward_model_path: str | None = field(
-        default=None,
-        metadata={
-            "help": "Reward model checkpoint (a 1-label sequence classifier) loaded by `trl-replay-ppo train`; None "
-            "means rewards come from `reward_funcs` only."
-        },
+    reward_model_path: str | None = help_field(
+        None,
+        "Reward model checkpoint (a 1-label sequence classifier) loaded by `trl-replay-ppo train`; None "
+        "means rewards come from `reward_funcs` only.",
     )
-    reward_weights: list[float] | None = field(
-        default=None,
-        metadata={
-            "help": "Weights of the reward sources, in order: the reward model (if any), then each reward function. "
-            "Defaults to 1.0 for every source."
-        },
+    reward_weights: list[float] | None = help_field(
+        None,
+        "Weights of the reward sources, in order: the reward model (if any), then each reward function. "
+        "Defaults to 1.0 for every source.",
     )
-    max_prompt_length: int | None = field(
-        default=512,
-        metadata={
-            "help": "Prompts longer than this many tokens are dropped (and counted in the log), never truncated. "
-            "None keeps every prompt."
-        },
+    max_prompt_length: int | None = help_field(
+        512,
+        "Prompts longer than this many tokens are dropped (and counted in the log), never truncated. "
+        "None keeps every prompt.",
     )
-    chat_template_kwargs: dict | str | None = field(
-        default=None,
-        metadata={
-            "help": "Extra keyword arguments of `apply_chat_template` for chat prompts, e.g. "
-            "{'enable_thinking': false} for Qwen3."
-        },
+    chat_template_kwargs: dict | str | None = help_field(
+        None,
+        "Extra keyword arguments of `apply_chat_template` for chat prompts, e.g. "
+        "{'enable_thinking': false} for Qwen3.",
     )
-    num_generations: int = field(
-        default=1,
-        metadata={
-            "help": "Completions sampled per prompt. The per-rank batch "
-            "`per_device_train_batch_size * gradient_accumulation_steps` must be a multiple of it."
-        },
+    num_generations: int = help_field(
+        1,
+        "Completions sampled per prompt. The per-rank batch "
+        "`per_device_train_batch_size * gradient_accumulation_steps` must be a multiple of it.",
     )
 
     # PPO core
-    entropy_coef: float = field(
-        default=0.0,
-        metadata={"help": "Entropy bonus: adds `-entropy_coef * entropy` (mean over response tokens) to the loss."},
+    entropy_coef: float = help_field(
+        0.0, "Entropy bonus: adds `-entropy_coef * entropy` (mean over response tokens) to the loss."
     )
-    kl_controller: Literal["fixed", "adaptive"] = field(
-        default="fixed",
-        metadata={
-            "help": "'fixed' keeps `kl_coef` constant (TRL's behaviour); 'adaptive' is the proportional controller of "
-            "Ziegler et al. (2019) steering the per-sequence KL towards `kl_target`."
-        },
+    kl_controller: Literal["fixed", "adaptive"] = help_field(
+        "fixed",
+        "'fixed' keeps `kl_coef` constant (TRL's behaviour); 'adaptive' is the proportional controller of "
+        "Ziegler et al. (2019) steering the per-sequence KL towards `kl_target`.",
     )
-    kl_target: float = field(
-        default=6.0,
-        metadata={"help": "Target KL (nats per sequence) of the adaptive KL controller."},
+    kl_target: float = help_field(6.0, "Target KL (nats per sequence) of the adaptive KL controller.")
+    kl_horizon: float = help_field(
+        10000.0, "Horizon (in episodes) of the adaptive KL controller: larger reacts more slowly."
     )
-    kl_horizon: float = field(
-        default=10000.0,
-        metadata={"help": "Horizon (in episodes) of the adaptive KL controller: larger reacts more slowly."},
+    target_kl: float | None = help_field(
+        None,
+        "Stop an update's remaining PPO epochs once an epoch's mean approximate KL between the new and "
+        "the old policy (over all ranks) exceeds 1.5 x this value (as Stable-Baselines3 does); None runs every "
+        "epoch. The epochs run are logged as `train/ppo_epochs`.",
     )
-    target_kl: float | None = field(
-        default=None,
-        metadata={
-            "help": "Stop an update's remaining PPO epochs once an epoch's mean approximate KL between the new and "
-            "the old policy (over all ranks) exceeds 1.5 x this value (as Stable-Baselines3 does); None runs every "
-            "epoch. The epochs run are logged as `train/ppo_epochs`."
-        },
+    max_skipped_steps: int = help_field(
+        10,
+        "Optimizer steps with a non-finite loss or gradient are skipped (weights untouched, counted in "
+        "`train/skipped_steps`); training stops with an error after this many consecutive skips.",
     )
-    max_skipped_steps: int = field(
-        default=10,
-        metadata={
-            "help": "Optimizer steps with a non-finite loss or gradient are skipped (weights untouched, counted in "
-            "`train/skipped_steps`); training stops with an error after this many consecutive skips."
-        },
-    )
-    shared_value_head: bool = field(
-        default=False,
-        metadata={
-            "help": "Use a value head on the policy's own backbone instead of a separate value model, so one "
-            "backbone serves policy, reference (adapter disabled, with LoRA) and critic."
-        },
+    shared_value_head: bool = help_field(
+        False,
+        "Use a value head on the policy's own backbone instead of a separate value model, so one "
+        "backbone serves policy, reference (adapter disabled, with LoRA) and critic.",
     )
 
-    suppress_pad_token: bool = field(
-        default=True,
-        metadata={
-            "help": "Never sample the pad token (when it differs from eos) in rollouts, evaluation and sample "
-            "generations, and give it probability 0 in every log-prob, KL and entropy, so the log-probs describe "
-            "what was sampled. A sampled pad token is indistinguishable from padding, so the policy never learns "
-            "not to emit it and drifts into empty responses. False reproduces TRL's PPO bit for bit."
-        },
+    suppress_pad_token: bool = help_field(
+        True,
+        "Never sample the pad token (when it differs from eos) in rollouts, evaluation and sample "
+        "generations, and give it probability 0 in every log-prob, KL and entropy, so the log-probs describe "
+        "what was sampled. A sampled pad token is indistinguishable from padding, so the policy never learns "
+        "not to emit it and drifts into empty responses. False reproduces TRL's PPO bit for bit.",
     )
-    save_value_model: bool = field(
-        default=False,
-        metadata={
-            "help": "`save_model` also saves the trained critic in `<output_dir>/value_model`, loadable with "
-            "`AutoModelForSequenceClassification.from_pretrained(path, num_labels=1)` (LoRA merged; a shared value "
-            "head becomes a classifier on the policy's architecture)."
-        },
+    save_value_model: bool = help_field(
+        False,
+        "`save_model` also saves the trained critic in `<output_dir>/value_model`, loadable with "
+        "`AutoModelForSequenceClassification.from_pretrained(path, num_labels=1)` (LoRA merged; a shared value "
+        "head becomes a classifier on the policy's architecture).",
     )
-    eval_temperature: float = field(
-        default=0.0,
-        metadata={"help": "Sampling temperature of `evaluate()`; 0 means greedy decoding."},
-    )
-    lora_value_model: bool = field(
-        default=False,
-        metadata={
-            "help": "Also put the policy's LoRA adapters (`peft_config`) on the value model's backbone; its score "
-            "head stays fully trainable."
-        },
+    eval_temperature: float = help_field(0.0, "Sampling temperature of `evaluate()`; 0 means greedy decoding.")
+    lora_value_model: bool = help_field(
+        False,
+        "Also put the policy's LoRA adapters (`peft_config`) on the value model's backbone; its score "
+        "head stays fully trainable.",
     )
 
     # Production tier
-    early_stopping_patience: int | None = field(
-        default=None,
-        metadata={
-            "help": "Stop after this many evaluations without improvement of `metric_for_best_model`; adds "
-            "transformers' `EarlyStoppingCallback`. Needs `eval_strategy`."
-        },
+    early_stopping_patience: int | None = help_field(
+        None,
+        "Stop after this many evaluations without improvement of `metric_for_best_model`; adds "
+        "transformers' `EarlyStoppingCallback`. Needs `eval_strategy`.",
     )
-    restore_callback_states_from_checkpoint: bool = field(
-        default=True,
-        metadata={
-            "help": "Restore stateful callbacks (early stopping counters...) when resuming, so a resumed run "
-            "continues exactly as the uninterrupted one."
-        },
+    restore_callback_states_from_checkpoint: bool = help_field(
+        True,
+        "Restore stateful callbacks (early stopping counters...) when resuming, so a resumed run "
+        "continues exactly as the uninterrupted one.",
     )
 
     # Experience replay
-    use_replay_buffer: bool = field(
-        default=True,
-        metadata={
-            "help": "Train every update on its fresh episodes plus `replay_sample_size` replayed ones. Replayed "
-            "tokens are weighted (truncated importance ratio times the prioritized-replay weight), and so is their "
-            "share of the advantage whitening statistics and of the value loss; fresh tokens weigh 1."
-        },
+    use_replay_buffer: bool = help_field(
+        True,
+        "Train every update on its fresh episodes plus `replay_sample_size` replayed ones. Replayed "
+        "tokens are weighted (truncated importance ratio times the prioritized-replay weight), and so is their "
+        "share of the advantage whitening statistics and of the value loss; fresh tokens weigh 1.",
     )
-    replay_buffer_size: int = field(
-        default=1000,
-        metadata={"help": "Episodes kept per rank; the oldest is overwritten when full."},
+    replay_buffer_size: int = help_field(1000, "Episodes kept per rank; the oldest is overwritten when full.")
+    min_replay_size: int = help_field(
+        100,
+        "Replay starts once every rank's buffer holds this many episodes (the smallest buffer over the "
+        "ranks decides, so all ranks replay together).",
     )
-    min_replay_size: int = field(
-        default=100,
-        metadata={
-            "help": "Replay starts once every rank's buffer holds this many episodes (the smallest buffer over the "
-            "ranks decides, so all ranks replay together)."
-        },
+    replay_sample_size: int = help_field(
+        32,
+        "Replayed episodes added to each update, per rank. A multiple of "
+        "`per_device_train_batch_size * gradient_accumulation_steps`, so each optimizer step sees as many "
+        "episodes as without replay.",
     )
-    replay_sample_size: int = field(
-        default=32,
-        metadata={
-            "help": "Replayed episodes added to each update, per rank. A multiple of "
-            "`per_device_train_batch_size * gradient_accumulation_steps`, so each optimizer step sees as many "
-            "episodes as without replay."
-        },
+    use_priority_sampling: bool = help_field(
+        False,
+        "Sample replayed episodes with replacement, proportionally to (priority * decay^age)^alpha, and "
+        "correct the bias with importance weights (N P(i))^-beta; otherwise uniformly without replacement. An "
+        "episode's priority is its mean |advantage| (before whitening) when it was last trained on, i.e. measured "
+        "before that update's epochs: how far its return was from the critic's expectation then.",
     )
-    use_priority_sampling: bool = field(
-        default=False,
-        metadata={
-            "help": "Sample replayed episodes with replacement, proportionally to (priority * decay^age)^alpha, and "
-            "correct the bias with importance weights (N P(i))^-beta; otherwise uniformly without replacement. An "
-            "episode's priority is its mean |advantage| (before whitening) when it was last trained on, i.e. measured "
-            "before that update's epochs: how far its return was from the critic's expectation then."
-        },
+    max_replay_reuse: int = help_field(4, "An episode is evicted after being replayed this many times.")
+    staleness_threshold: int = help_field(100, "An episode is evicted once generated more than this many updates ago.")
+    priority_alpha: float = help_field(0.6, "Prioritization exponent: 0 is uniform, 1 fully proportional to priority.")
+    priority_beta: float = help_field(
+        0.4,
+        "Initial importance-sampling exponent of prioritized replay, annealed linearly to 1 over "
+        "training: at 1 the weights undo the whole sampling bias, the staleness decay included, so that late in "
+        "training priorities decide which episodes are seen, not how much they count.",
     )
-    max_replay_reuse: int = field(
-        default=4,
-        metadata={"help": "An episode is evicted after being replayed this many times."},
+    priority_staleness_decay: float = help_field(
+        0.99,
+        "Per-update decay of an episode's sampling priority with its age (1 disables): recent episodes "
+        "are drawn more often (the importance weights correct their share as beta reaches 1).",
     )
-    staleness_threshold: int = field(
-        default=100,
-        metadata={"help": "An episode is evicted once generated more than this many updates ago."},
-    )
-    priority_alpha: float = field(
-        default=0.6,
-        metadata={"help": "Prioritization exponent: 0 is uniform, 1 fully proportional to priority."},
-    )
-    priority_beta: float = field(
-        default=0.4,
-        metadata={
-            "help": "Initial importance-sampling exponent of prioritized replay, annealed linearly to 1 over "
-            "training: at 1 the weights undo the whole sampling bias, the staleness decay included, so that late in "
-            "training priorities decide which episodes are seen, not how much they count."
-        },
-    )
-    priority_staleness_decay: float = field(
-        default=0.99,
-        metadata={
-            "help": "Per-update decay of an episode's sampling priority with its age (1 disables): recent episodes "
-            "are drawn more often (the importance weights correct their share as beta reaches 1)."
-        },
-    )
-    replay_importance_cap: float = field(
-        default=2.0,
-        metadata={
-            "help": "Cap of the per-token importance weight pi_proximal / pi_behaviour of replayed tokens "
-            "(truncated importance sampling)."
-        },
+    replay_importance_cap: float = help_field(
+        2.0,
+        "Cap of the per-token importance weight pi_proximal / pi_behaviour of replayed tokens "
+        "(truncated importance sampling).",
     )
 
-    reward_nonfinite_value: float | None = field(
-        default=None,
-        metadata={
-            "help": "A reward function returning NaN/inf is an error naming it; set a number to replace such values "
-            "instead (counted in `rewards/nonfinite`)."
-        },
+    reward_nonfinite_value: float | None = help_field(
+        None,
+        "A reward function returning NaN/inf is an error naming it; set a number to replace such values "
+        "instead (counted in `rewards/nonfinite`).",
     )
 
     def __post_init__(self) -> None:

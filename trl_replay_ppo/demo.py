@@ -9,8 +9,7 @@ import torch
 from trl_replay_ppo.config import ReplayPPOConfig
 from trl_replay_ppo.plotting import plot_runs
 from trl_replay_ppo.tasks.digits import digits_reward, make_digits_dataset
-from trl_replay_ppo.tasks.tiny import build_tiny_models, load_tiny_models
-from trl_replay_ppo.trainer import ReplayPPOTrainer
+from trl_replay_ppo.tasks.tiny import build_tiny_models, load_tiny_models, tiny_trainer
 
 # Hyper-parameters that learn the digits task in about a minute on two CPU cores; the demo and
 # benchmarks/sample_efficiency.py both train with them.
@@ -48,14 +47,11 @@ def run_demo(output_dir: str | Path = "outputs/demo", **overrides) -> dict[str, 
     output_dir = Path(output_dir)
     models = load_tiny_models(build_tiny_models(output_dir / "models"))
     args = demo_config(output_dir, **overrides)
-    trainer = ReplayPPOTrainer(
-        args=args,
-        processing_class=models["tokenizer"],
-        model=models["policy"],
-        ref_model=models["ref_policy"],
-        value_model=models["value_model"],
+    trainer = tiny_trainer(
+        models,
+        args,
+        make_digits_dataset(2000, seed=0),
         reward_funcs=digits_reward,
-        train_dataset=make_digits_dataset(2000, seed=0),
         eval_dataset=make_digits_dataset(128, seed=1),
     )
     before = trainer.evaluate()["eval_reward"]

@@ -12,18 +12,19 @@ from transformers.utils import ModelOutput
 from trl_replay_ppo.masking import first_true_indices
 
 
-def forward(model: torch.nn.Module, query_responses: torch.Tensor, pad_token_id: int) -> ModelOutput:
-    """Run ``model`` on (B, T) left-padded ids: pad positions masked and skipped by the position ids."""
+def model_inputs(query_responses: torch.Tensor, pad_token_id: int) -> dict[str, torch.Tensor]:
+    """Inputs for (B, T) left-padded ids: pad positions masked out and skipped by the position ids."""
     attention_mask = query_responses != pad_token_id
-    position_ids = attention_mask.cumsum(1) - attention_mask.long()
-    input_ids = torch.masked_fill(query_responses, ~attention_mask, 0)
-    return model(
-        input_ids=input_ids,
-        attention_mask=attention_mask,
-        position_ids=position_ids,
-        return_dict=True,
-        output_hidden_states=True,
-    )
+    return {
+        "input_ids": torch.masked_fill(query_responses, ~attention_mask, 0),
+        "attention_mask": attention_mask,
+        "position_ids": attention_mask.cumsum(1) - attention_mask.long(),
+    }
+
+
+def forward(model: torch.nn.Module, query_responses: torch.Tensor, pad_token_id: int) -> ModelOutput:
+    """Run ``model`` on (B, T) left-padded ids, hidden states included."""
+    return model(**model_inputs(query_responses, pad_token_id), return_dict=True, output_hidden_states=True)
 
 
 def gather_logprobs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
@@ -50,18 +51,9 @@ def sequence_scores(
     prompt); ``lengths`` are those positions. ``model`` needs ``base_model_prefix`` naming a backbone
     that returns hidden states, and a ``score`` head (a transformers sequence classifier has both).
     """
-    attention_mask = query_responses != pad_token_id
-    position_ids = attention_mask.cumsum(1) - attention_mask.long()
     backbone = getattr(model, model.base_model_prefix)
-    input_ids = torch.masked_fill(query_responses, ~attention_mask, 0)
-    output = backbone(
-        input_ids=input_ids,
-        attention_mask=attention_mask,
-        position_ids=position_ids,
-        return_dict=True,
-        output_hidden_states=True,
-        use_cache=False,
-    )
+    inputs = model_inputs(query_responses, pad_token_id)
+    output = backbone(**inputs, return_dict=True, output_hidden_states=True, use_cache=False)
     logits = model.score(output.hidden_states[-1])
     lengths = first_true_indices(query_responses[:, context_length:] == pad_token_id) - 1 + context_length
     rows = torch.arange(logits.size(0), device=logits.device)

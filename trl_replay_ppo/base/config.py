@@ -7,9 +7,14 @@ for TRL's PPO reads the same here; `trl_replay_ppo.compat` picks TRL's class whe
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from transformers import TrainingArguments
+
+
+def help_field(default: Any, help: str) -> Any:
+    """A dataclass field with its help text (what ``--help`` and the config reference show)."""
+    return field(default=default, metadata={"help": help})
 
 
 @dataclass
@@ -20,100 +25,63 @@ class PPOConfig(TrainingArguments):
     is built; leave them unset.
     """
 
-    logging_steps: float = field(
-        default=10,
-        metadata={"help": "Log every this many updates (a float in [0, 1) is a fraction of all updates)."},
+    logging_steps: float = help_field(
+        10, "Log every this many updates (a float in [0, 1) is a fraction of all updates)."
     )
-    gradient_checkpointing: bool = field(
-        default=True,
-        metadata={"help": "Recompute activations in the backward pass to save memory (at some extra compute)."},
+    gradient_checkpointing: bool = help_field(
+        True, "Recompute activations in the backward pass to save memory (at some extra compute)."
     )
-    bf16: bool | None = field(
-        default=None,
-        metadata={"help": "Use bfloat16 mixed precision; None means yes unless `fp16` is set."},
+    bf16: bool | None = help_field(None, "Use bfloat16 mixed precision; None means yes unless `fp16` is set.")
+    learning_rate: float = help_field(3e-6, "Initial learning rate of AdamW.")
+    dataset_num_proc: int | None = help_field(None, "Processes used to prepare the datasets (None: this process).")
+    num_mini_batches: int = help_field(1, "Minibatches each update's batch is split into.")
+    total_episodes: int | None = help_field(
+        None, "Episodes (prompt + response) to generate in all; None means `num_train_epochs` passes."
     )
-    learning_rate: float = field(default=3e-6, metadata={"help": "Initial learning rate of AdamW."})
-    dataset_num_proc: int | None = field(
-        default=None, metadata={"help": "Processes used to prepare the datasets (None: this process)."}
+    local_rollout_forward_batch_size: int = help_field(
+        64, "Sequences per generation and per no-grad forward pass in the rollout, per rank."
     )
-    num_mini_batches: int = field(default=1, metadata={"help": "Minibatches each update's batch is split into."})
-    total_episodes: int | None = field(
-        default=None,
-        metadata={"help": "Episodes (prompt + response) to generate in all; None means `num_train_epochs` passes."},
+    num_sample_generations: int = help_field(
+        10, "How many times to print sample completions of the eval prompts during training (0: never)."
     )
-    local_rollout_forward_batch_size: int = field(
-        default=64,
-        metadata={"help": "Sequences per generation and per no-grad forward pass in the rollout, per rank."},
+    response_length: int = help_field(53, "Maximum new tokens per response.")
+    stop_token: Literal["eos"] | None = help_field(
+        None, "'eos' ends responses at the tokenizer's eos token; None generates `response_length` tokens."
     )
-    num_sample_generations: int = field(
-        default=10,
-        metadata={
-            "help": "How many times to print sample completions of the eval prompts during training (0: never)."
-        },
+    stop_token_id: int | None = help_field(None, "A token id that ends responses (instead of `stop_token`).")
+    temperature: float = help_field(0.7, "Sampling temperature of the rollouts.")
+    missing_eos_penalty: float | None = help_field(
+        None, "Subtracted from the score of a response that has no eos token (None: no penalty)."
     )
-    response_length: int = field(default=53, metadata={"help": "Maximum new tokens per response."})
-    stop_token: Literal["eos"] | None = field(
-        default=None,
-        metadata={
-            "help": "'eos' ends responses at the tokenizer's eos token; None generates `response_length` tokens."
-        },
+    sft_model_path: str = help_field("EleutherAI/pythia-160m", "Path of the supervised model (scripts only).")
+    world_size: int | None = help_field(None, "Number of processes (set by the trainer).")
+    num_total_batches: int | None = help_field(None, "Number of updates (set by the trainer).")
+    micro_batch_size: int | None = help_field(None, "Episodes per micro-batch over all ranks (set by the trainer).")
+    local_batch_size: int | None = help_field(None, "Episodes per update and rank (set by the trainer).")
+    batch_size: int | None = help_field(None, "Episodes per update over all ranks (set by the trainer).")
+    local_mini_batch_size: int | None = help_field(None, "Episodes per minibatch and rank (set by the trainer).")
+    mini_batch_size: int | None = help_field(None, "Episodes per minibatch over all ranks (set by the trainer).")
+    push_to_hub: bool = help_field(False, "Push the model to the Hub at the end.")
+    reward_model_path: str = help_field("EleutherAI/pythia-160m", "Path of the reward model (scripts only).")
+    model_adapter_name: str | None = help_field(
+        None, "Name of the policy's trainable adapter when the model has several."
     )
-    stop_token_id: int | None = field(
-        default=None, metadata={"help": "A token id that ends responses (instead of `stop_token`)."}
+    ref_adapter_name: str | None = help_field(None, "Name of the adapter that acts as the reference policy, if any.")
+    num_ppo_epochs: int = help_field(4, "Passes over each update's batch.")
+    whiten_rewards: bool = help_field(False, "Scale the per-token rewards to unit variance.")
+    kl_coef: float = help_field(0.05, "Coefficient of the KL penalty to the reference policy.")
+    kl_estimator: Literal["k1", "k3"] = help_field(
+        "k1", "Per-token KL estimator: 'k1' (log pi - log ref) or 'k3' (lower variance, also unbiased)."
     )
-    temperature: float = field(default=0.7, metadata={"help": "Sampling temperature of the rollouts."})
-    missing_eos_penalty: float | None = field(
-        default=None,
-        metadata={"help": "Subtracted from the score of a response that has no eos token (None: no penalty)."},
-    )
-    sft_model_path: str = field(
-        default="EleutherAI/pythia-160m", metadata={"help": "Path of the supervised model (scripts only)."}
-    )
-    world_size: int | None = field(default=None, metadata={"help": "Number of processes (set by the trainer)."})
-    num_total_batches: int | None = field(default=None, metadata={"help": "Number of updates (set by the trainer)."})
-    micro_batch_size: int | None = field(
-        default=None, metadata={"help": "Episodes per micro-batch over all ranks (set by the trainer)."}
-    )
-    local_batch_size: int | None = field(
-        default=None, metadata={"help": "Episodes per update and rank (set by the trainer)."}
-    )
-    batch_size: int | None = field(
-        default=None, metadata={"help": "Episodes per update over all ranks (set by the trainer)."}
-    )
-    local_mini_batch_size: int | None = field(
-        default=None, metadata={"help": "Episodes per minibatch and rank (set by the trainer)."}
-    )
-    mini_batch_size: int | None = field(
-        default=None, metadata={"help": "Episodes per minibatch over all ranks (set by the trainer)."}
-    )
-    push_to_hub: bool = field(default=False, metadata={"help": "Push the model to the Hub at the end."})
-    reward_model_path: str = field(
-        default="EleutherAI/pythia-160m", metadata={"help": "Path of the reward model (scripts only)."}
-    )
-    model_adapter_name: str | None = field(
-        default=None, metadata={"help": "Name of the policy's trainable adapter when the model has several."}
-    )
-    ref_adapter_name: str | None = field(
-        default=None, metadata={"help": "Name of the adapter that acts as the reference policy, if any."}
-    )
-    num_ppo_epochs: int = field(default=4, metadata={"help": "Passes over each update's batch."})
-    whiten_rewards: bool = field(default=False, metadata={"help": "Scale the per-token rewards to unit variance."})
-    kl_coef: float = field(default=0.05, metadata={"help": "Coefficient of the KL penalty to the reference policy."})
-    kl_estimator: Literal["k1", "k3"] = field(
-        default="k1",
-        metadata={"help": "Per-token KL estimator: 'k1' (log pi - log ref) or 'k3' (lower variance, also unbiased)."},
-    )
-    cliprange: float = field(default=0.2, metadata={"help": "Clip range of the policy ratio."})
-    vf_coef: float = field(default=0.1, metadata={"help": "Coefficient of the value loss."})
-    cliprange_value: float = field(default=0.2, metadata={"help": "Clip range of the value prediction."})
-    gamma: float = field(default=1.0, metadata={"help": "Discount factor."})
-    lam: float = field(default=0.95, metadata={"help": "GAE lambda."})
-    ds3_gather_for_generation: bool = field(
-        default=True,
-        metadata={
-            "help": "Under DeepSpeed ZeRO-3, gather the policy's weights for generation (faster; off lets models "
-            "larger than one GPU's memory train, with slower generation)."
-        },
+    cliprange: float = help_field(0.2, "Clip range of the policy ratio.")
+    vf_coef: float = help_field(0.1, "Coefficient of the value loss.")
+    cliprange_value: float = help_field(0.2, "Clip range of the value prediction.")
+    gamma: float = help_field(1.0, "Discount factor.")
+    lam: float = help_field(0.95, "GAE lambda.")
+    ds3_gather_for_generation: bool = help_field(
+        True,
+        "Under DeepSpeed ZeRO-3, gather the policy's weights for generation (faster; off lets models "
+        "larger than one GPU's memory train, with slower generation).",
     )
 
     def __post_init__(self) -> None:

@@ -7,7 +7,8 @@ rather than keeping copies of it.
 from __future__ import annotations
 
 import math
-from typing import Any, Protocol
+from abc import ABC, abstractmethod
+from typing import Any
 
 import numpy as np
 
@@ -17,18 +18,26 @@ from trl_replay_ppo.replay.sumtree import SumTree
 PRIORITY_EPS = 1e-6  # keeps every stored episode sampleable, whatever its advantage
 
 
-class Sampler(Protocol):
-    """The contract between a `ReplayBuffer` and a sampler."""
+class Sampler(ABC):
+    """The contract between a `ReplayBuffer` and a sampler: ``sample`` draws, the rest keep it informed.
 
-    def add(self, storage: EpisodeStorage, slots: np.ndarray, priorities: np.ndarray) -> None:
-        """Episodes were just written to ``slots`` with these (finite) priorities."""
+    The buffer calls ``add`` after writing episodes, ``remove`` after evicting or overwriting them,
+    ``update_priorities`` with new (finite) priorities; a sampler that keeps no state of its own
+    needs none of them.
+    """
 
-    def remove(self, slots: np.ndarray) -> None:
-        """The episodes of ``slots`` were evicted or overwritten."""
+    def add(self, storage: EpisodeStorage, slots: np.ndarray, priorities: np.ndarray) -> None:  # noqa: B027
+        """Episodes were just written to ``slots`` with these (finite) priorities (default: nothing to do)."""
 
-    def update_priorities(self, storage: EpisodeStorage, slots: np.ndarray, priorities: np.ndarray) -> None:
-        """New (finite) priorities for stored episodes."""
+    def remove(self, slots: np.ndarray) -> None:  # noqa: B027
+        """The episodes of ``slots`` were evicted or overwritten (default: nothing to do)."""
 
+    def update_priorities(  # noqa: B027
+        self, storage: EpisodeStorage, slots: np.ndarray, priorities: np.ndarray
+    ) -> None:
+        """New (finite) priorities for stored episodes (default: ignored)."""
+
+    @abstractmethod
     def sample(
         self, storage: EpisodeStorage, n: int, rng: np.random.Generator, beta: float
     ) -> tuple[np.ndarray, np.ndarray]:
@@ -36,33 +45,6 @@ class Sampler(Protocol):
 
     def mean_priority(self, storage: EpisodeStorage) -> float | None:
         """Mean priority of the stored episodes; None when the sampler has no priorities."""
-
-    def state_dict(self) -> dict[str, Any]: ...
-
-    def load_state_dict(self, state: dict[str, Any]) -> None: ...
-
-
-class UniformSampler:
-    """Uniform sampling without replacement over the stored episodes; every weight is 1 (it is unbiased)."""
-
-    def add(self, storage: EpisodeStorage, slots: np.ndarray, priorities: np.ndarray) -> None:
-        """Nothing to do: the storage's ``valid`` slots are the population."""
-
-    def remove(self, slots: np.ndarray) -> None:
-        """Nothing to do."""
-
-    def update_priorities(self, storage: EpisodeStorage, slots: np.ndarray, priorities: np.ndarray) -> None:
-        """Uniform sampling ignores priorities."""
-
-    def sample(
-        self, storage: EpisodeStorage, n: int, rng: np.random.Generator, beta: float
-    ) -> tuple[np.ndarray, np.ndarray]:
-        slots = np.flatnonzero(storage.valid)
-        if n > len(slots):
-            raise ValueError(f"Cannot draw {n} distinct episodes from a storage holding {len(slots)}.")
-        return slots[rng.choice(len(slots), size=n, replace=False)], np.ones(n)
-
-    def mean_priority(self, storage: EpisodeStorage) -> float | None:
         return None
 
     def state_dict(self) -> dict[str, Any]:
@@ -72,7 +54,22 @@ class UniformSampler:
         check_schema(state, type(self).__name__)
 
 
-class PrioritizedSampler:
+class UniformSampler(Sampler):
+    """Uniform sampling without replacement over the stored episodes; every weight is 1 (it is unbiased).
+
+    The storage's ``valid`` slots are the population, so it keeps no state of its own.
+    """
+
+    def sample(
+        self, storage: EpisodeStorage, n: int, rng: np.random.Generator, beta: float
+    ) -> tuple[np.ndarray, np.ndarray]:
+        slots = np.flatnonzero(storage.valid)
+        if n > len(slots):
+            raise ValueError(f"Cannot draw {n} distinct episodes from a storage holding {len(slots)}.")
+        return slots[rng.choice(len(slots), size=n, replace=False)], np.ones(n)
+
+
+class PrioritizedSampler(Sampler):
     """Proportional prioritized sampling with replacement (Schaul et al. 2016), with staleness-aware keys.
 
     An episode's sampling key is ``((p + eps) * decay ** age) ** alpha``: ``p`` is its priority,
@@ -115,7 +112,7 @@ class PrioritizedSampler:
         self.tree.rebuild()
 
     def add(self, storage: EpisodeStorage, slots: np.ndarray, priorities: np.ndarray) -> None:
-        self.update_priorities(storage, slots, priorities)
+        self.update_priorities(storage, slots, priorities)  # a new episode's key is set like an updated one
 
     def remove(self, slots: np.ndarray) -> None:
         slots = np.asarray(slots, dtype=np.int64)

@@ -27,6 +27,7 @@ import torch
 from datasets import Dataset
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from trl_replay_ppo.tasks.rule_reward import RuleRewardModel
 from trl_replay_ppo.tasks.tiny import build_tiny_models, load_tiny_models
 
 FORMAT_CREDIT = 0.1
@@ -114,40 +115,16 @@ def answer_of_prompt(prompt: str) -> str | None:
     return str(solve(int(match.group(1)), match.group(2), int(match.group(3))))
 
 
-class _IdentityBackbone(torch.nn.Module):
-    """Returns the input ids as its only "hidden state", so the score head can read the text."""
+class ArithmeticRewardModel(RuleRewardModel):
+    """The arithmetic reward as a parameter-free reward model (`RuleRewardModel`), usable by stock TRL PPO.
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **kwargs):
-        hidden = torch.where(attention_mask.bool(), input_ids, -1)
-        return type("Output", (), {"hidden_states": (hidden,)})()
-
-
-class ArithmeticRewardModel(torch.nn.Module):
-    """The arithmetic reward as a parameter-free reward model (TRL's ``get_reward`` contract).
-
-    It reads the problem from the prompt, so it needs no ``answer`` column: stock TRL PPO and this
-    package score exactly alike with it.
+    It reads the problem from the prompt, so it needs no ``answer`` column.
     """
 
-    base_model_prefix = "backbone"
-
-    def __init__(self, tokenizer: PreTrainedTokenizerBase):
-        super().__init__()
-        self.backbone = _IdentityBackbone()
-        self.tokenizer = tokenizer
-
-    def score(self, hidden: torch.Tensor) -> torch.Tensor:
-        """``hidden``: (B, T) token ids, -1 on padding. Returns (B, T, 1): the reward of each prefix."""
-        out = torch.zeros((*hidden.shape, 1), dtype=torch.float32, device=hidden.device)
-        for row, ids in enumerate(hidden.tolist()):
-            text = ""
-            for col, token in enumerate(ids):
-                if token >= 0:
-                    text += self.tokenizer.decode([token], skip_special_tokens=True)
-                prompt, separator, completion = text.partition("=")
-                answer = answer_of_prompt(prompt + separator)
-                out[row, col, 0] = score_answer(completion, answer) if answer is not None else 0.0
-        return out
+    def score_text(self, text: str) -> float:
+        prompt, separator, completion = text.partition("=")
+        answer = answer_of_prompt(prompt + separator)
+        return score_answer(completion, answer) if answer is not None else 0.0
 
 
 def pretrain_answer_prior(

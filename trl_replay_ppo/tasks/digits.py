@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import random
 
-import torch
 from datasets import Dataset
-from transformers import PreTrainedTokenizerBase
+
+from trl_replay_ppo.tasks.rule_reward import RuleRewardModel
 
 SEPARATOR = "="
 TARGET_LENGTH = 8
@@ -44,38 +44,9 @@ def digits_reward(prompts: list, completions: list, digits: list[str], **kwargs)
     return [score_completion(completion, target) for completion, target in zip(completions, digits, strict=True)]
 
 
-class _IdentityBackbone(torch.nn.Module):
-    """Returns the input ids as its only "hidden state", so the score head can read the text."""
+class DigitsRewardModel(RuleRewardModel):
+    """The digits reward as a parameter-free reward model (`RuleRewardModel`), usable by stock TRL PPO."""
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **kwargs):
-        hidden = torch.where(attention_mask.bool(), input_ids, -1)
-        return type("Output", (), {"hidden_states": (hidden,)})()
-
-
-class DigitsRewardModel(torch.nn.Module):
-    """The digits reward as a parameter-free "reward model" usable by stock TRL PPO.
-
-    TRL's ``get_reward`` runs ``model.<base_model_prefix>`` then ``model.score`` on the last hidden
-    state and reads the score at the last non-pad token. Here the backbone passes the token ids
-    through and ``score`` decodes each prefix, splits it at the ``=`` separator and applies
-    :func:`score_completion`, so stock TRL and this package train on exactly the same reward.
-    """
-
-    base_model_prefix = "backbone"
-
-    def __init__(self, tokenizer: PreTrainedTokenizerBase):
-        super().__init__()
-        self.backbone = _IdentityBackbone()
-        self.tokenizer = tokenizer
-
-    def score(self, hidden: torch.Tensor) -> torch.Tensor:
-        """``hidden``: (B, T) token ids with -1 on padding. Returns (B, T, 1) rewards of each prefix."""
-        out = torch.zeros((*hidden.shape, 1), dtype=torch.float32, device=hidden.device)
-        for row, ids in enumerate(hidden.tolist()):
-            text = ""
-            for col, token in enumerate(ids):
-                if token >= 0:
-                    text += self.tokenizer.decode([token], skip_special_tokens=True)
-                prompt, _, completion = text.partition(SEPARATOR)
-                out[row, col, 0] = score_completion(completion, prompt)
-        return out
+    def score_text(self, text: str) -> float:
+        prompt, _, completion = text.partition(SEPARATOR)
+        return score_completion(completion, prompt)

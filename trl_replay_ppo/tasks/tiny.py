@@ -36,14 +36,8 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
     backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK))
     backend.pre_tokenizer = pre_tokenizers.Split(pattern="", behavior="isolated")
     backend.decoder = decoders.Fuse()
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend,
-        pad_token=PAD,
-        eos_token=EOS,
-        bos_token=BOS,
-        unk_token=UNK,
-        padding_side="left",
-    )
+    special = {"pad_token": PAD, "eos_token": EOS, "bos_token": BOS, "unk_token": UNK}
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, padding_side="left", **special)
     tokenizer.chat_template = CHAT_TEMPLATE
     return tokenizer
 
@@ -101,3 +95,17 @@ def load_tiny_models(dirs: dict[str, Path]) -> dict[str, torch.nn.Module | PreTr
         "reward_model": AutoModelForSequenceClassification.from_pretrained(dirs["reward"], num_labels=1),
         "value_model": AutoModelForSequenceClassification.from_pretrained(dirs["reward"], num_labels=1),
     }
+
+
+def tiny_trainer(models: dict, args, train_dataset, trainer_cls: type | None = None, **kwargs):
+    """A PPO trainer on models loaded by `load_tiny_models` (demo, tests and benchmarks build theirs here).
+
+    Policy, reference and value model come from ``models``; ``kwargs`` add or replace constructor
+    arguments (``reward_funcs``, ``reward_model``, ``eval_dataset``, ``callbacks``...). ``trainer_cls``
+    defaults to `trl_replay_ppo.ReplayPPOTrainer` (stock TRL's ``PPOTrainer`` takes the same arguments).
+    """
+    if trainer_cls is None:
+        from trl_replay_ppo.trainer import ReplayPPOTrainer as trainer_cls
+    constructor = {"model": models["policy"], "ref_model": models["ref_policy"], "value_model": models["value_model"]}
+    constructor.update(kwargs)
+    return trainer_cls(args=args, processing_class=models["tokenizer"], train_dataset=train_dataset, **constructor)
