@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import logging
+import re
 
 import pytest
 from datasets import Dataset
 from helpers import changed, digit_prompts, make_trainer, snapshot, tiny_config, tokenized_prompts
 
 from trl_replay_ppo.data import prepare_prompt_dataset
-from trl_replay_ppo.rewards import RewardFunctionError
+from trl_replay_ppo.reward_calls import RewardFunctionError
 from trl_replay_ppo.tasks.digits import digits_reward, make_digits_dataset
 
 
@@ -34,7 +35,11 @@ def test_text_prompts_train_and_extra_columns_reach_reward_funcs(tmp_path, tiny)
     trainer.train()
     assert changed(before, trainer.model.policy)
     call = spy.calls[1]  # calls[0] is the pre-flight check with empty completions
-    assert set(call) == {"prompts", "completions", "digits"}
+    assert set(call) == {"prompts", "completions", "digits", "completion_ids", "trainer_state", "log_metric"}
+    assert [trainer.processing_class.decode(ids, skip_special_tokens=True) for ids in call["completion_ids"]] == call[
+        "completions"
+    ]
+    assert call["trainer_state"] is trainer.state
     assert all(p == d + "=" for p, d in zip(call["prompts"], call["digits"], strict=True))
     assert all(isinstance(c, str) for c in call["completions"])
     log = trainer.state.log_history[-1]
@@ -110,7 +115,9 @@ def test_reward_func_that_crashes_is_named_before_generation(tmp_path, tiny):
     def needs_answer(prompts, completions, answer, **kwargs):
         return [0.0] * len(completions)
 
-    with pytest.raises(RewardFunctionError, match=r"`needs_answer` raised TypeError on sample 0: .*'answer'"):
+    with pytest.raises(
+        RewardFunctionError, match=r"`needs_answer` failed on the batch of dataset rows \[0, 1\]: Type.*'answer'"
+    ):
         make_trainer(tiny, tiny_config(tmp_path), make_digits_dataset(8), reward_funcs=needs_answer)
 
 
@@ -137,16 +144,21 @@ def test_non_finite_reward_is_named_and_nothing_is_trained(tmp_path, tiny):
     calls = []
 
     def sometimes_nan(prompts, completions, **kwargs):
-        calls.append(1)
+        calls.append(prompts)
         values = [0.5] * len(completions)
         if len(calls) > 1:  # the pre-flight call is fine; the first rollout is not
             values[2] = float("nan")
         return values
 
-    trainer = make_trainer(tiny, tiny_config(tmp_path), make_digits_dataset(8), reward_funcs=sometimes_nan)
+    dataset = make_digits_dataset(8)
+    trainer = make_trainer(tiny, tiny_config(tmp_path), dataset, reward_funcs=sometimes_nan)
     before = snapshot(trainer.model)
-    with pytest.raises(ValueError, match=r"`sometimes_nan` returned nan for sample 2 .*`reward_nonfinite_value`"):
+    with pytest.raises(
+        ValueError, match=r"`sometimes_nan` returned nan for dataset row (\d) .*`reward_nonfin"
+    ) as error:
         trainer.train()
+    row = int(re.search(r"dataset row (\d)", str(error.value)).group(1))
+    assert row == list(dataset["prompt"]).index(calls[1][2])  # the dataset row, not the index in the batch
     assert not changed(before, trainer.model)
 
 

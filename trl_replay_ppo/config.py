@@ -183,6 +183,11 @@ class ReplayPPOConfig(PPOConfig):
         "(truncated importance sampling).",
     )
 
+    reward_timeout: float | None = help_field(
+        None,
+        "Seconds a reward function may take for one batch before training stops with an error naming it (on every "
+        "rank); a sync function runs in a worker thread that is abandoned, an async one is cancelled. None waits.",
+    )
     reward_nonfinite_value: float | None = help_field(
         None,
         "A reward function returning NaN/inf is an error naming it; set a number to replace such values "

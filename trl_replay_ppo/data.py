@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -14,6 +15,7 @@ from transformers import DataCollatorWithPadding, PreTrainedTokenizerBase
 logger = logging.getLogger(__name__)
 
 TOKEN_COLUMNS = ("input_ids", "attention_mask")
+ROW_COLUMN = "dataset_row"  # each prompt's row in the dataset the user passed, for messages that name it
 
 
 def is_conversational(prompt: Any) -> bool:
@@ -31,15 +33,19 @@ def prepare_prompt_dataset(
 ) -> Dataset:
     """Return ``dataset`` with an ``input_ids`` column, ready for the PPO dataloader.
 
-    A dataset that already has ``input_ids`` is used as is (TRL's format). Otherwise its ``prompt``
-    column (plain text, or chat messages rendered with the chat template and the generation prompt)
-    is tokenized once. Prompts longer than ``max_prompt_length`` tokens are dropped, with the count
-    logged, rather than silently truncated. Every other column is kept for the reward functions.
+    A dataset that already has ``input_ids`` is used as is (TRL's format), once checked to hold
+    integer ids inside the tokenizer's vocabulary. Otherwise its ``prompt`` column (plain text, or
+    chat messages rendered with the chat template and the generation prompt) is tokenized once;
+    an empty prompt, or a chat message without ``role`` and ``content``, is an error naming its row.
+    Prompts longer than ``max_prompt_length`` tokens are dropped, with the count logged, rather than
+    silently truncated. Every other column is kept for the reward functions, and a ``dataset_row``
+    column records each prompt's row for messages.
     """
     if not isinstance(dataset, Dataset):
         raise TypeError(f"`{name}` must be a `datasets.Dataset`, got {type(dataset).__name__}.")
     if len(dataset) == 0:
         raise ValueError(f"`{name}` is empty: it needs at least one prompt.")
+    dataset = dataset.add_column(ROW_COLUMN, list(range(len(dataset))))
     columns = dataset.column_names
     if "input_ids" not in columns:
         if "prompt" not in columns:
@@ -49,10 +55,12 @@ def prepare_prompt_dataset(
             )
         dataset = dataset.map(
             _tokenize_prompt,
-            fn_kwargs={"tokenizer": tokenizer, "chat_template_kwargs": chat_template_kwargs or {}},
+            fn_kwargs={"tokenizer": tokenizer, "chat_template_kwargs": chat_template_kwargs or {}, "name": name},
             num_proc=num_proc,
             desc=f"Tokenizing {name}",
         )
+    else:
+        _check_token_ids(dataset, name, len(tokenizer))
     if max_prompt_length is not None:
         before = len(dataset)
         dataset = dataset.filter(
@@ -75,21 +83,46 @@ def prepare_prompt_dataset(
     return dataset
 
 
-def _tokenize_prompt(example: dict, tokenizer: PreTrainedTokenizerBase, chat_template_kwargs: dict) -> dict:
-    prompt = example["prompt"]
-    if is_conversational(prompt):
+def _tokenize_prompt(example: dict, tokenizer: PreTrainedTokenizerBase, chat_template_kwargs: dict, name: str) -> dict:
+    prompt, row = example["prompt"], example[ROW_COLUMN]
+    if isinstance(prompt, list):
+        for message in prompt:
+            if not (isinstance(message, dict) and isinstance(message.get("content"), str) and "role" in message):
+                raise ValueError(
+                    f"`{name}` row {row}: every chat message needs a `role` and a string `content`; got {message!r}."
+                )
         text = tokenizer.apply_chat_template(
             prompt, add_generation_prompt=True, tokenize=False, **chat_template_kwargs
         )
-        return {"input_ids": tokenizer(text, add_special_tokens=False)["input_ids"]}
-    if not isinstance(prompt, str):
-        raise TypeError(f"A `prompt` must be a string or a list of chat messages, got {type(prompt).__name__}.")
-    return {"input_ids": tokenizer(prompt)["input_ids"]}
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    elif isinstance(prompt, str):
+        ids = tokenizer(prompt)["input_ids"] if prompt.strip() else []
+    else:
+        raise TypeError(
+            f"`{name}` row {row}: a `prompt` must be a string or a list of chat messages, got {type(prompt).__name__}."
+        )
+    if not ids:
+        raise ValueError(f"`{name}` row {row}: the prompt {prompt!r} is empty; remove it or give it text.")
+    return {"input_ids": ids}
+
+
+def _check_token_ids(dataset: Dataset, name: str, vocab_size: int) -> None:
+    """``input_ids`` must be non-empty lists of integer ids below ``vocab_size``."""
+    for row, ids in zip(dataset[ROW_COLUMN], dataset["input_ids"], strict=True):
+        if not ids:
+            raise ValueError(f"`{name}` row {row}: `input_ids` is empty.")
+        if not all(isinstance(i, int) for i in ids):
+            raise TypeError(f"`{name}` row {row}: `input_ids` must be integer token ids, got {ids[:8]!r}.")
+        if min(ids) < 0 or max(ids) >= vocab_size:
+            raise ValueError(
+                f"`{name}` row {row}: token id {max(ids) if max(ids) >= vocab_size else min(ids)} is outside the "
+                f"tokenizer's vocabulary of {vocab_size}; tokenize the prompts with the policy's tokenizer."
+            )
 
 
 @dataclass
 class PromptCollator:
-    """Pads ``input_ids`` (left, as the tokenizer says) and passes every other column as a list.
+    """Pads ``input_ids`` on the left and passes every other column as a list.
 
     Token columns go through transformers' ``DataCollatorWithPadding``, so a dataset with only
     ``input_ids`` is batched exactly as TRL's PPO batches it.
@@ -98,7 +131,15 @@ class PromptCollator:
     tokenizer: PreTrainedTokenizerBase
 
     def __post_init__(self) -> None:
-        self._pad = DataCollatorWithPadding(self.tokenizer)
+        tokenizer = self.tokenizer
+        if tokenizer.padding_side != "left":  # generation continues the last position: prompts are left-padded
+            logger.warning(
+                "The tokenizer pads on the %s; prompts are left-padded for generation (the tokenizer is unchanged).",
+                tokenizer.padding_side,
+            )
+            tokenizer = copy.copy(tokenizer)
+            tokenizer.padding_side = "left"
+        self._pad = DataCollatorWithPadding(tokenizer)
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
         batch = self._pad([{k: f[k] for k in TOKEN_COLUMNS if k in f} for f in features])

@@ -80,7 +80,7 @@ class Evaluation:
         scores_t, sources_t = torch.cat(scores), torch.cat(source_scores)
         prefix = metric_key_prefix
         metrics = {f"{prefix}_reward": scores_t.mean().item(), f"{prefix}_reward_std": scores_t.std().item()}
-        for name, value in zip(self.scorer.names, sources_t.mean(0).tolist(), strict=True):
+        for name, value in zip(self.scorer.names, sources_t.nanmean(0).tolist(), strict=True):
             metrics[f"{prefix}_rewards/{name}"] = value
         metrics[f"{prefix}_kl"] = torch.cat(kls).mean().item()
         metrics[f"{prefix}_response_length"] = torch.cat(lengths).mean().item()

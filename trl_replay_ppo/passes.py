@@ -124,5 +124,5 @@ class ModelPasses:
             responses = self.truncate(query_responses[:, queries.shape[1] :])
             model_scores = self.scorer.model_scores(queries, responses)
         sequence_lengths = last_token_index(responses, self.processing_class.pad_token_id)
-        scores, source_scores = self.scorer.score(prompts, responses, sequence_lengths, model_scores)
+        scores, source_scores = self.scorer.score(prompts, responses, sequence_lengths, model_scores, self.state)
         return queries, responses, scores, source_scores

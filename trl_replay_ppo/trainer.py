@@ -41,7 +41,7 @@ from trl_replay_ppo.callbacks import MetricsFileCallback, RewardProgressCallback
 from trl_replay_ppo.checkpoint import load_checkpoint, load_trainable_params, resolve_checkpoint, save_checkpoint
 from trl_replay_ppo.compat import determine_best_metric, load_callback_state
 from trl_replay_ppo.config import ReplayPPOConfig
-from trl_replay_ppo.data import PromptCollator, PromptStream, prepare_prompt_dataset
+from trl_replay_ppo.data import ROW_COLUMN, PromptCollator, PromptStream, prepare_prompt_dataset
 from trl_replay_ppo.episodes import INVALID_LOGPROB, EpisodeBatch
 from trl_replay_ppo.evaluation import Evaluation
 from trl_replay_ppo.forwards import forward, gather_logprobs
@@ -67,8 +67,8 @@ from trl_replay_ppo.objectives import (
 )
 from trl_replay_ppo.passes import ModelPasses
 from trl_replay_ppo.replay import ExperienceReplay
-from trl_replay_ppo.rewards import RewardFunc, preflight_reward_funcs, validate_reward_funcs
-from trl_replay_ppo.scoring import Scorer, reward_model_name
+from trl_replay_ppo.reward_calls import RewardFunc, preflight_reward_funcs, validate_reward_funcs
+from trl_replay_ppo.scoring import NOT_REWARD_COLUMNS, Scorer, prompts_as_passed, source_names
 from trl_replay_ppo.trainer_state import Counters, ResumableState
 from trl_replay_ppo.validation import check_arguments, check_output_dir, check_sizes, check_vocabularies
 
@@ -119,10 +119,7 @@ class ReplayPPOTrainer(Evaluation, ModelPasses, ResumableState, PPOTrainer):
         # The minibatch shuffles use numpy's global RNG: seed it (and python's) as transformers' Trainer does.
         random.seed(args.seed)
         np.random.seed(args.seed)
-        source_names = ([reward_model_name(reward_model)] if reward_model is not None else []) + [
-            getattr(f, "__name__", type(f).__name__) for f in reward_funcs
-        ]
-        _check_metric_for_best_model(args, source_names)
+        _check_metric_for_best_model(args, source_names(reward_model, reward_funcs))
         prepare = {"num_proc": args.dataset_num_proc, "chat_template_kwargs": args.chat_template_kwargs}
         train_dataset = prepare_prompt_dataset(
             train_dataset, processing_class, args.max_prompt_length, "train_dataset", **prepare
@@ -135,8 +132,11 @@ class ReplayPPOTrainer(Evaluation, ModelPasses, ResumableState, PPOTrainer):
         check_vocabularies(processing_class, model, reward_model, value_model)
         check_output_dir(args.output_dir)
         if reward_funcs:
+            rows = train_dataset[: min(2, len(train_dataset))]
+            columns = {k: v for k, v in rows.items() if k not in NOT_REWARD_COLUMNS}
+            prompts = prompts_as_passed(rows, processing_class)
             preflight_reward_funcs(
-                reward_funcs, train_dataset[: min(2, len(train_dataset))], args.reward_nonfinite_value
+                reward_funcs, prompts, columns, args.reward_nonfinite_value, args.reward_timeout, rows[ROW_COLUMN]
             )
         if args.total_episodes is None:
             args.total_episodes = int(args.num_train_epochs * len(train_dataset) * args.num_generations)
@@ -170,8 +170,9 @@ class ReplayPPOTrainer(Evaluation, ModelPasses, ResumableState, PPOTrainer):
             self.reward_model,
             reward_funcs,
             args.reward_weights,
+            self.accelerator,
             args.reward_nonfinite_value,
-            self.accelerator.device,
+            args.reward_timeout,
         )
         if args.early_stopping_patience is not None:
             self.add_callback(EarlyStoppingCallback(args.early_stopping_patience))
@@ -330,7 +331,7 @@ class ReplayPPOTrainer(Evaluation, ModelPasses, ResumableState, PPOTrainer):
         del sampled_logits
         responses = torch.cat(truncated, 0)
         sequence_lengths = last_token_index(responses, pad_token_id)
-        scores, source_scores = self.scorer.score(prompts, responses, sequence_lengths, model_scores)
+        scores, source_scores = self.scorer.score(prompts, responses, sequence_lengths, model_scores, self.state)
         if args.missing_eos_penalty is not None:
             has_eos = torch.any(responses == self.processing_class.eos_token_id, dim=-1)
             scores[~has_eos] -= args.missing_eos_penalty
@@ -518,7 +519,7 @@ class ReplayPPOTrainer(Evaluation, ModelPasses, ResumableState, PPOTrainer):
     def extra_metrics(self, batch: EpisodeBatch, stats: dict[str, torch.Tensor]) -> dict[str, float]:
         """This package's metrics beyond TRL's: reward sources, efficiency, collapse, replay."""
         gather, counters = self.accelerator.gather_for_metrics, self.counters
-        source_means = gather(batch.fresh().source_scores).mean(0).tolist()
+        source_means = gather(batch.fresh().source_scores).nanmean(0).tolist()  # NaN: a function gave None
         metrics = {f"rewards/{name}": value for name, value in zip(self.scorer.names, source_means, strict=True)}
         metrics["policy/grad_norm"] = float(np.mean(self._grad_norms or [math.nan]))
         metrics["objective/kl_coef"] = self.kl_ctl.value
@@ -548,6 +549,7 @@ class ReplayPPOTrainer(Evaluation, ModelPasses, ResumableState, PPOTrainer):
             metrics.update(replay_token_metrics(stats, gather))
         if self.args.reward_nonfinite_value is not None:
             metrics["rewards/nonfinite"] = self.scorer.nonfinite
+        metrics.update(self.scorer.pop_logged())
         return metrics
 
     def warn_if_collapsing(self, empty_fraction: float) -> None:
