@@ -15,6 +15,36 @@ from trl_replay_ppo.tasks.digits import digits_reward, make_digits_dataset
 from trl_replay_ppo.tasks.tiny import load_tiny_models
 
 
+def after_training_checks(trainer, eval_dataset) -> dict:
+    """Evaluation over uneven shards, and a reward failure on one rank only (it must reach both)."""
+    from accelerate.utils import gather_object
+
+    def digit_value(prompts, completions, **kwargs):
+        return [float(p[0]) for p in prompts]
+
+    trainer.scorer.reward_funcs = [digit_value]
+    metrics = trainer.evaluate()
+    rank = trainer.accelerator.process_index
+
+    def fails_on_rank_1(prompts, completions, **kwargs):
+        if rank == 1:
+            raise ConnectionError("judge down on rank 1")
+        return [0.0] * len(completions)
+
+    trainer.scorer.reward_funcs = [fails_on_rank_1]
+    try:
+        trainer.rollout(trainer.next_prompts())
+        outcome = "no error"
+    except Exception as error:
+        outcome = f"{type(error).__name__}: {error}"
+    return {
+        "eval_prompts": metrics["eval_prompts"],
+        "eval_reward": metrics["eval_reward"],
+        "expected_eval_reward": sum(float(p[0]) for p in eval_dataset["prompt"]) / len(eval_dataset),
+        "reward_failure": gather_object([outcome]),
+    }
+
+
 def main(models_dir: str, output_dir: str, resume: str) -> None:
     tiny = load_tiny_models({k: Path(models_dir) / k for k in ("tokenizer", "policy", "reward")})
     # Small buffers evicted by reuse: each rank's sampling decides what it evicts, so the ranks' buffer sizes
@@ -28,12 +58,16 @@ def main(models_dir: str, output_dir: str, resume: str) -> None:
         replay_buffer_size=16,
         min_replay_size=14,
         replay_sample_size=4,
+        per_device_eval_batch_size=8,
         max_replay_reuse=1,
         target_kl=0.01,  # stopping the epochs early must be agreed by both ranks too
         save_strategy="steps",
         save_steps=4,
     )
-    trainer = make_trainer(tiny, args, make_digits_dataset(32), reward_model=None, reward_funcs=digits_reward)
+    eval_dataset = make_digits_dataset(10, seed=9)  # fewer than one batch per process (8), and uneven shards
+    trainer = make_trainer(
+        tiny, args, make_digits_dataset(32), reward_model=None, reward_funcs=digits_reward, eval_dataset=eval_dataset
+    )
     accelerator = trainer.accelerator
     assert accelerator.num_processes == 2, f"world size {accelerator.num_processes}"
     sizes = []
@@ -45,6 +79,7 @@ def main(models_dir: str, output_dir: str, resume: str) -> None:
 
     trainer.after_ppo_update = recording
     trainer.train(resume_from_checkpoint=True if resume == "resume" else None)
+    checks = after_training_checks(trainer, eval_dataset) if resume == "fresh" else {}
     flat = torch.cat([p.detach().flatten() for p in trainer.model.parameters()])
     gathered = accelerator.gather(flat.unsqueeze(0))
     all_sizes = accelerator.gather(torch.tensor([sizes]))
@@ -57,6 +92,7 @@ def main(models_dir: str, output_dir: str, resume: str) -> None:
             "episode": trainer.state.episode,
             "weights_sum": float(flat.double().sum()),
             "replayed": sum(log.get("replay/episodes", 0) for log in trainer.state.log_history),
+            **checks,
         }
         (Path(output_dir) / f"summary-{resume}.json").write_text(json.dumps(summary))
 

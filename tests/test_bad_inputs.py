@@ -86,17 +86,6 @@ TRAINER_CASES = [
         "`train_dataset` has 3 prompts but one update needs 4",
     ),
     (
-        "eval dataset smaller than a batch",
-        lambda t, p: make_trainer(
-            t,
-            tiny_config(p, per_device_eval_batch_size=8),
-            make_digits_dataset(8),
-            eval_dataset=make_digits_dataset(4),
-        ),
-        ValueError,
-        "`eval_dataset` has 4 prompts",
-    ),
-    (
         "prompts all too long",
         lambda t, p: make_trainer(t, tiny_config(p, max_prompt_length=2), make_digits_dataset(8)),
         ValueError,

@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).parent.parent
 
 
@@ -41,10 +43,17 @@ def test_two_processes_train_checkpoint_and_resume(tmp_path, tiny_dirs):
     # The buffers drifted so far that one rank had enough episodes to replay while the other had not.
     assert any((a >= 14) != (b >= 14) for a, b in zip(rank0, rank1, strict=True)), straight["buffer_sizes"]
     assert straight["replayed"] > 0  # ... and replay ran anyway, on both ranks alike (no hang, equal weights)
+    # 10 eval prompts over 2 processes, 8 per batch: each scored once, the padding of the uneven shards dropped.
+    assert straight["eval_prompts"] == 10 and straight["eval_reward"] == pytest.approx(
+        straight["expected_eval_reward"]
+    )
+    # A reward function failing on rank 1 only stops both ranks with its message (no rank waits forever).
+    assert all("judge down on rank 1" in outcome for outcome in straight["reward_failure"]), straight["reward_failure"]
     checkpoint = tmp_path / "straight" / "checkpoint-8"
     assert (checkpoint / "rank_0.safetensors").is_file() and (checkpoint / "rank_1.safetensors").is_file()
     records = [json.loads(line) for line in (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()]
-    assert len(records) == 12 and records[-1]["buffer/size"] > 0  # rank 0 writes the metrics gathered over ranks
+    train_records = [r for r in records if r["kind"] == "train"]
+    assert len(train_records) == 12 and train_records[-1]["buffer/size"] > 0  # rank 0 writes what ranks gathered
 
     resumed_dir = tmp_path / "resumed"
     resumed_dir.mkdir()

@@ -20,7 +20,7 @@ from trl_replay_ppo.compat import log_table_to_comet_experiment
 from trl_replay_ppo.data import prepare_prompt_dataset
 from trl_replay_ppo.masking import last_token_index, response_padding_mask
 
-EVAL_METRICS = ("reward", "reward_std", "kl", "response_length")
+EVAL_METRICS = ("reward", "reward_std", "kl", "response_length", "prompts")
 
 
 def print_rich_table(table: pd.DataFrame) -> None:
@@ -59,14 +59,20 @@ class Evaluation:
     ) -> dict[str, float]:
         """Generate on the eval prompts (greedy unless ``eval_temperature > 0``) and report rewards.
 
-        Returns ``{prefix}_reward``, ``{prefix}_reward_std``, ``{prefix}_rewards/<name>`` per reward
-        source, ``{prefix}_kl`` (per-sequence KL to the reference, nats) and
-        ``{prefix}_response_length`` (tokens), averaged over every rank's prompts; logs them and
-        fires ``on_evaluate``.
+        Every prompt is scored exactly once, whatever the dataset size and the number of processes
+        (uneven shards are padded by accelerate and the padding dropped when gathered). Returns
+        ``{prefix}_reward``, ``{prefix}_reward_std``, ``{prefix}_rewards/<name>`` per reward source,
+        ``{prefix}_kl`` (per-sequence KL to the reference, nats), ``{prefix}_response_length``
+        (tokens) and ``{prefix}_prompts`` (how many were scored); logs them and fires ``on_evaluate``.
         """
-        dataloader = self.eval_dataloader if eval_dataset is None else self.make_eval_dataloader(eval_dataset)
-        if dataloader is None or (eval_dataset is None and self.eval_dataset is None):
+        if eval_dataset is None and self.eval_dataset is None:
             raise ValueError("`evaluate()` needs an `eval_dataset` (pass one to the trainer or to `evaluate`).")
+        if eval_dataset is not None:
+            dataloader = self.make_eval_dataloader(eval_dataset)
+        else:
+            if getattr(self, "_full_eval_dataloader", None) is None:
+                self._full_eval_dataloader = self.make_eval_dataloader(self.eval_dataset, prepared=True)
+            dataloader = self._full_eval_dataloader
         generation_kwargs = self.eval_generation_kwargs()
         gather = self.accelerator.gather_for_metrics
         scores, source_scores, kls, lengths = [], [], [], []
@@ -84,19 +90,25 @@ class Evaluation:
             metrics[f"{prefix}_rewards/{name}"] = value
         metrics[f"{prefix}_kl"] = torch.cat(kls).mean().item()
         metrics[f"{prefix}_response_length"] = torch.cat(lengths).mean().item()
+        metrics[f"{prefix}_prompts"] = len(scores_t)
         self.log(metrics)
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
         return metrics
 
-    def make_eval_dataloader(self, eval_dataset: Dataset) -> torch.utils.data.DataLoader:
-        """A prepared, unshuffled dataloader over ``eval_dataset`` (tokenized like the train prompts)."""
-        dataset = prepare_prompt_dataset(
-            eval_dataset,
-            self.processing_class,
-            self.args.max_prompt_length,
-            "eval_dataset",
-            chat_template_kwargs=self.args.chat_template_kwargs,
-        )
+    def make_eval_dataloader(self, eval_dataset: Dataset, prepared: bool = False) -> torch.utils.data.DataLoader:
+        """An accelerate-prepared, unshuffled dataloader over every prompt of ``eval_dataset``.
+
+        ``prepared``: the dataset is already tokenized (the trainer's own ``eval_dataset``).
+        """
+        dataset = eval_dataset
+        if not prepared:
+            dataset = prepare_prompt_dataset(
+                eval_dataset,
+                self.processing_class,
+                self.args.max_prompt_length,
+                "eval_dataset",
+                chat_template_kwargs=self.args.chat_template_kwargs,
+            )
         dataloader = torch.utils.data.DataLoader(
             dataset, batch_size=self.args.per_device_eval_batch_size, collate_fn=self.data_collator
         )

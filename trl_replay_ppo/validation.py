@@ -56,19 +56,16 @@ def check_arguments(
 
 
 def check_sizes(args: ReplayPPOConfig, train_dataset: Dataset, eval_dataset: Dataset | None, world_size: int) -> None:
-    """Every rank must get at least one full batch of prompts (batches are drop_last, as in TRL)."""
+    """Every rank must get at least one full batch of training prompts (batches are drop_last, as in TRL).
+
+    (Evaluation scores every prompt whatever its count, so the eval dataset may be of any size.)
+    """
     prompts_per_batch = args.per_device_train_batch_size * args.gradient_accumulation_steps // args.num_generations
     if len(train_dataset) < prompts_per_batch * world_size:
         raise ValueError(
             f"`train_dataset` has {len(train_dataset)} prompts but one update needs {prompts_per_batch * world_size} "
             f"(per_device_train_batch_size * gradient_accumulation_steps / num_generations = {prompts_per_batch}, "
             f"times {world_size} processes); add prompts or lower `per_device_train_batch_size`."
-        )
-    if eval_dataset is not None and len(eval_dataset) < args.per_device_eval_batch_size * world_size:
-        raise ValueError(
-            f"`eval_dataset` has {len(eval_dataset)} prompts, fewer than one batch of "
-            f"`per_device_eval_batch_size`={args.per_device_eval_batch_size} per process ({world_size} processes); "
-            "lower `per_device_eval_batch_size`."
         )
 
 
