@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import math
+import re
 
 import pytest
 import torch
 from helpers import LogRecorder, make_trainer, tiny_config
 
-from trl_replay_ppo.checkpoint import latest_checkpoint
+from trl_replay_ppo.checkpoint_dirs import latest_checkpoint
 from trl_replay_ppo.tasks.digits import digits_reward, make_digits_dataset
 from trl_replay_ppo.tasks.tiny import load_tiny_models
 
@@ -97,7 +99,7 @@ sys.path.insert(0, {tests!r})
 from pathlib import Path
 from helpers import make_trainer, tiny_config
 import trl_replay_ppo.checkpoint as checkpoint
-from trl_replay_ppo.checkpoint import latest_checkpoint
+from trl_replay_ppo.checkpoint_dirs import latest_checkpoint
 from trl_replay_ppo.tasks.digits import digits_reward, make_digits_dataset
 from trl_replay_ppo.tasks.tiny import load_tiny_models
 
@@ -253,16 +255,103 @@ def test_unwritable_output_dir_fails_before_training(tmp_path, tiny):
         make_trainer(tiny, args, make_digits_dataset(8))
 
 
-def test_rotation_keeps_the_newest_and_the_best(tmp_path):
-    from trl_replay_ppo.checkpoint import rotate_checkpoints
+def _fake_checkpoint(path, run_id):
+    from trl_replay_ppo.checkpoint_dirs import REQUIRED_FILES
+
+    path.mkdir()
+    for name in REQUIRED_FILES:
+        (path / name).write_text("{}")
+    (path / "ppo_state.json").write_text(json.dumps({"run_id": run_id}))
+
+
+def test_rotation_keeps_the_newest_and_the_best_of_this_run_only(tmp_path, caplog):
+    from trl_replay_ppo.checkpoint_dirs import rotate_checkpoints
 
     for step in (2, 4, 6, 8, 10):
-        (tmp_path / f"checkpoint-{step}").mkdir()
+        _fake_checkpoint(tmp_path / f"checkpoint-{step}", "this run")
+    _fake_checkpoint(tmp_path / "checkpoint-100", "an older run")  # its step is larger than any of this run's
     (tmp_path / "tmp-checkpoint-12").mkdir()  # a partial write is not rotation's business
-    rotate_checkpoints(str(tmp_path), limit=2, best=str(tmp_path / "checkpoint-4"))
+    rotate_checkpoints(str(tmp_path), limit=1, best=str(tmp_path / "checkpoint-4"), run_id="this run")
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "checkpoint-10",
+        "checkpoint-100",
         "checkpoint-4",
-        "checkpoint-8",
         "tmp-checkpoint-12",
     ]
+    assert "checkpoints of another run (checkpoint-100)" in caplog.text
+
+
+def test_save_total_limit_never_deletes_what_this_run_wrote(tmp_path, tiny, caplog):
+    out = tmp_path / "out"
+    out.mkdir()
+    _fake_checkpoint(out / "checkpoint-100", "an older run")
+    args = tiny_config(tmp_path, total_episodes=16, save_strategy="steps", save_steps=2, save_total_limit=1)
+    trainer = make_trainer(tiny, args, make_digits_dataset(16), reward_model=None, reward_funcs=digits_reward)
+    trainer.train()
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-100", "checkpoint-4"]
+    assert "another run" in caplog.text
+
+
+def _saved_run(tiny_dirs, tmp_path, output, **overrides):
+    trainer = _trainer(tiny_dirs, tmp_path, output, **{"save_steps": 2, "eval_strategy": "no", **overrides})
+    trainer.train()
+    return output
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field"),
+    [
+        ({"per_device_train_batch_size": 2, "gradient_accumulation_steps": 4}, "per_device_train_batch_size"),
+        ({"num_mini_batches": 1}, "num_mini_batches"),
+        ({"num_generations": 2}, "num_generations"),
+        ({"use_priority_sampling": False}, "use_priority_sampling"),
+    ],
+)
+def test_resuming_with_other_batch_arithmetic_is_refused(tmp_path, tiny_dirs, overrides, field):
+    output = _saved_run(tiny_dirs, tmp_path, tmp_path / "run")
+    trainer = _trainer(tiny_dirs, tmp_path, output, save_steps=2, eval_strategy="no", **overrides)
+    with pytest.raises(ValueError, match=rf"written with {field}=.* but this run has {field}=.*Resume with the same"):
+        trainer.train(resume_from_checkpoint=True)
+
+
+def test_resuming_with_another_reward_source_or_model_shape_is_refused(tmp_path, tiny_dirs):
+    output = _saved_run(tiny_dirs, tmp_path, tmp_path / "run")
+    trainer = _trainer(tiny_dirs, tmp_path, output, save_steps=2, eval_strategy="no")
+    trainer.scorer.names = [*trainer.scorer.names, "format_reward"]
+    with pytest.raises(ValueError, match=r"reward sources=\['digits_reward'\] but this run has reward sources="):
+        trainer.train(resume_from_checkpoint=True)
+    trainer = _trainer(tiny_dirs, tmp_path, output, save_steps=2, eval_strategy="no")
+    with torch.no_grad():
+        head = trainer.accelerator.unwrap_model(trainer.model).value_model.score
+        head.weight = torch.nn.Parameter(torch.zeros(1, head.weight.shape[1] + 1))
+    with pytest.raises(ValueError, match=r"does not match this model's shapes .*value_model.score.weight"):
+        trainer.train(resume_from_checkpoint=True)
+
+
+@pytest.mark.parametrize(
+    ("damaged", "content"),
+    [
+        ("optimizer.safetensors", b"truncated"),
+        ("rank_0.safetensors", b"\x00garbage"),
+        ("trainer_state.json", b"{not json"),
+    ],
+)
+def test_a_damaged_checkpoint_is_named_and_the_newest_intact_one_suggested(tmp_path, tiny_dirs, damaged, content):
+    output = _saved_run(tiny_dirs, tmp_path, tmp_path / "run")
+    newest = latest_checkpoint(output)
+    assert newest == output / "checkpoint-8"
+    (newest / damaged).write_bytes(content)
+    trainer = _trainer(tiny_dirs, tmp_path, output, save_steps=2, eval_strategy="no")
+    message = rf"{re.escape(str(newest / damaged))}.* The newest intact checkpoint there is .*checkpoint-6"
+    with pytest.raises(ValueError, match=message):
+        trainer.train(resume_from_checkpoint=str(newest))
+
+
+def test_resume_true_skips_a_damaged_newest_checkpoint_and_keeps_it(tmp_path, tiny_dirs, caplog):
+    output = _saved_run(tiny_dirs, tmp_path, tmp_path / "run")
+    (output / "checkpoint-8" / "optimizer.safetensors").write_bytes(b"truncated")
+    trainer = _trainer(tiny_dirs, tmp_path, output, save_steps=2, eval_strategy="no", save_strategy="no")
+    trainer.train(resume_from_checkpoint=True)
+    assert trainer.state.global_step == 8  # resumed from checkpoint-6 and trained the last two updates
+    assert "skipped damaged checkpoints: checkpoint-8" in caplog.text and "optimizer.safetensors" in caplog.text
+    assert (output / "checkpoint-8" / "optimizer.safetensors").read_bytes() == b"truncated"  # kept for inspection

@@ -13,7 +13,7 @@ import torch
 from helpers import make_trainer, tiny_config
 
 import trl_replay_ppo
-from trl_replay_ppo.checkpoint import CheckpointFormatError
+from trl_replay_ppo.checkpoint_dirs import CheckpointFormatError
 from trl_replay_ppo.serialization import StateFileError, load_state, save_state
 from trl_replay_ppo.tasks.digits import digits_reward, make_digits_dataset
 from trl_replay_ppo.tasks.tiny import load_tiny_models

@@ -26,8 +26,8 @@ from __future__ import annotations
 import json
 import os
 import random
-import re
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -38,6 +38,13 @@ from safetensors.torch import load_file, save_file
 from transformers import TrainerState
 from transformers.trainer_callback import ExportableState
 
+from trl_replay_ppo.checkpoint_dirs import (
+    CheckpointFormatError,
+    check_not_pickle_format,
+    checkpoint_dir,
+    resolve_checkpoint,
+    rotate_checkpoints,
+)
 from trl_replay_ppo.serialization import StateFileError, load_state, save_state
 
 
@@ -64,77 +71,10 @@ class Checkpointable(Protocol):
 
     def load_rank_state(self, state: dict[str, Any]) -> None: ...
 
+    def resume_fingerprint(self) -> dict[str, Any]: ...
 
-CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
+
 CHECKPOINT_FORMAT = 2
-REQUIRED_FILES = (
-    "trainable_params.safetensors",
-    "optimizer.safetensors",
-    "scheduler.safetensors",
-    "trainer_state.json",
-    "ppo_state.json",
-    "rank_0.safetensors",
-)
-PICKLE_FORMAT_FILES = ("optimizer.pt", "scheduler.pt", "rank_0.pt")
-
-
-class CheckpointFormatError(ValueError):
-    """A checkpoint this version cannot load: damaged, not this package's, or in the refused pickle format."""
-
-
-def check_not_pickle_format(path: Path) -> None:
-    """Refuse a checkpoint written in the pickle format (format 1), without opening any of its files."""
-    legacy = [name for name in PICKLE_FORMAT_FILES if (path / name).exists()]
-    if legacy and not is_complete(path):
-        raise CheckpointFormatError(
-            f"{path} is a checkpoint in the pickle format of trl_replay_ppo < 0.2 ({', '.join(legacy)}). This version "
-            "refuses to load it: unpickling a file can run arbitrary code. Resume it with the version that wrote it, "
-            "or start a new run from its `policy/` weights (safetensors)."
-        )
-
-
-def checkpoint_dir(output_dir: str | Path, step: int) -> Path:
-    return Path(output_dir) / f"checkpoint-{step}"
-
-
-def is_complete(path: Path) -> bool:
-    return path.is_dir() and all((path / name).is_file() for name in REQUIRED_FILES)
-
-
-def latest_checkpoint(output_dir: str | Path) -> Path | None:
-    """The complete ``checkpoint-N`` with the largest N in ``output_dir``, or None."""
-    root = Path(output_dir)
-    if not root.is_dir():
-        return None
-    steps = [int(m.group(1)) for p in root.iterdir() if (m := CHECKPOINT_PATTERN.match(p.name))]
-    for step in sorted(steps, reverse=True):
-        if is_complete(checkpoint_dir(root, step)):
-            return checkpoint_dir(root, step)
-    return None
-
-
-def resolve_checkpoint(resume_from_checkpoint: bool | str | os.PathLike, output_dir: str) -> Path:
-    """The checkpoint to resume from; a clear error when there is none or it is not one."""
-    if resume_from_checkpoint is True:
-        found = latest_checkpoint(output_dir)
-        if found is None:
-            root = Path(output_dir)
-            for candidate in sorted(root.glob("checkpoint-*")) if root.is_dir() else []:
-                check_not_pickle_format(candidate)
-            raise FileNotFoundError(
-                f"`resume_from_checkpoint=True` but {output_dir} holds no complete checkpoint-N directory."
-            )
-        return found
-    path = Path(resume_from_checkpoint)
-    if not path.exists():
-        raise FileNotFoundError(f"`resume_from_checkpoint`: {path} does not exist.")
-    check_not_pickle_format(path)
-    missing = [name for name in REQUIRED_FILES if not (path / name).is_file()]
-    if missing:
-        raise ValueError(
-            f"`resume_from_checkpoint`: {path} is not a complete checkpoint of this trainer (missing {missing})."
-        )
-    return path
 
 
 def trainable_state(trainer: Checkpointable) -> dict[str, torch.Tensor]:
@@ -210,7 +150,7 @@ def save_checkpoint(trainer: Checkpointable) -> Path:
         if final.exists():  # re-saving the same step: replace the old copy only once the new one is complete
             shutil.rmtree(final)
         os.replace(staging, final)
-        rotate_checkpoints(args.output_dir, args.save_total_limit, state.best_model_checkpoint)
+        rotate_checkpoints(args.output_dir, args.save_total_limit, state.best_model_checkpoint, ppo_state["run_id"])
 
     collectively(prepare)
     collectively(write_rank_state)
@@ -234,23 +174,8 @@ def callback_states(trainer: Checkpointable) -> dict[str, Any]:
     return states
 
 
-def rotate_checkpoints(output_dir: str, limit: int | None, best: str | None) -> None:
-    """Keep the newest ``limit`` complete checkpoints, and the best one whatever its age."""
-    if not limit or limit <= 0:
-        return
-    root = Path(output_dir)
-    steps = sorted(int(m.group(1)) for p in root.iterdir() if (m := CHECKPOINT_PATTERN.match(p.name)))
-    keep = {checkpoint_dir(root, s) for s in steps[-limit:]}
-    if best:
-        keep.add(Path(best))
-    for step in steps:
-        path = checkpoint_dir(root, step)
-        if path not in keep:
-            shutil.rmtree(path, ignore_errors=True)
-
-
-def load_trainable_params(trainer: Checkpointable, path: Path) -> None:
-    """Copy the checkpoint's trainable weights into the trainer's policy and critic."""
+def read_trainable_params(trainer: Checkpointable, path: Path) -> dict[str, torch.Tensor]:
+    """The checkpoint's trainable weights, checked against the trainer's (names and shapes)."""
     file = path / "trainable_params.safetensors"
     try:
         saved = load_file(file)
@@ -263,8 +188,23 @@ def load_trainable_params(trainer: Checkpointable, path: Path) -> None:
             f"{path} does not match this model: its trainable weights differ (missing {missing[:5]}, "
             f"unexpected {unexpected[:5]}). Resume with the same model, `peft_config` and critic settings."
         )
+    shapes = [
+        f"{n}: {tuple(saved[n].shape)} saved, {tuple(p.shape)} now"
+        for n, p in trainable.items()
+        if saved[n].shape != p.shape
+    ]
+    if shapes:
+        raise ValueError(
+            f"{path} does not match this model's shapes ({'; '.join(shapes[:3])}); resume with the same model."
+        )
+    return saved
+
+
+def load_trainable_params(trainer: Checkpointable, path: Path) -> None:
+    """Copy the checkpoint's trainable weights into the trainer's policy and critic."""
+    saved = read_trainable_params(trainer, path)
     with torch.no_grad():
-        for name, param in trainable.items():
+        for name, param in trainer.trainable_parameters().items():
             param.copy_(saved[name])
 
 
@@ -276,10 +216,24 @@ def read_json(file: Path) -> dict[str, Any]:
         raise StateFileError(f"{file} is not a valid checkpoint file of trl_replay_ppo ({error}).") from error
 
 
-def load_checkpoint(trainer: Checkpointable, path: Path) -> None:
-    """Restore everything :func:`save_checkpoint` wrote, on every rank. RNG states are restored last.
+@dataclass
+class CheckpointContents:
+    """Every file of a checkpoint, read and checked, ready to restore."""
 
-    Every file is read and checked before anything of the trainer changes.
+    path: Path
+    ppo_state: dict[str, Any]
+    trainable: dict[str, torch.Tensor]
+    optimizer: dict[str, Any]
+    scheduler: dict[str, Any]
+    trainer_state: TrainerState
+    rank_state: dict[str, Any]
+
+
+def read_checkpoint(trainer: Checkpointable, path: Path) -> CheckpointContents:
+    """Read and check every file of ``path`` for this rank, without changing anything of the trainer.
+
+    A damaged file is a `StateFileError` naming it; a checkpoint written with other batch
+    arithmetic, reward sources or model shapes than this run's is a ``ValueError`` naming the field.
     """
     accelerator = trainer.accelerator
     check_not_pickle_format(path)
@@ -295,20 +249,52 @@ def load_checkpoint(trainer: Checkpointable, path: Path) -> None:
             f"{accelerator.num_processes}; resume with the same number of processes (each rank's replay buffer "
             "and data position are its own)."
         )
+    _check_fingerprint(path, ppo_state.get("fingerprint", {}), trainer.resume_fingerprint())
     rank_file = path / f"rank_{accelerator.process_index}.safetensors"
     if not rank_file.is_file():
         raise ValueError(f"{path} has no state for rank {accelerator.process_index} ({rank_file.name}).")
-    optimizer_state = load_state(path / "optimizer.safetensors")
-    scheduler_state = load_state(path / "scheduler.safetensors")
     try:
         trainer_state = type(trainer.state)(**read_json(path / "trainer_state.json"))
     except TypeError as error:
         raise StateFileError(f"{path / 'trainer_state.json'} is not a valid trainer state ({error}).") from error
-    rank_state = load_state(rank_file)
-    load_trainable_params(trainer, path)
-    trainer.optimizer.load_state_dict(optimizer_state)
-    trainer.lr_scheduler.load_state_dict(scheduler_state)
-    trainer.state = trainer_state
-    trainer.load_ppo_state(ppo_state)
-    trainer.load_rank_state(rank_state)
-    set_rng_state(rank_state["rng"])
+    return CheckpointContents(
+        path=path,
+        ppo_state=ppo_state,
+        trainable=read_trainable_params(trainer, path),
+        optimizer=load_state(path / "optimizer.safetensors"),
+        scheduler=load_state(path / "scheduler.safetensors"),
+        trainer_state=trainer_state,
+        rank_state=load_state(rank_file),
+    )
+
+
+def _check_fingerprint(path: Path, saved: dict[str, Any], current: dict[str, Any]) -> None:
+    """Refuse to resume with settings that change the data order or the meaning of the saved state."""
+    for field, value in current.items():
+        if field in saved and saved[field] != value:
+            raise ValueError(
+                f"{path} was written with {field}={saved[field]!r} but this run has {field}={value!r}; resuming would "
+                f"misalign the saved data position or state. Resume with the same `{field}`, or start a new run."
+            )
+
+
+def apply_checkpoint(trainer: Checkpointable, contents: CheckpointContents) -> None:
+    """Restore what `read_checkpoint` read, on this rank. RNG states are restored last."""
+    with torch.no_grad():
+        for name, param in trainer.trainable_parameters().items():
+            param.copy_(contents.trainable[name])
+    trainer.optimizer.load_state_dict(contents.optimizer)
+    trainer.lr_scheduler.load_state_dict(contents.scheduler)
+    trainer.state = contents.trainer_state
+    trainer.load_ppo_state(contents.ppo_state)
+    trainer.load_rank_state(contents.rank_state)
+    set_rng_state(contents.rank_state["rng"])
+
+
+def resume(trainer: Checkpointable, resume_from_checkpoint: bool | str | os.PathLike) -> Path:
+    """Find (skipping damaged ones when asked for the newest), read and restore a checkpoint; returns its path."""
+    contents = resolve_checkpoint(
+        resume_from_checkpoint, trainer.args.output_dir, lambda p: read_checkpoint(trainer, p)
+    )
+    apply_checkpoint(trainer, contents)
+    return contents.path

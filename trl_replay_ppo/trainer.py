@@ -24,6 +24,7 @@ import logging
 import math
 import random
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -38,7 +39,7 @@ from transformers.trainer_utils import TrainOutput
 
 from trl_replay_ppo.base import PPOTrainer
 from trl_replay_ppo.callbacks import MetricsFileCallback, RewardProgressCallback, TextLogCallback
-from trl_replay_ppo.checkpoint import load_checkpoint, load_trainable_params, resolve_checkpoint, save_checkpoint
+from trl_replay_ppo.checkpoint import load_trainable_params, resume, save_checkpoint
 from trl_replay_ppo.compat import determine_best_metric, load_callback_state
 from trl_replay_ppo.config import ReplayPPOConfig
 from trl_replay_ppo.data import ROW_COLUMN, PromptCollator, PromptStream, prepare_prompt_dataset
@@ -187,6 +188,7 @@ class ReplayPPOTrainer(Evaluation, ModelPasses, ResumableState, PPOTrainer):
         if args.use_replay_buffer:
             self.replay = ExperienceReplay.from_config(args, self.local_seed, processing_class.pad_token_id)
         self.counters = Counters()
+        self.run_id = uuid.uuid4().hex  # stamps this run's checkpoints; a resumed run takes its checkpoint's
 
     # ------------------------------------------------------------------ driver
 
@@ -197,10 +199,7 @@ class ReplayPPOTrainer(Evaluation, ModelPasses, ResumableState, PPOTrainer):
         in ``output_dir``; training then continues exactly where that checkpoint left off.
         """
         args = self.args
-        checkpoint = None
-        if resume_from_checkpoint not in (None, False):
-            checkpoint = resolve_checkpoint(resume_from_checkpoint, args.output_dir)
-        self.begin_training(checkpoint)
+        self.begin_training(resume_from_checkpoint)
         for update in range(self.state.global_step + 1, args.num_total_batches + 1):
             self.state.episode += args.batch_size
             epoch = self.prompt_stream.epoch
@@ -216,8 +215,8 @@ class ReplayPPOTrainer(Evaluation, ModelPasses, ResumableState, PPOTrainer):
                 break
         return self.end_training()
 
-    def begin_training(self, checkpoint: Path | None = None) -> None:
-        """Initialise (or restore) the trainer state and fire ``on_train_begin``."""
+    def begin_training(self, resume_from_checkpoint: bool | str | None = None) -> None:
+        """Initialise (or restore from a checkpoint) the trainer state and fire ``on_train_begin``."""
         args = self.args
         self.generation_kwargs = {
             "max_new_tokens": args.response_length,
@@ -230,8 +229,9 @@ class ReplayPPOTrainer(Evaluation, ModelPasses, ResumableState, PPOTrainer):
         self.accelerator.print("===training policy===")
         self.start_time = time.time()
         self.model.train()
-        if checkpoint is not None:
-            load_checkpoint(self, checkpoint)
+        resuming = resume_from_checkpoint not in (None, False)
+        if resuming:
+            checkpoint = resume(self, resume_from_checkpoint)
             load_callback_state(self)
             logger.info("Resumed from %s at update %d.", checkpoint, self.state.global_step)
         else:
@@ -247,7 +247,7 @@ class ReplayPPOTrainer(Evaluation, ModelPasses, ResumableState, PPOTrainer):
         if self.is_deepspeed_enabled:
             self.deepspeed = self.model
             self.model_wrapped = self.model
-        if args.eval_on_start and checkpoint is None:
+        if args.eval_on_start and not resuming:
             self.evaluate()
 
     def end_update(self, update: int, epoch_ended: bool = False) -> None:

@@ -66,13 +66,30 @@ class ResumableState:
         """Trainer-wide state beyond transformers' `TrainerState`, saved in ``ppo_state.json``."""
         return {
             "world_size": self.accelerator.num_processes,
+            "run_id": self.run_id,
+            "fingerprint": self.resume_fingerprint(),
             "kl_controller": self.kl_ctl.state_dict(),
             "counters": asdict(self.counters),
             "nonfinite_rewards": self.scorer.nonfinite,
             "accumulation_step": accumulation_step(self.accelerator),
         }
 
+    def resume_fingerprint(self) -> dict[str, Any]:
+        """Settings a checkpoint can only be resumed with: they fix the data order or the saved state's meaning."""
+        args = self.args
+        fields = (
+            "per_device_train_batch_size",
+            "gradient_accumulation_steps",
+            "num_mini_batches",
+            "num_generations",
+            "use_replay_buffer",
+            "replay_buffer_size",
+            "use_priority_sampling",
+        )
+        return {**{name: getattr(args, name) for name in fields}, "reward sources": list(self.scorer.names)}
+
     def load_ppo_state(self, state: dict[str, Any]) -> None:
+        self.run_id = state["run_id"]
         self.kl_ctl.load_state_dict(state["kl_controller"])
         self.counters = Counters(**state["counters"])
         self.scorer.nonfinite = state["nonfinite_rewards"]
