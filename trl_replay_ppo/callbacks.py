@@ -9,8 +9,8 @@ import time
 import warnings
 from pathlib import Path
 
-from transformers import TrainerCallback
-from transformers.trainer_callback import ProgressCallback
+from transformers import Trainer, TrainerCallback
+from transformers.trainer_callback import EarlyStoppingCallback, ProgressCallback
 
 PROGRESS_KEYS = {"objective/scores": "score", "objective/kl": "kl", "eval_reward": "eval"}
 METRICS_FILE = "metrics.jsonl"
@@ -147,3 +147,14 @@ class TextLogCallback(TrainerCallback):
         self.handler = None
         warnings.showwarning = self._showwarning
         logging.getLogger("trl_replay_ppo").setLevel(self._level)
+
+
+def add_package_callbacks(trainer: Trainer, args) -> None:
+    """Early stopping (when asked), the score/KL progress bar, ``metrics.jsonl`` and ``train.log``."""
+    if args.early_stopping_patience is not None:
+        trainer.add_callback(EarlyStoppingCallback(args.early_stopping_patience))
+    if not args.disable_tqdm:
+        trainer.callback_handler.remove_callback(ProgressCallback)
+        trainer.add_callback(RewardProgressCallback)
+    trainer.add_callback(MetricsFileCallback())
+    trainer.add_callback(TextLogCallback())

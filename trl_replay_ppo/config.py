@@ -3,16 +3,12 @@
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 from typing import Literal
 
 from trl_replay_ppo.base import PPOConfig
 from trl_replay_ppo.base.config import help_field
-
-
-def _fail(name: str, value: object, requirement: str) -> None:
-    raise ValueError(f"`{name}` {requirement}; got {name}={value!r}.")
+from trl_replay_ppo.config_checks import check_batch_arithmetic, check_choices, check_types_and_ranges
 
 
 @dataclass
@@ -197,139 +193,9 @@ class ReplayPPOConfig(PPOConfig):
     def __post_init__(self) -> None:
         if self.metric_for_best_model is None and (self.load_best_model_at_end or self.early_stopping_patience):
             self.metric_for_best_model = "eval_reward"  # transformers would pick "loss", which evaluate() lacks
+        check_types_and_ranges(self)  # before transformers' own checks, which divide by some of these
         super().__post_init__()
         if isinstance(self.chat_template_kwargs, str):
             self.chat_template_kwargs = json.loads(self.chat_template_kwargs)
-        self._validate_ppo()
-        self._validate_core()
-        self._validate_replay()
-        self._validate_production()
-
-    def _validate_ppo(self) -> None:
-        """TRL's PPO fields, checked here rather than deep in the trainer (or not at all)."""
-        for name in ("response_length", "num_ppo_epochs", "num_mini_batches", "local_rollout_forward_batch_size"):
-            if getattr(self, name) < 1:
-                _fail(name, getattr(self, name), "must be >= 1")
-        for name in ("cliprange", "cliprange_value", "temperature"):
-            if not (getattr(self, name) > 0):
-                _fail(name, getattr(self, name), "must be > 0")
-        if not (self.vf_coef >= 0):
-            _fail("vf_coef", self.vf_coef, "must be >= 0")
-        if not (0 < self.gamma <= 1):
-            _fail("gamma", self.gamma, "must be in (0, 1]")
-        if not (0 <= self.lam <= 1):
-            _fail("lam", self.lam, "must be in [0, 1]")
-        if self.kl_estimator not in ("k1", "k3"):
-            _fail("kl_estimator", self.kl_estimator, "must be 'k1' or 'k3'")
-        if not (self.kl_coef >= 0):
-            _fail("kl_coef", self.kl_coef, "must be >= 0")
-        if self.stop_token is not None and self.stop_token_id is not None:
-            raise ValueError("Set one of `stop_token` and `stop_token_id`, not both.")
-        if self.stop_token not in (None, "eos"):
-            _fail("stop_token", self.stop_token, "must be 'eos' or None")
-        if self.missing_eos_penalty is not None and not (self.missing_eos_penalty >= 0):
-            _fail("missing_eos_penalty", self.missing_eos_penalty, "must be >= 0 (it is subtracted from the score)")
-        if self.total_episodes is not None and self.total_episodes < 1:
-            _fail("total_episodes", self.total_episodes, "must be >= 1 (or None for num_train_epochs passes)")
-        if self.num_sample_generations < 0:
-            _fail("num_sample_generations", self.num_sample_generations, "must be >= 0")
-        local_batch = self.per_device_train_batch_size * self.gradient_accumulation_steps
-        if local_batch % self.num_mini_batches:
-            raise ValueError(
-                f"`num_mini_batches`={self.num_mini_batches} must divide the per-rank batch "
-                f"per_device_train_batch_size * gradient_accumulation_steps = {self.per_device_train_batch_size} * "
-                f"{self.gradient_accumulation_steps} = {local_batch}; change `num_mini_batches` or the batch size."
-            )
-        mini_batch = local_batch // self.num_mini_batches
-        if self.whiten_rewards and mini_batch < 8:
-            raise ValueError(
-                f"`whiten_rewards` needs at least 8 episodes per minibatch and rank; got {mini_batch} "
-                "(per_device_train_batch_size * gradient_accumulation_steps / num_mini_batches). Raise the batch or "
-                "turn `whiten_rewards` off."
-            )
-
-    def _validate_core(self) -> None:
-        if self.max_grad_norm is not None and (math.isnan(self.max_grad_norm) or self.max_grad_norm < 0):
-            _fail("max_grad_norm", self.max_grad_norm, "must be >= 0 (0 or None disables clipping)")
-        if self.num_generations < 1:
-            _fail("num_generations", self.num_generations, "must be >= 1")
-        local_batch = self.per_device_train_batch_size * self.gradient_accumulation_steps
-        if local_batch % self.num_generations:
-            raise ValueError(
-                f"`num_generations`={self.num_generations} must divide the per-rank batch "
-                f"per_device_train_batch_size * gradient_accumulation_steps = {local_batch}; change "
-                "`num_generations` or `per_device_train_batch_size`."
-            )
-        if self.max_prompt_length is not None and self.max_prompt_length < 1:
-            _fail("max_prompt_length", self.max_prompt_length, "must be >= 1 or None")
-        if self.reward_weights is not None and not all(math.isfinite(w) for w in self.reward_weights):
-            _fail("reward_weights", self.reward_weights, "must hold finite numbers")
-        if self.reward_nonfinite_value is not None and not math.isfinite(self.reward_nonfinite_value):
-            _fail("reward_nonfinite_value", self.reward_nonfinite_value, "must be a finite number or None")
-        if not (self.entropy_coef >= 0):
-            _fail("entropy_coef", self.entropy_coef, "must be >= 0")
-        if self.kl_controller not in ("fixed", "adaptive"):
-            _fail("kl_controller", self.kl_controller, "must be 'fixed' or 'adaptive'")
-        if not (self.kl_target > 0):
-            _fail("kl_target", self.kl_target, "must be > 0")
-        if not (self.kl_horizon > 0):
-            _fail("kl_horizon", self.kl_horizon, "must be > 0")
-        if self.max_skipped_steps < 1:
-            _fail("max_skipped_steps", self.max_skipped_steps, "must be >= 1")
-        if self.target_kl is not None and not (self.target_kl > 0):
-            _fail("target_kl", self.target_kl, "must be > 0 (or None)")
-        if not (self.eval_temperature >= 0):
-            _fail("eval_temperature", self.eval_temperature, "must be >= 0 (0 means greedy)")
-
-    def _validate_production(self) -> None:
-        if self.early_stopping_patience is not None:
-            if self.early_stopping_patience < 1:
-                _fail("early_stopping_patience", self.early_stopping_patience, "must be >= 1 (or None)")
-            if self.eval_strategy == "no":
-                raise ValueError(
-                    "`early_stopping_patience` needs evaluations: set `eval_strategy='steps'` and `eval_steps`."
-                )
-
-    def _validate_replay(self) -> None:
-        for name in ("replay_buffer_size", "replay_sample_size", "max_replay_reuse"):
-            if getattr(self, name) < 1:
-                _fail(name, getattr(self, name), "must be >= 1")
-        if self.min_replay_size < 0:
-            _fail("min_replay_size", self.min_replay_size, "must be >= 0")
-        if self.staleness_threshold < 0:
-            _fail("staleness_threshold", self.staleness_threshold, "must be >= 0 (updates)")
-        if self.replay_sample_size > self.replay_buffer_size:
-            raise ValueError(
-                f"`replay_sample_size`={self.replay_sample_size} exceeds `replay_buffer_size`="
-                f"{self.replay_buffer_size}; lower the sample size or grow the buffer."
-            )
-        if self.min_replay_size > self.replay_buffer_size:
-            raise ValueError(
-                f"`min_replay_size`={self.min_replay_size} exceeds `replay_buffer_size`={self.replay_buffer_size}: "
-                "replay would never start; lower `min_replay_size`."
-            )
-        if not (self.priority_alpha >= 0):
-            _fail("priority_alpha", self.priority_alpha, "must be >= 0")
-        if not (0 <= self.priority_beta <= 1):
-            _fail("priority_beta", self.priority_beta, "must be in [0, 1]")
-        if not (0 < self.priority_staleness_decay <= 1):
-            _fail("priority_staleness_decay", self.priority_staleness_decay, "must be in (0, 1]")
-        if not (self.replay_importance_cap > 0):
-            _fail("replay_importance_cap", self.replay_importance_cap, "must be > 0")
-        local_batch = self.per_device_train_batch_size * self.gradient_accumulation_steps
-        needed = max(self.min_replay_size, self.replay_sample_size)
-        holdable = min(self.replay_buffer_size, self.staleness_threshold * local_batch)
-        if self.use_replay_buffer and holdable < needed:
-            raise ValueError(
-                f"Replay would never start: the buffer can hold at most min(`replay_buffer_size`, "
-                f"`staleness_threshold` * per-rank batch) = min({self.replay_buffer_size}, {self.staleness_threshold} "
-                f"* {local_batch}) = {holdable} episodes (older ones are evicted), fewer than max(`min_replay_size`, "
-                f"`replay_sample_size`) = {needed}. Raise `staleness_threshold` or lower `min_replay_size`."
-            )
-        if self.use_replay_buffer and self.replay_sample_size % local_batch:
-            suggestion = max(local_batch, self.replay_sample_size // local_batch * local_batch)
-            raise ValueError(
-                f"`replay_sample_size`={self.replay_sample_size} must be a multiple of the per-rank batch "
-                f"per_device_train_batch_size * gradient_accumulation_steps = {local_batch}, so that every optimizer "
-                f"step sees {local_batch} episodes; e.g. replay_sample_size={suggestion}."
-            )
+        check_choices(self)
+        check_batch_arithmetic(self)

@@ -6,14 +6,20 @@ over all ranks.
 
 from __future__ import annotations
 
+import logging
+import math
+import time
 from collections.abc import Callable
 
+import numpy as np
 import torch
 
 from trl_replay_ppo.episodes import EpisodeBatch
 from trl_replay_ppo.masking import masked_var
 
+logger = logging.getLogger(__name__)
 Gather = Callable[[torch.Tensor], torch.Tensor]
+EMPTY_RESPONSE_WARNING = 0.25  # warn when more than this fraction of an update's responses is empty
 
 
 def ppo_metrics(fresh: EpisodeBatch, stats: dict[str, torch.Tensor], gather: Gather) -> dict[str, float]:
@@ -75,3 +81,76 @@ def replay_token_statistics(
         "replay_clipped": (clipped & replay_tokens).sum(),
         "replay_weight_sum": (token_weights * replay_tokens).sum(),
     }
+
+
+class UpdateMetrics:
+    """``log_update``: the metrics of one update, the KL controller's step, and the collapse warning.
+
+    A mixin of `trl_replay_ppo.trainer.ReplayPPOTrainer` (it reads its counters, scorer, replay and state).
+    """
+
+    @torch.no_grad()
+    def log_update(self, batch: EpisodeBatch, stats: dict[str, torch.Tensor]) -> None:
+        """Log TRL's metrics (on the fresh episodes) and this package's, then adapt the KL coefficient."""
+        gather = self.accelerator.gather_for_metrics
+        fresh = batch.fresh()
+        metrics: dict[str, float] = {"eps": int(self.state.episode / (time.time() - self.start_time))}
+        metrics.update(ppo_metrics(fresh, stats, gather))
+        metrics["val/num_eos_tokens"] = (fresh.responses == self.processing_class.eos_token_id).sum().item()
+        metrics["lr"] = self.lr_scheduler.get_last_lr()[0]
+        metrics["episode"] = self.state.episode
+        metrics.update(self.extra_metrics(batch, stats))
+        self.kl_ctl.update(metrics["objective/kl"], self.args.batch_size)
+        self.state.epoch = self.state.episode / self.train_dataset_len
+        self.state.global_step += 1
+        self.log(metrics)
+
+    def extra_metrics(self, batch: EpisodeBatch, stats: dict[str, torch.Tensor]) -> dict[str, float]:
+        """This package's metrics beyond TRL's: reward sources, efficiency, collapse, replay."""
+        gather, counters = self.accelerator.gather_for_metrics, self.counters
+        source_means = gather(batch.fresh().source_scores).nanmean(0).tolist()  # NaN: a function gave None
+        metrics = {f"rewards/{name}": value for name, value in zip(self.scorer.names, source_means, strict=True)}
+        metrics["policy/grad_norm"] = float(np.mean(self._grad_norms or [math.nan]))
+        metrics["objective/kl_coef"] = self.kl_ctl.value
+        metrics["val/explained_variance"] = explained_variance(batch.fresh())
+        metrics["train/ppo_epochs"] = self._epochs_run
+        metrics["train/skipped_steps"] = counters.skipped_steps
+        metrics["train/whiten_fallbacks"] = counters.whiten_fallbacks
+        tokens = (~batch.padding_mask).sum().reshape(1) * self._epochs_run
+        counters.trained_episodes += int(
+            self.accelerator.gather(torch.tensor([len(batch)], device=tokens.device)).sum()
+        )
+        counters.trained_tokens += int(self.accelerator.gather(tokens).sum())
+        metrics["efficiency/generated_episodes"] = self.state.episode
+        metrics["efficiency/trained_episodes"] = counters.trained_episodes
+        metrics["efficiency/trained_tokens"] = counters.trained_tokens
+        metrics["efficiency/sample_efficiency"] = counters.trained_episodes / max(1, self.state.episode)
+        tokenizer = self.processing_class
+        stop_ids = {tokenizer.pad_token_id, tokenizer.eos_token_id, self.stop_token_id} - {None}
+        empty = gather(empty_responses(batch.fresh(), stop_ids).float()).mean().item()
+        metrics["rollout/empty_fraction"] = empty
+        self.warn_if_collapsing(empty)
+        if self.replay is not None:
+            metrics.update(self.replay.metrics(self.state.global_step + 1))
+            metrics["buffer/size"] = (
+                gather(torch.tensor([float(len(self.replay))], device=tokens.device)).mean().item()
+            )
+            metrics.update(replay_token_metrics(stats, gather))
+        if self.args.reward_nonfinite_value is not None:
+            metrics["rewards/nonfinite"] = self.scorer.nonfinite
+        metrics.update(self.scorer.pop_logged())
+        return metrics
+
+    def warn_if_collapsing(self, empty_fraction: float) -> None:
+        """Warn once when many responses are empty: the usual first sign of a collapsing policy."""
+        if empty_fraction <= EMPTY_RESPONSE_WARNING or self.counters.warned_empty:
+            return
+        self.counters.warned_empty = True
+        logger.warning(
+            "%.0f%% of the responses of update %d are empty (the first token was the pad, eos or stop token). "
+            "A policy drifting towards empty responses usually means `learning_rate` or `num_ppo_epochs` is too "
+            "high, or the pad token can be sampled (keep `suppress_pad_token=True`, or use a pad token distinct "
+            "from eos). Training stops if every response of an update is empty.",
+            100 * empty_fraction,
+            self.state.global_step + 1,
+        )

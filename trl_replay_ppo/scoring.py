@@ -68,6 +68,26 @@ class Scorer:
         self.nonfinite = 0  # reward-function values replaced by `nonfinite_value`
         self.logged: dict[str, list[float]] = defaultdict(list)  # what reward functions passed to `log_metric`
 
+    @classmethod
+    def from_args(
+        cls,
+        args: Any,
+        tokenizer: PreTrainedTokenizerBase,
+        reward_model: torch.nn.Module | None,
+        reward_funcs: Sequence[RewardFunc],
+        accelerator: Accelerator,
+    ) -> Scorer:
+        """The scorer a `ReplayPPOConfig` describes (weights, non-finite replacement, timeout)."""
+        return cls(
+            tokenizer,
+            reward_model,
+            reward_funcs,
+            args.reward_weights,
+            accelerator,
+            args.reward_nonfinite_value,
+            args.reward_timeout,
+        )
+
     def model_scores(self, queries: torch.Tensor, responses: torch.Tensor) -> list[torch.Tensor]:
         """``[scores]`` (b,) of the reward model on queries (b, Lq) and truncated responses (b, R); ``[]`` if none."""
         if self.reward_model is None:

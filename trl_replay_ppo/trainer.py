@@ -31,31 +31,26 @@ from typing import Any
 
 import numpy as np
 import torch
-from accelerate import Accelerator, PartialState
 from datasets import Dataset
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainerCallback
-from transformers.trainer_callback import EarlyStoppingCallback, ProgressCallback
 from transformers.trainer_utils import TrainOutput
 
 from trl_replay_ppo.base import PPOTrainer
-from trl_replay_ppo.callbacks import MetricsFileCallback, RewardProgressCallback, TextLogCallback
+from trl_replay_ppo.callbacks import add_package_callbacks
 from trl_replay_ppo.checkpoint import load_trainable_params, resume, save_checkpoint
 from trl_replay_ppo.compat import determine_best_metric, load_callback_state
 from trl_replay_ppo.config import ReplayPPOConfig
-from trl_replay_ppo.data import ROW_COLUMN, PromptCollator, PromptStream, prepare_prompt_dataset
+from trl_replay_ppo.data import PromptCollator, PromptStream
 from trl_replay_ppo.episodes import INVALID_LOGPROB, EpisodeBatch
 from trl_replay_ppo.evaluation import Evaluation
 from trl_replay_ppo.forwards import forward, gather_logprobs
+from trl_replay_ppo.inputs import prepare_inputs
 from trl_replay_ppo.kl import make_kl_controller
 from trl_replay_ppo.masking import last_token_index, masked_mean
 from trl_replay_ppo.metrics import (
-    empty_responses,
-    explained_variance,
-    ppo_metrics,
-    replay_token_metrics,
+    UpdateMetrics,
     replay_token_statistics,
 )
-from trl_replay_ppo.modeling import SharedValueHead, apply_value_lora, enable_gradient_checkpointing
 from trl_replay_ppo.objectives import (
     compute_gae,
     entropy_from_logits,
@@ -66,16 +61,15 @@ from trl_replay_ppo.objectives import (
     whiten_advantages,
     whiten_rewards,
 )
+from trl_replay_ppo.optimization import OptimizerStep
 from trl_replay_ppo.passes import ModelPasses
 from trl_replay_ppo.replay import ExperienceReplay
-from trl_replay_ppo.reward_calls import RewardFunc, preflight_reward_funcs, validate_reward_funcs
-from trl_replay_ppo.scoring import NOT_REWARD_COLUMNS, Scorer, prompts_as_passed, source_names
+from trl_replay_ppo.reward_calls import RewardFunc, validate_reward_funcs
+from trl_replay_ppo.scoring import Scorer
 from trl_replay_ppo.trainer_state import Counters, ResumableState
-from trl_replay_ppo.validation import check_arguments, check_output_dir, check_sizes, check_vocabularies
 
 logger = logging.getLogger(__name__)
 
-EMPTY_RESPONSE_WARNING = 0.25  # warn when more than this fraction of an update's responses is empty
 STAT_NAMES = ("approxkl", "pg_clipfrac", "pg_loss", "vf_loss", "vf_clipfrac", "entropy", "ratio")
 
 
@@ -83,7 +77,7 @@ class _NoRewardModel(torch.nn.Module):
     """Stands in for ``reward_model`` while the base constructor runs, when only reward functions are given."""
 
 
-class ReplayPPOTrainer(Evaluation, ModelPasses, ResumableState, PPOTrainer):
+class ReplayPPOTrainer(Evaluation, ModelPasses, OptimizerStep, UpdateMetrics, ResumableState, PPOTrainer):
     """PPO with staleness-aware (optionally prioritized) experience replay; a drop-in for TRL's ``PPOTrainer``.
 
     Same constructor as ``trl.experimental.ppo.PPOTrainer`` plus ``reward_funcs``, configured by
@@ -115,41 +109,14 @@ class ReplayPPOTrainer(Evaluation, ModelPasses, ResumableState, PPOTrainer):
         peft_config: Any | None = None,
         reward_funcs: RewardFunc | Sequence[RewardFunc] | None = None,
     ) -> None:
-        reward_funcs = validate_reward_funcs(reward_funcs)
-        check_arguments(args, processing_class, train_dataset, eval_dataset, reward_model, reward_funcs, value_model)
         # The minibatch shuffles use numpy's global RNG: seed it (and python's) as transformers' Trainer does.
         random.seed(args.seed)
         np.random.seed(args.seed)
-        _check_metric_for_best_model(args, source_names(reward_model, reward_funcs))
-        prepare = {"num_proc": args.dataset_num_proc, "chat_template_kwargs": args.chat_template_kwargs}
-        train_dataset = prepare_prompt_dataset(
-            train_dataset, processing_class, args.max_prompt_length, "train_dataset", **prepare
+        reward_funcs = validate_reward_funcs(reward_funcs)
+        models = {"model": model, "ref_model": ref_model, "reward_model": reward_model, "value_model": value_model}
+        train_dataset, eval_dataset, value_model = prepare_inputs(
+            args, processing_class, models, train_dataset, eval_dataset, peft_config, reward_funcs
         )
-        if eval_dataset is not None:
-            eval_dataset = prepare_prompt_dataset(
-                eval_dataset, processing_class, args.max_prompt_length, "eval_dataset", **prepare
-            )
-        check_sizes(args, train_dataset, eval_dataset, PartialState().num_processes)
-        check_vocabularies(processing_class, model, reward_model, value_model)
-        check_output_dir(args.output_dir)
-        if reward_funcs:
-            rows = train_dataset[: min(2, len(train_dataset))]
-            columns = {k: v for k, v in rows.items() if k not in NOT_REWARD_COLUMNS}
-            prompts = prompts_as_passed(rows, processing_class)
-            preflight_reward_funcs(
-                reward_funcs, prompts, columns, args.reward_nonfinite_value, args.reward_timeout, rows[ROW_COLUMN]
-            )
-        if args.total_episodes is None:
-            args.total_episodes = int(args.num_train_epochs * len(train_dataset) * args.num_generations)
-        _init_mixed_precision(args)
-        if args.shared_value_head:
-            value_model = SharedValueHead(model)
-        elif args.lora_value_model:
-            if peft_config is None:
-                raise ValueError("`lora_value_model=True` needs a `peft_config` (the policy's LoRA settings).")
-            value_model = apply_value_lora(value_model, peft_config)
-        if args.gradient_checkpointing:
-            enable_gradient_checkpointing(model, value_model, args.gradient_checkpointing_kwargs)
         super().__init__(
             args=args,
             processing_class=processing_class,
@@ -166,22 +133,8 @@ class ReplayPPOTrainer(Evaluation, ModelPasses, ResumableState, PPOTrainer):
         )
         if reward_model is None:
             self.reward_model = None
-        self.scorer = Scorer(
-            processing_class,
-            self.reward_model,
-            reward_funcs,
-            args.reward_weights,
-            self.accelerator,
-            args.reward_nonfinite_value,
-            args.reward_timeout,
-        )
-        if args.early_stopping_patience is not None:
-            self.add_callback(EarlyStoppingCallback(args.early_stopping_patience))
-        if not args.disable_tqdm:
-            self.callback_handler.remove_callback(ProgressCallback)
-            self.add_callback(RewardProgressCallback)
-        self.add_callback(MetricsFileCallback())
-        self.add_callback(TextLogCallback())
+        self.scorer = Scorer.from_args(args, processing_class, self.reward_model, reward_funcs, self.accelerator)
+        add_package_callbacks(self, args)
         self.kl_ctl = make_kl_controller(args.kl_controller, args.kl_coef, args.kl_target, args.kl_horizon)
         self.prompt_stream = PromptStream.for_trainer(self)
         self.replay: ExperienceReplay | None = None
@@ -464,135 +417,7 @@ class ReplayPPOTrainer(Evaluation, ModelPasses, ResumableState, PPOTrainer):
                 micro_stats.update(replay_token_statistics(clipped, token_weights, padding_mask, replayed_rows))
         return loss, micro_stats
 
-    def optimizer_step(self) -> None:
-        """At a gradient-sync point: clip, skip the step if anything is non-finite, else step.
-
-        The pre-clip global norm is recorded for ``policy/grad_norm``. A non-finite norm (from a
-        non-finite loss or gradient on any rank, since gradients are already all-reduced) skips the
-        step on every rank alike; too many in a row stop training.
-        """
-        args, accelerator, counters = self.args, self.accelerator, self.counters
-        max_norm = args.max_grad_norm if args.max_grad_norm else math.inf
-        grad_norm = accelerator.clip_grad_norm_(self.model.parameters(), max_norm)
-        grad_norm = float(grad_norm) if grad_norm is not None else math.nan
-        if math.isfinite(grad_norm) or self.is_deepspeed_enabled:
-            self.optimizer.step()
-            self._grad_norms.append(grad_norm)
-            counters.consecutive_skips = 0
-        else:
-            counters.skipped_steps += 1
-            counters.consecutive_skips += 1
-            logger.warning(
-                "Skipped an optimizer step: non-finite loss or gradient (norm=%s); %d skipped so far.",
-                grad_norm,
-                counters.skipped_steps,
-            )
-            if counters.consecutive_skips >= args.max_skipped_steps:
-                raise RuntimeError(
-                    f"{counters.consecutive_skips} consecutive optimizer steps had a non-finite loss or gradient "
-                    f"(`max_skipped_steps`={args.max_skipped_steps}). Lower `learning_rate`, set `max_grad_norm`, "
-                    "or check the reward for NaN/inf values."
-                )
-        self.optimizer.zero_grad()
-
     def after_ppo_update(self, batch: EpisodeBatch) -> None:
         """Store what replay needs of this update (priorities, fresh episodes) and evict."""
         if self.replay is not None:
             self.replay.record(batch, self.state.global_step)
-
-    @torch.no_grad()
-    def log_update(self, batch: EpisodeBatch, stats: dict[str, torch.Tensor]) -> None:
-        """Log TRL's metrics (on the fresh episodes) and this package's, then adapt the KL coefficient."""
-        gather = self.accelerator.gather_for_metrics
-        fresh = batch.fresh()
-        metrics: dict[str, float] = {"eps": int(self.state.episode / (time.time() - self.start_time))}
-        metrics.update(ppo_metrics(fresh, stats, gather))
-        metrics["val/num_eos_tokens"] = (fresh.responses == self.processing_class.eos_token_id).sum().item()
-        metrics["lr"] = self.lr_scheduler.get_last_lr()[0]
-        metrics["episode"] = self.state.episode
-        metrics.update(self.extra_metrics(batch, stats))
-        self.kl_ctl.update(metrics["objective/kl"], self.args.batch_size)
-        self.state.epoch = self.state.episode / self.train_dataset_len
-        self.state.global_step += 1
-        self.log(metrics)
-
-    def extra_metrics(self, batch: EpisodeBatch, stats: dict[str, torch.Tensor]) -> dict[str, float]:
-        """This package's metrics beyond TRL's: reward sources, efficiency, collapse, replay."""
-        gather, counters = self.accelerator.gather_for_metrics, self.counters
-        source_means = gather(batch.fresh().source_scores).nanmean(0).tolist()  # NaN: a function gave None
-        metrics = {f"rewards/{name}": value for name, value in zip(self.scorer.names, source_means, strict=True)}
-        metrics["policy/grad_norm"] = float(np.mean(self._grad_norms or [math.nan]))
-        metrics["objective/kl_coef"] = self.kl_ctl.value
-        metrics["val/explained_variance"] = explained_variance(batch.fresh())
-        metrics["train/ppo_epochs"] = self._epochs_run
-        metrics["train/skipped_steps"] = counters.skipped_steps
-        metrics["train/whiten_fallbacks"] = counters.whiten_fallbacks
-        tokens = (~batch.padding_mask).sum().reshape(1) * self._epochs_run
-        counters.trained_episodes += int(
-            self.accelerator.gather(torch.tensor([len(batch)], device=tokens.device)).sum()
-        )
-        counters.trained_tokens += int(self.accelerator.gather(tokens).sum())
-        metrics["efficiency/generated_episodes"] = self.state.episode
-        metrics["efficiency/trained_episodes"] = counters.trained_episodes
-        metrics["efficiency/trained_tokens"] = counters.trained_tokens
-        metrics["efficiency/sample_efficiency"] = counters.trained_episodes / max(1, self.state.episode)
-        tokenizer = self.processing_class
-        stop_ids = {tokenizer.pad_token_id, tokenizer.eos_token_id, self.stop_token_id} - {None}
-        empty = gather(empty_responses(batch.fresh(), stop_ids).float()).mean().item()
-        metrics["rollout/empty_fraction"] = empty
-        self.warn_if_collapsing(empty)
-        if self.replay is not None:
-            metrics.update(self.replay.metrics(self.state.global_step + 1))
-            metrics["buffer/size"] = (
-                gather(torch.tensor([float(len(self.replay))], device=tokens.device)).mean().item()
-            )
-            metrics.update(replay_token_metrics(stats, gather))
-        if self.args.reward_nonfinite_value is not None:
-            metrics["rewards/nonfinite"] = self.scorer.nonfinite
-        metrics.update(self.scorer.pop_logged())
-        return metrics
-
-    def warn_if_collapsing(self, empty_fraction: float) -> None:
-        """Warn once when many responses are empty: the usual first sign of a collapsing policy."""
-        if empty_fraction <= EMPTY_RESPONSE_WARNING or self.counters.warned_empty:
-            return
-        self.counters.warned_empty = True
-        logger.warning(
-            "%.0f%% of the responses of update %d are empty (the first token was the pad, eos or stop token). "
-            "A policy drifting towards empty responses usually means `learning_rate` or `num_ppo_epochs` is too "
-            "high, or the pad token can be sampled (keep `suppress_pad_token=True`, or use a pad token distinct "
-            "from eos). Training stops if every response of an update is empty.",
-            100 * empty_fraction,
-            self.state.global_step + 1,
-        )
-
-
-def _check_metric_for_best_model(args: ReplayPPOConfig, source_names: list[str]) -> None:
-    metric = args.metric_for_best_model
-    if metric is None:
-        return
-    from trl_replay_ppo.evaluation import EVAL_METRICS
-
-    names = [f"eval_{name}" for name in EVAL_METRICS] + [f"eval_rewards/{name}" for name in source_names]
-    full = metric if metric.startswith("eval_") else f"eval_{metric}"
-    if full not in names:
-        raise ValueError(
-            f"`metric_for_best_model={metric!r}` is not a metric `evaluate()` produces; choose one of {names}."
-        )
-
-
-def _init_mixed_precision(args: ReplayPPOConfig) -> None:
-    """Fix accelerate's precision before the base constructor builds its `Accelerator`.
-
-    The base creates ``Accelerator(gradient_accumulation_steps=...)`` without a precision, which
-    reads it from ``accelerate launch``. Accelerate's state is shared by every `Accelerator` in the
-    process, so creating one here first makes the base's accelerator honour ``bf16``/``fp16`` and
-    ``use_cpu``. With none of them set, the launcher's settings stand.
-    """
-    mixed_precision = "bf16" if args.bf16 else "fp16" if args.fp16 else None
-    if mixed_precision is not None or args.use_cpu:
-        Accelerator(
-            mixed_precision=mixed_precision,
-            cpu=args.use_cpu,
-            gradient_accumulation_steps=args.gradient_accumulation_steps,
-        )

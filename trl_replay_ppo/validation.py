@@ -29,6 +29,11 @@ def check_arguments(
         )
     if train_dataset is None:
         raise ValueError("`train_dataset` is required: a `datasets.Dataset` with `input_ids` or `prompt`.")
+    if getattr(processing_class, "eos_token_id", None) is None:
+        raise ValueError(
+            "The tokenizer (`processing_class`) has no eos token, so responses cannot end. Set one before building "
+            "the trainer, e.g. `tokenizer.eos_token = '<|endoftext|>'` (a token of the model's vocabulary)."
+        )
     if getattr(processing_class, "pad_token_id", None) is None:
         raise ValueError(
             "The tokenizer (`processing_class`) has no pad token. Set one before building the trainer, e.g. "
@@ -78,15 +83,10 @@ def _vocab_size(model: torch.nn.Module) -> int | None:
     return size
 
 
-def check_vocabularies(
-    tokenizer: PreTrainedTokenizerBase,
-    policy: torch.nn.Module,
-    reward_model: torch.nn.Module | None,
-    value_model: torch.nn.Module | None,
-) -> None:
-    """The models read the policy tokenizer's ids: their vocabularies must cover it."""
+def check_vocabularies(tokenizer: PreTrainedTokenizerBase, models: dict[str, torch.nn.Module | None]) -> None:
+    """The models (``{argument name: model}``) read the policy tokenizer's ids: their vocabularies must cover it."""
     needed = len(tokenizer)
-    for name, model in (("model", policy), ("reward_model", reward_model), ("value_model", value_model)):
+    for name, model in models.items():
         size = _vocab_size(model) if model is not None else None
         if size is not None and size < needed:
             raise ValueError(
@@ -103,3 +103,38 @@ def check_output_dir(output_dir: str) -> None:
             pass
     except OSError as error:
         raise PermissionError(f"`output_dir`={output_dir!r} is not a writable directory: {error}.") from error
+
+
+def check_models(
+    args: ReplayPPOConfig,
+    policy: torch.nn.Module,
+    value_model: torch.nn.Module | None,
+    peft_config: object | None,
+    longest_prompt: int,
+) -> None:
+    """What the models must be: a trainable, finite policy with room for prompt + response, a 1-output critic."""
+    if peft_config is None and not any(p.requires_grad for p in policy.parameters()):
+        raise ValueError(
+            "`model` has no trainable parameter, so only the critic would train. Unfreeze it "
+            "(`requires_grad_(True)`) or pass a `peft_config` to train adapters."
+        )
+    bad = [name for name, p in policy.named_parameters() if not torch.isfinite(p).all()]
+    if bad:
+        raise ValueError(f"`model` holds NaN or inf weights ({', '.join(bad[:3])}); load a healthy checkpoint.")
+    if value_model is not None:
+        labels = getattr(getattr(value_model, "config", None), "num_labels", 1)
+        head = getattr(value_model, "score", None)
+        outputs = getattr(head, "out_features", 1)
+        if labels != 1 or outputs != 1:
+            raise ValueError(
+                f"`value_model` must output one value per token (a 1-label sequence classifier); it has "
+                f"num_labels={labels}. Load it with `AutoModelForSequenceClassification.from_pretrained(..., "
+                "num_labels=1)`."
+            )
+    positions = getattr(getattr(policy, "config", None), "max_position_embeddings", None)
+    if positions is not None and longest_prompt + args.response_length > positions:
+        raise ValueError(
+            f"The longest prompt ({longest_prompt} tokens) plus `response_length`={args.response_length} exceeds the "
+            f"policy's {positions} positions (`max_position_embeddings`); lower `response_length` or "
+            "`max_prompt_length`."
+        )

@@ -1,0 +1,178 @@
+"""Checks of a `ReplayPPOConfig`'s fields: types, finite ranges and how fields relate, each error naming the fix.
+
+Run by ``ReplayPPOConfig.__post_init__``, so a bad value fails where the config is built (the CLI
+included, before any model is loaded). Numbers written as strings (``5e-1`` in a YAML file, which
+YAML reads as a string) are accepted for float fields; a non-integer in an integer field is not.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+INF = math.inf
+
+# Integer fields and their smallest allowed value; None is allowed for those in OPTIONAL_INTS.
+INTS = {
+    "per_device_train_batch_size": 1,
+    "per_device_eval_batch_size": 1,
+    "gradient_accumulation_steps": 1,
+    "response_length": 1,
+    "num_ppo_epochs": 1,
+    "num_mini_batches": 1,
+    "local_rollout_forward_batch_size": 1,
+    "num_generations": 1,
+    "max_skipped_steps": 1,
+    "replay_buffer_size": 1,
+    "replay_sample_size": 1,
+    "max_replay_reuse": 1,
+    "num_sample_generations": 0,
+    "min_replay_size": 0,
+    "staleness_threshold": 0,
+    "total_episodes": 1,
+    "max_prompt_length": 1,
+    "early_stopping_patience": 1,
+}
+OPTIONAL_INTS = {"total_episodes", "max_prompt_length", "early_stopping_patience"}
+
+# Float fields: (low, high, low included, high included); every one must be finite. None is allowed for
+# those in OPTIONAL_FLOATS.
+FLOATS = {
+    "learning_rate": (0.0, INF, False, False),
+    "weight_decay": (0.0, INF, True, False),
+    "kl_coef": (0.0, INF, True, False),
+    "vf_coef": (0.0, INF, True, False),
+    "cliprange": (0.0, INF, False, False),
+    "cliprange_value": (0.0, INF, False, False),
+    "temperature": (0.0, INF, False, False),
+    "gamma": (0.0, 1.0, False, True),
+    "lam": (0.0, 1.0, True, True),
+    "entropy_coef": (0.0, INF, True, False),
+    "kl_target": (0.0, INF, False, False),
+    "kl_horizon": (0.0, INF, False, False),
+    "eval_temperature": (0.0, INF, True, False),
+    "priority_alpha": (0.0, INF, True, False),
+    "priority_beta": (0.0, 1.0, True, True),
+    "priority_staleness_decay": (0.0, 1.0, False, True),
+    "replay_importance_cap": (0.0, INF, False, False),
+    "missing_eos_penalty": (0.0, INF, True, False),
+    "target_kl": (0.0, INF, False, False),
+    "reward_timeout": (0.0, INF, False, False),
+    "reward_nonfinite_value": (-INF, INF, False, False),
+}
+OPTIONAL_FLOATS = {"missing_eos_penalty", "target_kl", "reward_timeout", "reward_nonfinite_value"}
+
+
+def fail(name: str, value: Any, requirement: str) -> None:
+    raise ValueError(f"`{name}` {requirement}; got {name}={value!r}.")
+
+
+def _as_float(name: str, value: Any) -> float:
+    """``value`` as a float; numeric strings (YAML reads ``5e-1`` as one) are converted."""
+    if isinstance(value, bool):
+        fail(name, value, "must be a number")
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            fail(name, value, "must be a number")
+    if not isinstance(value, int | float):
+        fail(name, value, "must be a number")
+    return float(value)
+
+
+def check_types_and_ranges(config: Any) -> None:
+    """Integer fields hold integers in range; float fields hold finite numbers in range (converted in place)."""
+    for name, low in INTS.items():
+        value = getattr(config, name)
+        if value is None and name in OPTIONAL_INTS:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int):
+            fail(name, value, "must be an integer")
+        if value < low:
+            fail(name, value, f"must be >= {low}" + (" (or None)" if name in OPTIONAL_INTS else ""))
+    for name, (low, high, low_in, high_in) in FLOATS.items():
+        value = getattr(config, name)
+        if value is None and name in OPTIONAL_FLOATS:
+            continue
+        value = _as_float(name, value)
+        setattr(config, name, value)
+        in_range = (low <= value if low_in else low < value) and (value <= high if high_in else value < high)
+        if not math.isfinite(value) or not in_range:
+            bounds = f"{'[' if low_in else '('}{low:g}, {high:g}{']' if high_in else ')'}"
+            fail(name, value, f"must be a finite number in {bounds}")
+    if config.max_grad_norm is not None:
+        config.max_grad_norm = _as_float("max_grad_norm", config.max_grad_norm)
+        if math.isnan(config.max_grad_norm) or config.max_grad_norm < 0:
+            fail("max_grad_norm", config.max_grad_norm, "must be >= 0 (0 or None disables clipping)")
+    if config.reward_weights is not None:
+        config.reward_weights = [_as_float("reward_weights", w) for w in config.reward_weights]
+        if not all(math.isfinite(w) for w in config.reward_weights):
+            fail("reward_weights", config.reward_weights, "must hold finite numbers")
+    if config.total_episodes is None and not (_as_float("num_train_epochs", config.num_train_epochs) > 0):
+        fail("num_train_epochs", config.num_train_epochs, "must be > 0 (or set `total_episodes`): no update would run")
+
+
+def check_choices(config: Any) -> None:
+    """Fields with a fixed set of values, and mutually exclusive ones."""
+    if config.kl_estimator not in ("k1", "k3"):
+        fail("kl_estimator", config.kl_estimator, "must be 'k1' or 'k3'")
+    if config.kl_controller not in ("fixed", "adaptive"):
+        fail("kl_controller", config.kl_controller, "must be 'fixed' or 'adaptive'")
+    if config.stop_token is not None and config.stop_token_id is not None:
+        raise ValueError("Set one of `stop_token` and `stop_token_id`, not both.")
+    if config.stop_token not in (None, "eos"):
+        fail("stop_token", config.stop_token, "must be 'eos' or None")
+    if config.chat_template_kwargs is not None and not isinstance(config.chat_template_kwargs, dict):
+        fail(
+            "chat_template_kwargs", config.chat_template_kwargs, "must be a mapping (e.g. {'enable_thinking': false})"
+        )
+    if config.early_stopping_patience is not None and config.eval_strategy == "no":
+        raise ValueError("`early_stopping_patience` needs evaluations: set `eval_strategy='steps'` and `eval_steps`.")
+
+
+def _divides(name: str, value: int, local_batch: int, config: Any, fix: str) -> None:
+    if local_batch % value:
+        batch, accumulation = config.per_device_train_batch_size, config.gradient_accumulation_steps
+        raise ValueError(
+            f"`{name}`={value} must divide the per-rank batch per_device_train_batch_size * "
+            f"gradient_accumulation_steps = {batch} * {accumulation} = {local_batch}; {fix}."
+        )
+
+
+def check_batch_arithmetic(config: Any) -> None:
+    """How the per-rank batch splits into minibatches, prompt groups and replayed rows."""
+    local_batch = config.per_device_train_batch_size * config.gradient_accumulation_steps
+    _divides("num_mini_batches", config.num_mini_batches, local_batch, config, "change it or the batch size")
+    _divides("num_generations", config.num_generations, local_batch, config, "change it or the batch size")
+    mini_batch = local_batch // config.num_mini_batches
+    if config.whiten_rewards and mini_batch < 8:
+        raise ValueError(
+            f"`whiten_rewards` needs at least 8 episodes per minibatch and rank; got {mini_batch} "
+            "(per_device_train_batch_size * gradient_accumulation_steps / num_mini_batches). Raise the batch or "
+            "turn `whiten_rewards` off."
+        )
+    if not config.use_replay_buffer:
+        return
+    for name in ("replay_sample_size", "min_replay_size"):
+        if getattr(config, name) > config.replay_buffer_size:
+            raise ValueError(
+                f"`{name}`={getattr(config, name)} exceeds `replay_buffer_size`={config.replay_buffer_size}: replay "
+                f"would never start; lower `{name}` or grow the buffer."
+            )
+    needed = max(config.min_replay_size, config.replay_sample_size)
+    holdable = min(config.replay_buffer_size, config.staleness_threshold * local_batch)
+    if holdable < needed:
+        raise ValueError(
+            f"Replay would never start: the buffer can hold at most min(`replay_buffer_size`, "
+            f"`staleness_threshold` * per-rank batch) = min({config.replay_buffer_size}, {config.staleness_threshold} "
+            f"* {local_batch}) = {holdable} episodes (older ones are evicted), fewer than max(`min_replay_size`, "
+            f"`replay_sample_size`) = {needed}. Raise `staleness_threshold` or lower `min_replay_size`."
+        )
+    if config.replay_sample_size % local_batch:
+        suggestion = max(local_batch, config.replay_sample_size // local_batch * local_batch)
+        raise ValueError(
+            f"`replay_sample_size`={config.replay_sample_size} must be a multiple of the per-rank batch "
+            f"per_device_train_batch_size * gradient_accumulation_steps = {local_batch}, so that every optimizer "
+            f"step sees {local_batch} episodes; e.g. replay_sample_size={suggestion}."
+        )
