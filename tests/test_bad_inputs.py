@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 from datasets import Dataset
 from helpers import make_trainer, tiny_config
 
@@ -42,14 +43,59 @@ CONFIG_CASES = [
     ({"replay_importance_cap": 0.0}, "replay_importance_cap"),
     ({"early_stopping_patience": 2}, "early_stopping_patience"),
     ({"eval_temperature": -1.0}, "eval_temperature"),
+    # Non-finite settings: infinity passes torch's own checks and poisons the weights.
+    ({"learning_rate": float("inf")}, "learning_rate"),
+    ({"learning_rate": 0.0}, "learning_rate"),
+    ({"kl_coef": float("inf")}, "kl_coef"),
+    ({"vf_coef": float("inf")}, "vf_coef"),
+    ({"cliprange": float("inf")}, "cliprange"),
+    ({"temperature": float("nan")}, "temperature"),
+    ({"priority_alpha": float("inf")}, "priority_alpha"),
+    ({"target_kl": float("inf")}, "target_kl"),
+    ({"reward_timeout": 0.0}, "reward_timeout"),
+    # Batch sizes of 0 or below, and a run of no update at all.
+    ({"per_device_train_batch_size": 0}, "per_device_train_batch_size"),
+    ({"per_device_eval_batch_size": -1}, "per_device_eval_batch_size"),
+    ({"gradient_accumulation_steps": 0}, "gradient_accumulation_steps"),
+    ({"num_mini_batches": 0}, "num_mini_batches"),
+    ({"num_train_epochs": 0}, "num_train_epochs"),
+    # Integer fields refuse non-integers (a YAML `num_ppo_epochs: 1.5`); mappings must be mappings.
+    ({"num_ppo_epochs": 1.5}, "num_ppo_epochs"),
+    ({"replay_sample_size": "32"}, "replay_sample_size"),
+    ({"chat_template_kwargs": ["enable_thinking"]}, "chat_template_kwargs"),
+    ({"learning_rate": "fast"}, "learning_rate"),
 ]
 
 
-@pytest.mark.parametrize(("overrides", "field"), CONFIG_CASES, ids=[c[1] for c in CONFIG_CASES])
+@pytest.mark.parametrize(("overrides", "field"), CONFIG_CASES, ids=[str(c[0]) for c in CONFIG_CASES])
 def test_bad_config_names_the_field(tmp_path, overrides, field):
     settings = {"output_dir": str(tmp_path), "per_device_train_batch_size": 4, "use_cpu": True, **overrides}
     with pytest.raises(ValueError, match=f"`{field}`"):
         ReplayPPOConfig(**settings)
+
+
+def _without_eos(tiny):
+    tiny["tokenizer"].eos_token = None
+    return True
+
+
+def _shrink_embeddings(model):
+    model.resize_token_embeddings(10)
+    return True
+
+
+def _two_labels(tiny):
+    from transformers import AutoModelForSequenceClassification
+
+    return AutoModelForSequenceClassification.from_config(
+        tiny["value_model"].config.__class__(**{**tiny["value_model"].config.to_dict(), "num_labels": 2})
+    )
+
+
+def _poison(model):
+    with torch.no_grad():
+        next(model.parameters())[0, 0] = float("nan")
+    return True
 
 
 def _untokenizable(tiny, tmp_path):
@@ -149,6 +195,66 @@ TRAINER_CASES = [
         ),
         PermissionError,
         "`output_dir`=",
+    ),
+    (
+        "empty prompt",
+        lambda t, p: make_trainer(t, tiny_config(p), Dataset.from_dict({"prompt": ["12=", "  ", "3=", "4="]})),
+        ValueError,
+        r"`train_dataset` row 1: the prompt '  ' is empty",
+    ),
+    (
+        "chat message without content",
+        lambda t, p: make_trainer(t, tiny_config(p), Dataset.from_dict({"prompt": [[{"role": "user"}]] * 4})),
+        ValueError,
+        r"row 0: every chat message needs a `role` and a string `content`",
+    ),
+    (
+        "float input_ids",
+        lambda t, p: make_trainer(t, tiny_config(p), Dataset.from_dict({"input_ids": [[5.0, 6.0]] * 4})),
+        TypeError,
+        r"row 0: `input_ids` must be integer token ids",
+    ),
+    (
+        "out-of-vocabulary input_ids",
+        lambda t, p: make_trainer(t, tiny_config(p), Dataset.from_dict({"input_ids": [[5, 100000]] * 4})),
+        ValueError,
+        r"row 0: token id 100000 is outside the tokenizer's vocabulary",
+    ),
+    (
+        "tokenizer without eos",
+        lambda t, p: _without_eos(t) and make_trainer(t, tiny_config(p), make_digits_dataset(8)),
+        ValueError,
+        "has no eos token",
+    ),
+    (
+        "reference model with a smaller vocabulary",
+        lambda t, p: _shrink_embeddings(t["ref_policy"]) and make_trainer(t, tiny_config(p), make_digits_dataset(8)),
+        ValueError,
+        "`ref_model` has a vocabulary of 10 tokens",
+    ),
+    (
+        "value model with 2 labels",
+        lambda t, p: make_trainer(t, tiny_config(p), make_digits_dataset(8), value_model=_two_labels(t)),
+        ValueError,
+        r"`value_model` must output one value per token .*num_labels=2",
+    ),
+    (
+        "NaN in the policy's weights",
+        lambda t, p: _poison(t["policy"]) and make_trainer(t, tiny_config(p), make_digits_dataset(8)),
+        ValueError,
+        "`model` holds NaN or inf weights",
+    ),
+    (
+        "policy without a trainable parameter",
+        lambda t, p: t["policy"].requires_grad_(False) and make_trainer(t, tiny_config(p), make_digits_dataset(8)),
+        ValueError,
+        "`model` has no trainable parameter",
+    ),
+    (
+        "responses beyond the position table",
+        lambda t, p: make_trainer(t, tiny_config(p, response_length=254), make_digits_dataset(8)),
+        ValueError,
+        r"plus `response_length`=254 exceeds the policy's 256 positions",
     ),
     (
         "resume from a missing path",

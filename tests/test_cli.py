@@ -135,3 +135,36 @@ def test_readme_config_reference_is_in_sync():
     match = re.search(r"<!-- config-reference:start -->\n(.*?)<!-- config-reference:end -->", readme, re.S)
     assert match, "README lacks the generated config reference"
     assert match.group(1) == config_reference(), "regenerate it: trl-replay-ppo config-reference"
+
+
+def test_yaml_written_by_hand_is_read_as_meant(tmp_path, tiny_dirs):
+    config = write_tiny_run(tmp_path, tiny_dirs, total_episodes=8)
+    text = config.read_text().replace("reward_funcs:\n- gsm8k_accuracy\n- format\n", "reward_funcs: format\n")
+    config.write_text(text + "reward_weights: [5e-1]\n")  # YAML reads 5e-1 as a string
+    script, args, _ = make_parser().parse_args_and_config(["--config", str(config)])
+    assert script.reward_funcs == ["format"] and args.reward_weights == [0.5]
+    assert main(["train", "--config", str(config)]) == 0
+
+
+@pytest.mark.parametrize(
+    ("line", "match"),
+    [
+        ("num_ppo_epochs: 1.5", r"`num_ppo_epochs` must be an integer; got num_ppo_epochs=1.5"),
+        ("learning_rate: .inf", r"`learning_rate` must be a finite number"),
+        ("reward_weights: [1, fast]", r"`reward_weights` must be a number; got reward_weights='fast'"),
+    ],
+)
+def test_bad_yaml_values_name_the_field(tmp_path, tiny_dirs, line, match):
+    config = write_tiny_run(tmp_path, tiny_dirs)
+    key = line.split(":")[0]
+    kept = [row for row in config.read_text().splitlines() if not row.startswith(f"{key}:")]
+    config.write_text("\n".join([*kept, line]) + "\n")
+    with pytest.raises(ValueError, match=match):
+        main(["train", "--config", str(config)])
+
+
+def test_a_yaml_without_a_model_says_so(tmp_path, tiny_dirs):
+    config = write_tiny_run(tmp_path, tiny_dirs)
+    config.write_text("\n".join(r for r in config.read_text().splitlines() if not r.startswith("model_name_or_path")))
+    with pytest.raises(ValueError, match="`model_name_or_path` is missing"):
+        main(["train", "--config", str(config)])

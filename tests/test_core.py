@@ -204,3 +204,44 @@ def test_target_kl_stops_the_epochs_early(tmp_path, tiny, target_kl, epochs):
     logs = trainer.state.log_history
     assert [log["train/ppo_epochs"] for log in logs] == [epochs, epochs]
     assert logs[-1]["efficiency/trained_tokens"] > 0 and "val/explained_variance" in logs[-1]
+
+
+def test_weights_driven_non_finite_stop_training_and_keep_the_last_good_checkpoint(tmp_path, tiny):
+    from safetensors.torch import load_file
+
+    args = tiny_config(tmp_path, total_episodes=24, save_strategy="steps", save_steps=1)
+    trainer = make_trainer(tiny, args, make_digits_dataset(8), reward_model=None, reward_funcs=digits_reward)
+    step = trainer.optimizer.step
+    calls = []
+
+    def poisoning_step(*a, **k):  # the third step writes inf into a weight, as an exploding update would
+        step(*a, **k)
+        calls.append(1)
+        if len(calls) == 3:
+            with torch.no_grad():
+                next(trainer.model.parameters()).view(-1)[0] = float("inf")
+
+    trainer.optimizer.step = poisoning_step
+    with pytest.raises(
+        RuntimeError, match=r"non-finite .* optimizer step of update 3; training stopped before saving"
+    ):
+        trainer.train()
+    out = tmp_path / "out"
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-1", "checkpoint-2"]
+    assert all(
+        torch.isfinite(t).all() for t in load_file(out / "checkpoint-2" / "trainable_params.safetensors").values()
+    )
+
+
+def test_a_right_padding_tokenizer_is_warned_and_prompts_left_padded(tmp_path, tiny, caplog):
+    tiny["tokenizer"].padding_side = "right"
+    trainer = make_trainer(
+        tiny, tiny_config(tmp_path, total_episodes=4), tokenized_prompts(tiny["tokenizer"], ["1=", "234="] * 2)
+    )
+    assert "prompts are left-padded for generation" in caplog.text
+    prompts = trainer.next_prompts()["input_ids"]
+    pad = tiny["tokenizer"].pad_token_id
+    assert (prompts[:, -1] != pad).all() and (prompts == pad).any()  # padding on the left of the short prompts
+    assert tiny["tokenizer"].padding_side == "right"  # the user's tokenizer is left as it was
+    trainer.train()
+    assert all(torch.isfinite(p).all() for p in trainer.model.parameters())

@@ -43,6 +43,10 @@ class ScriptArguments:
         metadata={"help": "Value model checkpoint (a 1-label sequence classifier); defaults to the policy's."},
     )
 
+    def __post_init__(self) -> None:
+        if isinstance(self.reward_funcs, str):  # `reward_funcs: format` in a YAML file: one function, not letters
+            self.reward_funcs = [self.reward_funcs]
+
 
 def builtin_reward_funcs() -> dict:
     from trl_replay_ppo.rewards import REWARD_FUNCTIONS
@@ -106,6 +110,11 @@ def make_parser():
 def train(argv: list[str]) -> int:
     """Parse flags / ``--config file.yaml``, load models and data with `from_pretrained`/`load_dataset`, train."""
     script, args, model_args = make_parser().parse_args_and_config(argv)
+    if not model_args.model_name_or_path:
+        raise ValueError(
+            "`model_name_or_path` is missing: set it in the YAML config or pass `--model_name_or_path` (a Hub id or "
+            "a local directory)."
+        )
 
     import torch
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
