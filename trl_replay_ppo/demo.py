@@ -36,13 +36,17 @@ def demo_config(output_dir: str | Path, **overrides) -> ReplayPPOConfig:
         "per_device_eval_batch_size": 64,
         "total_episodes": 6400,
         "seed": 0,
+        "eval_on_start": True,  # the score before training is logged, and plotted, like the others
+        "eval_strategy": "steps",
+        "eval_steps": 0.25,  # and at each quarter of training, the last one at its end
     }
     values.update(overrides)
     return ReplayPPOConfig(**values)
 
 
 def run_demo(output_dir: str | Path = "outputs/demo", **overrides) -> dict[str, float]:
-    """Build the tiny models, evaluate, train, evaluate again; return both eval rewards and the reward plot."""
+    """Build the tiny models and train, evaluating before, during and at the end; return the first and last eval
+    rewards and the reward plot."""
     torch.set_num_threads(max(1, torch.get_num_threads()))
     output_dir = Path(output_dir)
     models = load_tiny_models(build_tiny_models(output_dir / "models"))
@@ -54,9 +58,9 @@ def run_demo(output_dir: str | Path = "outputs/demo", **overrides) -> dict[str, 
         reward_funcs=digits_reward,
         eval_dataset=make_digits_dataset(128, seed=1),
     )
-    before = trainer.evaluate()["eval_reward"]
     trainer.train()
-    after = trainer.evaluate()["eval_reward"]
+    evaluations = [log["eval_reward"] for log in trainer.state.log_history if "eval_reward" in log]
+    before, after = evaluations[0], evaluations[-1]
     trainer.save_model(str(output_dir / "policy"))
     plots = plot_runs([output_dir])
     return {"eval_reward_before": before, "eval_reward_after": after, "plot": plots[0]}
