@@ -4,9 +4,10 @@
 
 Both train the digits task from the same tiny models with the same settings and the same reward
 model (`DigitsRewardModel`); stock TRL's two ``gc.collect()`` calls per update are disabled (on a
-tiny model they dominate its update). Runs alternate (stock, ours, stock, ours...) so that the
-machine's load affects both alike; each run's first update is left out (warm-up). Reported: the
-median over the pairs of (ours / stock) seconds per update. Needs TRL <= 1.12 (stock PPO).
+tiny model they dominate its update). Runs alternate, the order within a pair swapped each time
+(stock, ours, ours, stock, ...), so that the machine's load and warm-up affect both alike; each
+run's first update is left out (warm-up). Reported: the median over the pairs of (ours / stock)
+seconds per update. Needs TRL <= 1.12 (stock PPO).
 """
 
 from __future__ import annotations
@@ -90,10 +91,11 @@ def main(argv: list[str] | None = None) -> dict:
     collect = gc.collect
     gc.collect = lambda generation=2: 0  # stock TRL calls it twice per update; on a tiny model it dominates
     try:
-        pairs = [
-            (one_run("stock", models_dir, options.updates), one_run("ours", models_dir, options.updates))
-            for _ in range(options.pairs)
-        ]
+        pairs = []
+        for index in range(options.pairs):
+            order = ("stock", "ours") if index % 2 == 0 else ("ours", "stock")  # neither always runs second
+            seconds = {kind: one_run(kind, models_dir, options.updates) for kind in order}
+            pairs.append((seconds["stock"], seconds["ours"]))
     finally:
         gc.collect = collect
     ratios = [ours / stock for stock, ours in pairs]
@@ -105,7 +107,7 @@ def main(argv: list[str] | None = None) -> dict:
         "# Time per update, replay off / stock TRL PPO (gc calls disabled)",
         "",
         f"Command: `python -m benchmarks.overhead --pairs {options.pairs} --updates {options.updates}`; one process, "
-        "runs interleaved, first update of each run left out.",
+        "runs interleaved in swapped order, first update of each run left out.",
         "",
         "| pair | stock s/update | ours s/update | ratio |",
         "|---|---|---|---|",

@@ -16,17 +16,16 @@ from trl_replay_ppo.tasks.digits import digits_reward, make_digits_dataset
 
 
 def _record_clip_calls(trainer) -> list[float]:
-    """Wrap `accelerator.clip_grad_norm_` to record the pre-clip norm of the gradients, computed by hand."""
+    """Wrap `trainer.optimizer_step` to record the pre-clip norm of the gradients, computed by hand."""
     norms = []
-    clip = trainer.accelerator.clip_grad_norm_
+    optimizer_step = trainer.optimizer_step
 
-    def recording_clip(parameters, max_norm, norm_type=2):
-        parameters = list(parameters)
-        grads = [p.grad.detach().flatten() for p in parameters if p.grad is not None]
+    def recording_step():
+        grads = [p.grad.detach().flatten() for p in trainer.model.parameters() if p.grad is not None]
         norms.append(torch.cat(grads).double().norm().item())
-        return clip(parameters, max_norm, norm_type)
+        optimizer_step()
 
-    trainer.accelerator.clip_grad_norm_ = recording_clip
+    trainer.optimizer_step = recording_step
     return norms
 
 

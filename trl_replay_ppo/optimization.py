@@ -10,6 +10,7 @@ import logging
 import math
 
 import torch
+from accelerate.utils import DistributedType
 
 logger = logging.getLogger(__name__)
 
@@ -26,7 +27,12 @@ class OptimizerStep:
         """
         args, accelerator, counters = self.args, self.accelerator, self.counters
         max_norm = args.max_grad_norm if args.max_grad_norm else math.inf
-        grad_norm = accelerator.clip_grad_norm_(self.model.parameters(), max_norm)
+        if self._plain_clipping():
+            # Accelerate's wrapper walks every parameter and checks each one for a scaler and
+            # sharding on each call; with neither, one fused clip of the cached list does the same.
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.trained_weights(), max_norm, foreach=True)
+        else:
+            grad_norm = accelerator.clip_grad_norm_(self.model.parameters(), max_norm)
         grad_norm = float(grad_norm) if grad_norm is not None else math.nan
         if math.isfinite(grad_norm) or self.is_deepspeed_enabled:
             self.optimizer.step()
@@ -49,6 +55,18 @@ class OptimizerStep:
                 )
         self.optimizer.zero_grad()
 
+    def trained_weights(self) -> list[torch.nn.Parameter]:
+        """``trainable_parameters()`` as a list, made once (the set never changes during training)."""
+        if getattr(self, "_trained_weights", None) is None:
+            self._trained_weights = list(self.trainable_parameters().values())
+        return self._trained_weights
+
+    def _plain_clipping(self) -> bool:
+        """True when gradients are neither loss-scaled (fp16) nor sharded (DeepSpeed/FSDP)."""
+        accelerator = self.accelerator
+        sharded = accelerator.distributed_type in (DistributedType.DEEPSPEED, DistributedType.FSDP)
+        return accelerator.scaler is None and not sharded
+
     def check_weights_finite(self) -> None:
         """After an optimizer step: stop, naming the update, if any trainable weight became NaN/inf.
 
@@ -57,8 +75,8 @@ class OptimizerStep:
         model is kept. Under DeepSpeed, its loss scaler skips fp16 overflow steps, but not a step
         that writes non-finite weights from finite gradients (a huge learning rate): this check covers it.
         """
-        weights = [p.detach() for p in self.model.parameters() if p.requires_grad]
-        norm = torch.nn.utils.get_total_norm(weights).reshape(1).to(self.accelerator.device)
+        norm = torch.nn.utils.get_total_norm(self.trained_weights(), foreach=True)
+        norm = norm.reshape(1).to(self.accelerator.device)
         if torch.isfinite(self.accelerator.gather(norm)).all():
             return
         raise RuntimeError(
