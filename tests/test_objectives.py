@@ -9,7 +9,7 @@ import torch
 
 from trl_replay_ppo.episodes import EpisodeBatch
 from trl_replay_ppo.metrics import explained_variance
-from trl_replay_ppo.objectives import compute_gae, policy_loss
+from trl_replay_ppo.objectives import compute_gae, policy_loss, self_imitation_loss
 
 
 def test_policy_loss_with_token_weights_by_hand():
@@ -58,3 +58,16 @@ def test_explained_variance_by_hand():
     # returns [0, 2, 4] (variance 4), errors [0, 1, 2] (variance 1): 1 - 1/4
     assert explained_variance(_batch([0.0, 1.0, 2.0], [0.0, 2.0, 4.0])) == pytest.approx(0.75)
     assert math.isnan(explained_variance(_batch([1.0, 1.0], [2.0, 2.0])))  # returns without variance
+
+
+def test_self_imitation_loss_by_hand():
+    # Two rows of 2 response tokens (the second row's last token is padding). Row 0 is imitated with
+    # weight 2, row 1 is fresh (weight 0). Row 0: tokens with log-probs -1 and -2, advantages 0.5 and -0.3
+    # (the negative one adds nothing): -(-1 * 0.5 * 2) = 1. Mean over the 3 response tokens: 1 / 3.
+    new_logprobs = torch.tensor([[-1.0, -2.0], [-0.5, 0.0]], requires_grad=True)
+    advantages = torch.tensor([[0.5, -0.3], [4.0, 0.0]])
+    mask = torch.tensor([[False, False], [False, True]])
+    loss = self_imitation_loss(new_logprobs, advantages, mask, torch.tensor([2.0, 0.0]))
+    assert loss.item() == pytest.approx(1 / 3)
+    loss.backward()  # only the better-than-expected token of the imitated row is pushed up
+    assert torch.allclose(new_logprobs.grad, torch.tensor([[-1 / 3, 0.0], [0.0, 0.0]]))

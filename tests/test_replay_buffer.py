@@ -116,6 +116,8 @@ def test_effective_sample_size_by_hand():
     assert effective_sample_size(np.ones(4)) == 1.0
     assert effective_sample_size(np.array([3.0, 1.0])) == pytest.approx(16 / 20)
     assert effective_sample_size(np.array([1.0, 0.0, 0.0, 0.0])) == pytest.approx(0.25)
+    assert effective_sample_size(torch.tensor([1.0, 1.0, 0.0, 2.0])) == pytest.approx(16 / 24)
+    assert effective_sample_size(np.zeros(3)) == 0.0  # every token masked: nothing effective
 
 
 def test_non_finite_priorities_are_skipped_and_counted():

@@ -29,6 +29,8 @@ def config(**overrides):
         "replay_sample_size": 2,
         "min_replay_size": 2,
         "replay_importance_cap": 2.0,
+        "replay_importance_mode": "truncate",
+        "replay_min_ess": 0.0,
         "num_total_batches": 10,
         "local_batch_size": 2,
     }
@@ -60,10 +62,19 @@ def fresh_batch(lengths: list[int], width: int, score: float = 1.0) -> EpisodeBa
 
 
 class FakeForwards:
-    """The current policy gives every token log-prob -0.5 (behaviour was -1.0); the critic gives 0.9 everywhere."""
+    """The current policy gives every token log-prob -0.5 (behaviour was -1.0); the critic gives 0.9 everywhere.
 
-    def __init__(self):
+    ``other_rank_ess`` plays another rank's value in `min_over_ranks`.
+    """
+
+    def __init__(self, other_rank_ess: float = 1.0):
         self.calls = []
+        self.other_rank_ess = other_rank_ess
+        self.reduced: list[float] = []
+
+    def min_over_ranks(self, value: float) -> float:
+        self.reduced.append(value)
+        return min(value, self.other_rank_ess)
 
     def logprobs_and_values(self, batch: EpisodeBatch):
         self.calls.append(len(batch))
@@ -87,6 +98,39 @@ def test_augment_weights_and_recomputed_values():
     # Replayed values are the critic's, at every response token and on the token after the last.
     assert torch.all(batch.values[replayed][~batch.padding_mask_p1[replayed]] == 0.9)
     assert replay.metrics(2)["replay/episodes"] == 2
+
+
+def test_mask_mode_drops_tokens_above_the_cap():
+    # Every replayed token has ratio e^0.5 = 1.65: kept at 1.65 under a cap of 2, dropped (0) under a cap of 1.5.
+    weights = {}
+    for cap in (2.0, 1.5):
+        replay = ExperienceReplay.from_config(
+            config(replay_importance_cap=cap, replay_importance_mode="mask"), seed=0, pad_token_id=PAD
+        )
+        replay.record(fresh_batch([2, 3], width=3), version=0)
+        batch = replay.augment(fresh_batch([1, 1], width=1), FakeForwards(), version=1, fewest_over_ranks=2)
+        weights[cap] = batch.token_weights[2:][~batch.padding_mask[2:]]
+    assert torch.allclose(weights[2.0], torch.tensor(np.exp(0.5), dtype=torch.float32))
+    assert torch.equal(weights[1.5], torch.zeros_like(weights[1.5]))
+
+
+def test_low_ess_on_any_rank_skips_the_replayed_rows_on_every_rank():
+    replay = ExperienceReplay.from_config(config(replay_min_ess=0.5), seed=0, pad_token_id=PAD)
+    replay.record(fresh_batch([2, 3], width=3), version=0)
+    # This rank's weights are all equal (ESS 1); another rank's ESS is 0.2 < 0.5: nobody replays.
+    forwards = FakeForwards(other_rank_ess=0.2)
+    batch = replay.augment(fresh_batch([1, 1], width=1), forwards, version=1, fewest_over_ranks=2)
+    assert forwards.reduced == [1.0] and len(batch) == 2 and batch.token_weights is None
+    metrics = replay.metrics(2)
+    assert metrics["replay/episodes"] == 0 and metrics["replay/low_ess_skips"] == 1
+    assert metrics["replay/ess_behaviour"] == 1.0
+    # Above the threshold everywhere, the rows are replayed.
+    batch = replay.augment(fresh_batch([1, 1], width=1), FakeForwards(0.9), version=1, fewest_over_ranks=2)
+    assert len(batch) == 4 and replay.metrics(2)["replay/low_ess_skips"] == 1
+    state = replay.state_dict()
+    restored = ExperienceReplay.from_config(config(replay_min_ess=0.5), seed=0, pad_token_id=PAD)
+    restored.load_state_dict(state)
+    assert restored.low_ess_skips == 1
 
 
 def test_a_fresh_row_filling_its_width_keeps_its_score_when_padded_wider():

@@ -97,6 +97,25 @@ def test_fresh_rows_have_weight_exactly_one_and_replayed_rows_are_weighted(tmp_p
     assert log["efficiency/sample_efficiency"] > 1.0
 
 
+def test_self_imitation_trains_on_replayed_rows_only(tmp_path, tiny):
+    trainer = replay_trainer(tiny, tmp_path, self_imitation_coef=1.0, replay_min_ess=0.01)
+    imitated = []
+    loss = trainer.micro_batch_loss
+
+    def recording_loss(batch, rows):
+        value, stats = loss(batch, rows)
+        imitated.append(("sil_loss" in stats, bool((rows >= batch.num_fresh).any())))
+        return value, stats
+
+    trainer.micro_batch_loss = recording_loss
+    trainer.train()
+    assert any(has_replayed for _, has_replayed in imitated)
+    assert all(has_term == has_replayed for has_term, has_replayed in imitated)  # the term exactly where replayed
+    log = trainer.state.log_history[-1]
+    assert log["loss/self_imitation"] >= 0 and 0 < log["replay/ess_behaviour"] <= 1
+    assert log["replay/low_ess_skips"] == 0
+
+
 def test_replay_that_has_not_started_is_bitwise_replay_off(tmp_path, tiny_dirs):
     runs = {}
     for use_replay in (False, True):
@@ -163,6 +182,9 @@ def test_replay_reaches_the_target_with_fewer_generations(tmp_path, tiny_dirs):
         ({"priority_beta": 1.5}, "priority_beta"),
         ({"priority_beta": -0.1}, "priority_beta"),
         ({"replay_importance_cap": 0.0}, "replay_importance_cap"),
+        ({"replay_importance_mode": "clip"}, "replay_importance_mode"),
+        ({"replay_min_ess": 1.5}, "replay_min_ess"),
+        ({"self_imitation_coef": -1.0}, "self_imitation_coef"),
         ({"priority_staleness_decay": 0.0}, "priority_staleness_decay"),
         ({"replay_sample_size": 12}, r"multiple of the per-rank batch .* = 8"),
         (

@@ -178,6 +178,25 @@ class ReplayPPOConfig(PPOConfig):
         "Cap of the per-token importance weight pi_proximal / pi_behaviour of replayed tokens "
         "(truncated importance sampling).",
     )
+    replay_importance_mode: Literal["truncate", "mask"] = help_field(
+        "truncate",
+        "What happens to a replayed token whose importance weight exceeds `replay_importance_cap`: 'truncate' "
+        "trains on it with the capped weight; 'mask' leaves it out (weight 0), so tokens the policy has moved far "
+        "from carry no gradient.",
+    )
+    replay_min_ess: float = help_field(
+        0.0,
+        "Skip an update's replayed episodes when the effective sample size (sum w)^2 / (n sum w^2) of their "
+        "capped per-token importance weights, the smallest over the ranks, is below this (0 never skips). Low "
+        "values mean the policy has moved far from the one that generated them (`replay/ess_behaviour`); "
+        "staleness and reuse limits still evict episodes regardless.",
+    )
+    self_imitation_coef: float = help_field(
+        0.0,
+        "Weight of a self-imitation term on replayed episodes (Oh et al., 2018): -log pi(token) * max(A, 0) "
+        "with A the unwhitened advantage under the current critic, so replayed tokens that did better than "
+        "expected are imitated without ratio clipping; tokens that did worse add nothing. 0 disables.",
+    )
 
     reward_timeout: float | None = help_field(
         None,

@@ -55,6 +55,8 @@ FLOATS = {
     "priority_beta": (0.0, 1.0, True, True),
     "priority_staleness_decay": (0.0, 1.0, False, True),
     "replay_importance_cap": (0.0, INF, False, False),
+    "replay_min_ess": (0.0, 1.0, True, True),
+    "self_imitation_coef": (0.0, INF, True, False),
     "missing_eos_penalty": (0.0, INF, True, False),
     "target_kl": (0.0, INF, False, False),
     "reward_timeout": (0.0, INF, False, False),
@@ -119,6 +121,8 @@ def check_choices(config: Any) -> None:
         fail("kl_estimator", config.kl_estimator, "must be 'k1' or 'k3'")
     if config.kl_controller not in ("fixed", "adaptive"):
         fail("kl_controller", config.kl_controller, "must be 'fixed' or 'adaptive'")
+    if config.replay_importance_mode not in ("truncate", "mask"):
+        fail("replay_importance_mode", config.replay_importance_mode, "must be 'truncate' or 'mask'")
     if config.stop_token is not None and config.stop_token_id is not None:
         raise ValueError("Set one of `stop_token` and `stop_token_id`, not both.")
     if config.stop_token not in (None, "eos"):

@@ -62,13 +62,17 @@ def empty_responses(batch: EpisodeBatch, stop_ids: set[int]) -> torch.Tensor:
 
 
 def replay_token_metrics(stats: dict[str, torch.Tensor], gather: Gather) -> dict[str, float]:
-    """``replay/clipfrac`` and ``replay/is_weight_mean`` over the replayed tokens of the update (if any)."""
+    """``replay/clipfrac`` and ``replay/is_weight_mean`` over the replayed tokens of the update (if any), and
+    ``loss/self_imitation`` (mean over the micro-batches, as TRL's losses) when that term is on."""
     if "replay_tokens" not in stats:
         return {}
     tokens = gather(stats["replay_tokens"].sum().reshape(1)).sum()
     clipped = gather(stats["replay_clipped"].sum().reshape(1)).sum()
     weights = gather(stats["replay_weight_sum"].sum().reshape(1)).sum()
-    return {"replay/clipfrac": (clipped / tokens).item(), "replay/is_weight_mean": (weights / tokens).item()}
+    metrics = {"replay/clipfrac": (clipped / tokens).item(), "replay/is_weight_mean": (weights / tokens).item()}
+    if "sil_loss" in stats:
+        metrics["loss/self_imitation"] = gather(stats["sil_loss"].mean().reshape(1)).mean().item()
+    return metrics
 
 
 def replay_token_statistics(

@@ -127,3 +127,17 @@ def policy_loss(
         pg_loss_max = pg_loss_max * token_weights
     pg_loss = masked_mean(pg_loss_max, ~mask)
     return pg_loss, (pg_losses2 > pg_losses).detach(), ratio, logprobs_diff
+
+
+def self_imitation_loss(
+    new_logprobs: torch.Tensor, raw_advantages: torch.Tensor, mask: torch.Tensor, row_weights: torch.Tensor
+) -> torch.Tensor:
+    """Self-imitation loss (Oh et al., 2018): mean over response tokens of ``-log pi * max(A, 0) * w``.
+
+    ``raw_advantages`` (b, R) are unwhitened, so a token is imitated in proportion to how much better
+    than the critic's expectation it turned out; ``row_weights`` (b,) choose and weigh the imitated
+    rows (0 for rows that are not). The mean runs over every response token of the micro-batch, so
+    the term's scale does not depend on how many rows are imitated.
+    """
+    gain = torch.clamp(raw_advantages, min=0) * row_weights[:, None]
+    return masked_mean(-new_logprobs * gain, ~mask)

@@ -126,3 +126,8 @@ class ModelPasses:
         sequence_lengths = last_token_index(responses, self.processing_class.pad_token_id)
         scores, source_scores = self.scorer.score(prompts, responses, sequence_lengths, model_scores, self.state)
         return queries, responses, scores, source_scores
+
+    def min_over_ranks(self, value: float) -> float:
+        """The smallest ``value`` over all ranks (one all-gather; every rank must call it)."""
+        gathered = self.accelerator.gather(torch.tensor([value], dtype=torch.float64, device=self.accelerator.device))
+        return float(gathered.min())

@@ -56,6 +56,7 @@ from trl_replay_ppo.objectives import (
     entropy_from_logits,
     kl_estimate,
     policy_loss,
+    self_imitation_loss,
     shaped_rewards,
     value_loss,
     whiten_advantages,
@@ -308,8 +309,8 @@ class ReplayPPOTrainer(Evaluation, ModelPasses, OptimizerStep, UpdateMetrics, Re
         """Add replayed episodes (when replay is on and every rank's buffer holds enough)."""
         if self.replay is None:
             return batch
-        sizes = self.accelerator.gather(torch.tensor([len(self.replay)], device=self.accelerator.device))
-        return self.replay.augment(batch, self, self.state.global_step, int(sizes.min()))
+        fewest = int(self.min_over_ranks(len(self.replay)))
+        return self.replay.augment(batch, self, self.state.global_step, fewest)
 
     @torch.no_grad()
     def compute_advantages(self, batch: EpisodeBatch) -> EpisodeBatch:
@@ -374,7 +375,8 @@ class ReplayPPOTrainer(Evaluation, ModelPasses, OptimizerStep, UpdateMetrics, Re
     def micro_batch_loss(self, batch: EpisodeBatch, rows: np.ndarray) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Forward one micro-batch of ``rows`` and return ``(loss, statistics)``.
 
-        loss = clipped policy loss + ``vf_coef`` * clipped value loss - ``entropy_coef`` * entropy.
+        loss = clipped policy loss + ``vf_coef`` * clipped value loss - ``entropy_coef`` * entropy
+        (+ ``self_imitation_coef`` * self-imitation loss when the micro-batch holds replayed rows).
         """
         args = self.args
         responses = batch.responses[rows]
@@ -398,6 +400,12 @@ class ReplayPPOTrainer(Evaluation, ModelPasses, OptimizerStep, UpdateMetrics, Re
             token_weights,
         )
         loss = pg_loss + args.vf_coef * vf_loss
+        replayed_rows = torch.as_tensor(rows >= batch.num_fresh, device=padding_mask.device)
+        imitate = args.self_imitation_coef > 0 and bool(replayed_rows.any())
+        if imitate:
+            imitated = replayed_rows.float() * batch.row_weights[rows]
+            sil_loss = self_imitation_loss(new_logprobs, batch.raw_advantages[rows], padding_mask, imitated)
+            loss = loss + args.self_imitation_coef * sil_loss
         with torch.set_grad_enabled(args.entropy_coef > 0):
             entropy = entropy_from_logits(logits)
         if args.entropy_coef > 0:
@@ -413,8 +421,9 @@ class ReplayPPOTrainer(Evaluation, ModelPasses, OptimizerStep, UpdateMetrics, Re
                 "ratio": ratio.mean(),
             }
             if token_weights is not None:  # off-policy rows: their clip fraction and importance weights
-                replayed_rows = torch.as_tensor(rows >= batch.num_fresh, device=padding_mask.device)
                 micro_stats.update(replay_token_statistics(clipped, token_weights, padding_mask, replayed_rows))
+            if imitate:
+                micro_stats["sil_loss"] = sil_loss
         return loss, micro_stats
 
     def after_ppo_update(self, batch: EpisodeBatch) -> None:

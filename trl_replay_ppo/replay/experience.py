@@ -5,8 +5,10 @@ Per update (per rank)::
     fresh    = rollout()                                        # B episodes generated now
     batch    = replay.augment(fresh, forwards, version, ...)    # + replay_sample_size replayed rows
                replayed rows: proximal log-probs and values recomputed by `forwards` (the current
-               policy and critic); token weight = min(pi_prox / pi_behaviour, cap) * row weight,
-               row weight = prioritized-replay weight (N P(i))^-beta (mean 1), or 1 when uniform
+               policy and critic); token weight = min(pi_prox / pi_behaviour, cap) * row weight
+               (or 0 above the cap, in 'mask' mode), row weight = prioritized-replay weight
+               (N P(i))^-beta (mean 1), or 1 when uniform; all of them dropped when the ESS of the
+               capped weights falls below `min_ess` on any rank
     ... advantages, PPO update ...
     replay.record(batch, version)   # priorities (mean |advantage|), one more use, fresh rows stored,
                                     # episodes too old or too reused evicted
@@ -43,6 +45,9 @@ class ReplayForwards(Protocol):
     def logprobs_and_values(self, batch: EpisodeBatch) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, R) log-probs under the current policy and values under the current critic, masked like a rollout's."""
 
+    def min_over_ranks(self, value: float) -> float:
+        """The smallest ``value`` over all ranks (a collective: every rank calls it at the same point)."""
+
 
 def episode_priorities(batch: EpisodeBatch) -> np.ndarray:
     """(B,) mean |advantage| (before whitening) over each episode's response tokens.
@@ -55,10 +60,24 @@ def episode_priorities(batch: EpisodeBatch) -> np.ndarray:
     return per_row.float().cpu().numpy()
 
 
-def effective_sample_size(weights: np.ndarray) -> float:
-    """Normalised effective sample size ``(sum w)^2 / (n sum w^2)`` of importance weights, in (0, 1]."""
-    weights = np.asarray(weights, dtype=np.float64)
-    return float(weights.sum() ** 2 / (len(weights) * (weights**2).sum()))
+def effective_sample_size(weights: np.ndarray | torch.Tensor) -> float:
+    """Normalised effective sample size ``(sum w)^2 / (n sum w^2)`` of n importance weights, in [0, 1].
+
+    1 when all weights are equal; 1/n when one weight carries everything; 0 when all are 0.
+    """
+    weights = torch.as_tensor(weights, dtype=torch.float64).flatten()
+    squares = (weights**2).sum()
+    return float(weights.sum() ** 2 / (len(weights) * squares)) if squares > 0 else 0.0
+
+
+def capped_importance_weights(ratio: torch.Tensor, cap: float, mode: str) -> torch.Tensor:
+    """Per-token weights from importance ratios pi_proximal / pi_behaviour (any shape).
+
+    ``mode`` 'truncate': ``min(ratio, cap)``; 'mask': ``ratio`` where it is at most ``cap``, else 0.
+    """
+    if mode == "mask":
+        return torch.where(ratio <= cap, ratio, torch.zeros_like(ratio))
+    return torch.clamp(ratio, max=cap)
 
 
 class ExperienceReplay:
@@ -73,15 +92,20 @@ class ExperienceReplay:
         beta: LinearSchedule,
         pad_token_id: int,
         fresh_per_update: int,
+        importance_mode: str = "truncate",
+        min_ess: float = 0.0,
     ):
         self.buffer = buffer
         self.sample_size = sample_size
         self.min_size = min_size
         self.importance_cap = importance_cap
+        self.importance_mode = importance_mode
+        self.min_ess = min_ess
         self.beta = beta
         self.pad_token_id = pad_token_id
         self.warmup_updates = math.ceil(max(min_size, sample_size) / fresh_per_update)
         self.idle_updates = 0
+        self.low_ess_skips = 0
         self.warned_idle = False
         self._last: dict[str, float] = {}
 
@@ -106,6 +130,8 @@ class ExperienceReplay:
             min_size=args.min_replay_size,
             importance_cap=args.replay_importance_cap,
             beta=beta,
+            importance_mode=args.replay_importance_mode,
+            min_ess=args.replay_min_ess,
             pad_token_id=pad_token_id,
             fresh_per_update=args.local_batch_size,
         )
@@ -130,11 +156,17 @@ class ExperienceReplay:
         replayed = from_episodes(episodes, self.pad_token_id, batch.query_responses.device)
         replayed.proximal_logprobs, replayed.values = forwards.logprobs_and_values(replayed)
         behaviour_ratio = torch.exp(replayed.proximal_logprobs - replayed.logprobs)
+        capped = capped_importance_weights(behaviour_ratio, self.importance_cap, self.importance_mode)
+        ess = effective_sample_size(capped[~replayed.padding_mask])
+        self._last = {"replay/ess_behaviour": ess, "replay/ess_priority": effective_sample_size(row_weights)}
+        if self.min_ess > 0 and forwards.min_over_ranks(ess) < self.min_ess:
+            self.low_ess_skips += 1
+            self._last["replay/episodes"] = 0
+            return batch
         replayed.row_weights = torch.as_tensor(row_weights, dtype=torch.float32, device=behaviour_ratio.device)
-        weights = torch.clamp(behaviour_ratio, max=self.importance_cap) * replayed.row_weights[:, None]
-        replayed.token_weights = torch.masked_fill(weights, replayed.padding_mask, 0.0)
+        replayed.token_weights = torch.masked_fill(capped * replayed.row_weights[:, None], replayed.padding_mask, 0.0)
         replayed.replay_ids = slots.tolist()
-        self._last = {"replay/episodes": len(slots), "replay/ess_priority": effective_sample_size(row_weights)}
+        self._last["replay/episodes"] = len(slots)
         return append_replayed(batch, replayed, self.pad_token_id)
 
     def _note_idle(self, fewest_over_ranks: int) -> None:
@@ -164,16 +196,19 @@ class ExperienceReplay:
 
     def metrics(self, version: int) -> dict[str, float]:
         """``buffer/*`` and ``replay/*`` metrics of this rank (the trainer averages ``buffer/size`` over ranks)."""
-        return {**self.buffer.stats(version), **self._last}
+        low_ess = {"replay/low_ess_skips": self.low_ess_skips} if self.min_ess > 0 else {}
+        return {**self.buffer.stats(version), **self._last, **low_ess}
 
     def state_dict(self) -> dict[str, Any]:
         return {
             "buffer": self.buffer.state_dict(),
             "idle_updates": self.idle_updates,
+            "low_ess_skips": self.low_ess_skips,
             "warned_idle": self.warned_idle,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.buffer.load_state_dict(state["buffer"])
         self.idle_updates = int(state["idle_updates"])
+        self.low_ess_skips = int(state["low_ess_skips"])
         self.warned_idle = bool(state["warned_idle"])
