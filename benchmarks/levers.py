@@ -1,0 +1,85 @@
+"""Replay levers, one at a time against replay's defaults and on-policy PPO, on the tuning seeds.
+
+    python -m benchmarks.levers        # results in benchmarks/results/levers.{json,md}
+
+Each row changes one replay field from its default (or, for the last rows, two) at the base
+learning rate, on the sparse and digits tasks of `benchmarks.fairness`, with that benchmark's
+target rule (start + `TARGET_FRACTION` of the way to the best final score of the runs shown). It
+runs on `LEVER_SEEDS`, seeds that are not reporting seeds: this is where defaults are chosen;
+whether replay wins is the fair benchmark's question. Runs share the fair benchmark's cache.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from benchmarks.fairness import RESULTS, TARGET_FRACTION, TASKS, Task, arm_spec, run_all
+
+LEVER_SEEDS = (0, 4)
+BUDGETS = {"sparse": (6400, 320), "digits": (3200, 160)}  # (generated episodes, evaluation interval)
+ARMS = {
+    "ppo, 4 epochs": ("ppo", {}),
+    "ppo, 8 epochs (same optimizer steps as replay)": ("ppo", {"num_ppo_epochs": 8}),
+    "ppo, 16 epochs (same as 96 replayed)": ("ppo", {"num_ppo_epochs": 16}),
+    "replay, defaults": ("replay", {}),
+    "prioritized sampling": ("replay", {"use_priority_sampling": True}),
+    "self-imitation, coef 1": ("replay", {"self_imitation_coef": 1.0}),
+    "mask above the importance cap": ("replay", {"replay_importance_mode": "mask"}),
+    "ESS gate 0.5": ("replay", {"replay_min_ess": 0.5}),
+    "96 replayed per 32 fresh": ("replay", {"replay_sample_size": 96}),
+    "96 replayed + self-imitation": ("replay", {"replay_sample_size": 96, "self_imitation_coef": 1.0}),
+    "96 replayed + prioritized": ("replay", {"replay_sample_size": 96, "use_priority_sampling": True}),
+}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--jobs", type=int, default=2, help="Runs in parallel (one thread each).")
+    parser.add_argument("--output_dir", default=str(RESULTS))
+    options = parser.parse_args(argv)
+    from benchmarks import fairness_report as report
+
+    keys, specs = [], []
+    for task, (budget, every) in BUDGETS.items():
+        spec_task = Task(TASKS[task].settings, budget=budget, eval_every=every)
+        for arm, (family, overrides) in ARMS.items():
+            for seed in LEVER_SEEDS:
+                keys.append((task, arm, seed))
+                specs.append(arm_spec(task, family, overrides, seed, False, spec_task=spec_task))
+    records = dict(zip(keys, run_all(specs, RESULTS / "fairness_cache", options.jobs), strict=True))
+    result: dict = {"command": "python -m benchmarks.levers", "seeds": list(LEVER_SEEDS), "tasks": {}}
+    lines = [
+        "# Replay levers (tuning seeds)",
+        "",
+        f"Command: `{result['command']}`; seeds {', '.join(map(str, LEVER_SEEDS))} (not reporting seeds); "
+        f"learning rate {TASKS['sparse'].settings['learning_rate']:g}, 32 fresh episodes per update.",
+    ]
+    for task, (budget, _) in BUDGETS.items():
+        runs = {arm: [records[(task, arm, s)] for s in LEVER_SEEDS] for arm in ARMS}
+        target = report.target_of([r for rs in runs.values() for r in rs], TARGET_FRACTION)
+        summary = {arm: report.summarise(rs, target) for arm, rs in runs.items()}
+        result["tasks"][task] = {"target": target, "budget": budget, "summary": summary}
+        lines += [
+            "",
+            f"## {task}: budget {budget:,} generated episodes, target {target:.3f}",
+            "",
+            "| arm | episodes to target (per seed) | final eval (median) | optimizer steps / episode | stopped |",
+            "|---|---|---|---|---|",
+        ]
+        for arm, s in summary.items():
+            per_seed = ", ".join(report.format_episodes(e) for e in s["episodes_to_target_per_seed"])
+            lines.append(
+                f"| {arm} | {per_seed} | {s['final_eval']:.3f} | {s['steps_per_episode']:.3f} | {len(s['stopped'])} |"
+            )
+    output = Path(options.output_dir)
+    output.mkdir(parents=True, exist_ok=True)
+    (output / "levers.json").write_text(json.dumps(result, indent=1, default=str))
+    (output / "levers.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return result
+
+
+if __name__ == "__main__":
+    main()
