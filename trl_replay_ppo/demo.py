@@ -12,7 +12,7 @@ from trl_replay_ppo.tasks.digits import digits_reward, make_digits_dataset
 from trl_replay_ppo.tasks.tiny import build_tiny_models, load_tiny_models, tiny_trainer
 
 # Hyper-parameters that learn the digits task in about a minute on two CPU cores; the demo and
-# benchmarks/sample_efficiency.py both train with them.
+# benchmarks/overhead.py train with them (benchmarks/fairness.py uses the same values).
 DIGITS_SETTINGS = {
     "per_device_train_batch_size": 32,
     "num_ppo_epochs": 4,
