@@ -26,7 +26,6 @@ ARMS = {
     "replay, defaults": ("replay", {}),
     "prioritized sampling": ("replay", {"use_priority_sampling": True}),
     "self-imitation, coef 1": ("replay", {"self_imitation_coef": 1.0}),
-    "mask above the importance cap": ("replay", {"replay_importance_mode": "mask"}),
     "ESS gate 0.5": ("replay", {"replay_min_ess": 0.5}),
     "96 replayed per 32 fresh": ("replay", {"replay_sample_size": 96}),
     "96 replayed + self-imitation": ("replay", {"replay_sample_size": 96, "self_imitation_coef": 1.0}),

@@ -29,7 +29,6 @@ def config(**overrides):
         "replay_sample_size": 2,
         "min_replay_size": 2,
         "replay_importance_cap": 2.0,
-        "replay_importance_mode": "truncate",
         "replay_min_ess": 0.0,
         "num_total_batches": 10,
         "local_batch_size": 2,
@@ -100,18 +99,16 @@ def test_augment_weights_and_recomputed_values():
     assert replay.metrics(2)["replay/episodes"] == 2
 
 
-def test_mask_mode_drops_tokens_above_the_cap():
-    # Every replayed token has ratio e^0.5 = 1.65: kept at 1.65 under a cap of 2, dropped (0) under a cap of 1.5.
+def test_importance_weights_are_truncated_at_the_cap():
+    # Every replayed token has ratio e^0.5 = 1.65: kept at 1.65 under a cap of 2, truncated to 1.5 under 1.5.
     weights = {}
     for cap in (2.0, 1.5):
-        replay = ExperienceReplay.from_config(
-            config(replay_importance_cap=cap, replay_importance_mode="mask"), seed=0, pad_token_id=PAD
-        )
+        replay = ExperienceReplay.from_config(config(replay_importance_cap=cap), seed=0, pad_token_id=PAD)
         replay.record(fresh_batch([2, 3], width=3), version=0)
         batch = replay.augment(fresh_batch([1, 1], width=1), FakeForwards(), version=1, fewest_over_ranks=2)
         weights[cap] = batch.token_weights[2:][~batch.padding_mask[2:]]
     assert torch.allclose(weights[2.0], torch.tensor(np.exp(0.5), dtype=torch.float32))
-    assert torch.equal(weights[1.5], torch.zeros_like(weights[1.5]))
+    assert torch.equal(weights[1.5], torch.full_like(weights[1.5], 1.5))
 
 
 def test_low_ess_on_any_rank_skips_the_replayed_rows_on_every_rank():

@@ -182,7 +182,6 @@ def test_replay_reaches_the_target_with_fewer_generations(tmp_path, tiny_dirs):
         ({"priority_beta": 1.5}, "priority_beta"),
         ({"priority_beta": -0.1}, "priority_beta"),
         ({"replay_importance_cap": 0.0}, "replay_importance_cap"),
-        ({"replay_importance_mode": "clip"}, "replay_importance_mode"),
         ({"replay_min_ess": 1.5}, "replay_min_ess"),
         ({"self_imitation_coef": -1.0}, "self_imitation_coef"),
         ({"priority_staleness_decay": 0.0}, "priority_staleness_decay"),

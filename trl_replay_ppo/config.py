@@ -178,12 +178,6 @@ class ReplayPPOConfig(PPOConfig):
         "Cap of the per-token importance weight pi_proximal / pi_behaviour of replayed tokens "
         "(truncated importance sampling).",
     )
-    replay_importance_mode: Literal["truncate", "mask"] = help_field(
-        "truncate",
-        "What happens to a replayed token whose importance weight exceeds `replay_importance_cap`: 'truncate' "
-        "trains on it with the capped weight; 'mask' leaves it out (weight 0), so tokens the policy has moved far "
-        "from carry no gradient.",
-    )
     replay_min_ess: float = help_field(
         0.0,
         "Skip an update's replayed episodes when the effective sample size (sum w)^2 / (n sum w^2) of their "

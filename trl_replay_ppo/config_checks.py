@@ -121,8 +121,6 @@ def check_choices(config: Any) -> None:
         fail("kl_estimator", config.kl_estimator, "must be 'k1' or 'k3'")
     if config.kl_controller not in ("fixed", "adaptive"):
         fail("kl_controller", config.kl_controller, "must be 'fixed' or 'adaptive'")
-    if config.replay_importance_mode not in ("truncate", "mask"):
-        fail("replay_importance_mode", config.replay_importance_mode, "must be 'truncate' or 'mask'")
     if config.stop_token is not None and config.stop_token_id is not None:
         raise ValueError("Set one of `stop_token` and `stop_token_id`, not both.")
     if config.stop_token not in (None, "eos"):

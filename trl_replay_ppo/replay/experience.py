@@ -5,10 +5,10 @@ Per update (per rank)::
     fresh    = rollout()                                        # B episodes generated now
     batch    = replay.augment(fresh, forwards, version, ...)    # + replay_sample_size replayed rows
                replayed rows: proximal log-probs and values recomputed by `forwards` (the current
-               policy and critic); token weight = min(pi_prox / pi_behaviour, cap) * row weight
-               (or 0 above the cap, in 'mask' mode), row weight = prioritized-replay weight
-               (N P(i))^-beta (mean 1), or 1 when uniform; all of them dropped when the ESS of the
-               capped weights falls below `min_ess` on any rank
+               policy and critic); token weight = min(pi_prox / pi_behaviour, cap) * row weight,
+               row weight = prioritized-replay weight (N P(i))^-beta (mean 1), or 1 when uniform;
+               all of them dropped when the ESS of the capped weights falls below `min_ess` on
+               any rank
     ... advantages, PPO update ...
     replay.record(batch, version)   # priorities (mean |advantage|), one more use, fresh rows stored,
                                     # episodes too old or too reused evicted
@@ -70,16 +70,6 @@ def effective_sample_size(weights: np.ndarray | torch.Tensor) -> float:
     return float(weights.sum() ** 2 / (len(weights) * squares)) if squares > 0 else 0.0
 
 
-def capped_importance_weights(ratio: torch.Tensor, cap: float, mode: str) -> torch.Tensor:
-    """Per-token weights from importance ratios pi_proximal / pi_behaviour (any shape).
-
-    ``mode`` 'truncate': ``min(ratio, cap)``; 'mask': ``ratio`` where it is at most ``cap``, else 0.
-    """
-    if mode == "mask":
-        return torch.where(ratio <= cap, ratio, torch.zeros_like(ratio))
-    return torch.clamp(ratio, max=cap)
-
-
 class ExperienceReplay:
     """A `ReplayBuffer` plus what the trainer needs of it: augmenting a batch, recording it, metrics, state."""
 
@@ -92,14 +82,12 @@ class ExperienceReplay:
         beta: LinearSchedule,
         pad_token_id: int,
         fresh_per_update: int,
-        importance_mode: str = "truncate",
         min_ess: float = 0.0,
     ):
         self.buffer = buffer
         self.sample_size = sample_size
         self.min_size = min_size
         self.importance_cap = importance_cap
-        self.importance_mode = importance_mode
         self.min_ess = min_ess
         self.beta = beta
         self.pad_token_id = pad_token_id
@@ -130,7 +118,6 @@ class ExperienceReplay:
             min_size=args.min_replay_size,
             importance_cap=args.replay_importance_cap,
             beta=beta,
-            importance_mode=args.replay_importance_mode,
             min_ess=args.replay_min_ess,
             pad_token_id=pad_token_id,
             fresh_per_update=args.local_batch_size,
@@ -156,7 +143,7 @@ class ExperienceReplay:
         replayed = from_episodes(episodes, self.pad_token_id, batch.query_responses.device)
         replayed.proximal_logprobs, replayed.values = forwards.logprobs_and_values(replayed)
         behaviour_ratio = torch.exp(replayed.proximal_logprobs - replayed.logprobs)
-        capped = capped_importance_weights(behaviour_ratio, self.importance_cap, self.importance_mode)
+        capped = behaviour_ratio.clamp(max=self.importance_cap)  # truncated importance sampling
         ess = effective_sample_size(capped[~replayed.padding_mask])
         self._last = {"replay/ess_behaviour": ess, "replay/ess_priority": effective_sample_size(row_weights)}
         if self.min_ess > 0 and forwards.min_over_ranks(ess) < self.min_ess:
