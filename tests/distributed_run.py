@@ -61,6 +61,8 @@ def main(models_dir: str, output_dir: str, resume: str) -> None:
         per_device_eval_batch_size=8,
         max_replay_reuse=1,
         target_kl=0.01,  # stopping the epochs early must be agreed by both ranks too
+        replay_min_ess=0.05,  # the ESS gate agrees over ranks too (an all-reduce each replay)
+        self_imitation_coef=0.5,
         save_strategy="steps",
         save_steps=4,
     )
@@ -83,11 +85,13 @@ def main(models_dir: str, output_dir: str, resume: str) -> None:
     flat = torch.cat([p.detach().flatten() for p in trainer.model.parameters()])
     gathered = accelerator.gather(flat.unsqueeze(0))
     all_sizes = accelerator.gather(torch.tensor([sizes]))
+    ess_skips = accelerator.gather(torch.tensor([trainer.replay.low_ess_skips]))
     if accelerator.is_main_process:
         summary = {
             "world_size": accelerator.num_processes,
             "ranks_equal": bool(torch.equal(gathered[0], gathered[1])),
             "buffer_sizes": all_sizes.tolist(),
+            "low_ess_skips": ess_skips.tolist(),
             "global_step": trainer.state.global_step,
             "episode": trainer.state.episode,
             "weights_sum": float(flat.double().sum()),

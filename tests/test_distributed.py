@@ -1,4 +1,5 @@
-"""Two processes on CPU through `accelerate launch` (gloo): replay + PER, checkpoint of both ranks, resume."""
+"""Two processes on CPU through `accelerate launch` (gloo): replay + PER + self-imitation + the ESS gate,
+checkpoint of both ranks, resume."""
 
 from __future__ import annotations
 
@@ -43,6 +44,8 @@ def test_two_processes_train_checkpoint_and_resume(tmp_path, tiny_dirs):
     # The buffers drifted so far that one rank had enough episodes to replay while the other had not.
     assert any((a >= 14) != (b >= 14) for a, b in zip(rank0, rank1, strict=True)), straight["buffer_sizes"]
     assert straight["replayed"] > 0  # ... and replay ran anyway, on both ranks alike (no hang, equal weights)
+    # With self-imitation on and the ESS gate collective run at every replay; the ranks skipped alike.
+    assert straight["low_ess_skips"][0] == straight["low_ess_skips"][1]
     # 10 eval prompts over 2 processes, 8 per batch: each scored once, the padding of the uneven shards dropped.
     assert straight["eval_prompts"] == 10 and straight["eval_reward"] == pytest.approx(
         straight["expected_eval_reward"]
