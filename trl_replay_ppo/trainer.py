@@ -13,9 +13,10 @@
 Each phase is a method a subclass can override. Where the rest lives: generation and forward
 passes in `trl_replay_ppo.passes`, reward sources in `trl_replay_ppo.scoring`, evaluation in
 `trl_replay_ppo.evaluation`, checkpointed state in `trl_replay_ppo.trainer_state` (written by
-`trl_replay_ppo.checkpoint`), the losses in `trl_replay_ppo.objectives`, the base (TRL's PPO, or
-this package's on TRL 1.13+) in `trl_replay_ppo.base`. With replay off and ``suppress_pad_token``
-False, a run is bitwise TRL 1.12's ``PPOTrainer.train()`` (``tests/test_parity.py``).
+`trl_replay_ppo.checkpoint`), the losses in `trl_replay_ppo.objectives` (assembled per
+micro-batch in `trl_replay_ppo.micro_batch`), the base (TRL's PPO, or this package's on TRL
+1.13+) in `trl_replay_ppo.base`. With replay off and ``suppress_pad_token`` False, a run is
+bitwise TRL 1.12's ``PPOTrainer.train()`` (``tests/test_parity.py``).
 """
 
 from __future__ import annotations
@@ -43,22 +44,18 @@ from trl_replay_ppo.config import ReplayPPOConfig
 from trl_replay_ppo.data import PromptCollator, PromptStream
 from trl_replay_ppo.episodes import INVALID_LOGPROB, EpisodeBatch
 from trl_replay_ppo.evaluation import Evaluation
-from trl_replay_ppo.forwards import forward, gather_logprobs
+from trl_replay_ppo.forwards import gather_logprobs
 from trl_replay_ppo.inputs import prepare_inputs
 from trl_replay_ppo.kl import make_kl_controller
-from trl_replay_ppo.masking import last_token_index, masked_mean
+from trl_replay_ppo.masking import last_token_index
 from trl_replay_ppo.metrics import (
     UpdateMetrics,
-    replay_token_statistics,
 )
+from trl_replay_ppo.micro_batch import MicroBatchLoss
 from trl_replay_ppo.objectives import (
     compute_gae,
-    entropy_from_logits,
     kl_estimate,
-    policy_loss,
-    self_imitation_loss,
     shaped_rewards,
-    value_loss,
     whiten_advantages,
     whiten_rewards,
 )
@@ -78,7 +75,9 @@ class _NoRewardModel(torch.nn.Module):
     """Stands in for ``reward_model`` while the base constructor runs, when only reward functions are given."""
 
 
-class ReplayPPOTrainer(Evaluation, ModelPasses, OptimizerStep, UpdateMetrics, ResumableState, PPOTrainer):
+class ReplayPPOTrainer(
+    Evaluation, ModelPasses, MicroBatchLoss, OptimizerStep, UpdateMetrics, ResumableState, PPOTrainer
+):
     """PPO with staleness-aware (optionally prioritized) experience replay; a drop-in for TRL's ``PPOTrainer``.
 
     Same constructor as ``trl.experimental.ppo.PPOTrainer`` plus ``reward_funcs``, configured by
@@ -371,60 +370,6 @@ class ReplayPPOTrainer(Evaluation, ModelPasses, OptimizerStep, UpdateMetrics, Re
                 if epoch_kl > 1.5 * args.target_kl:
                     break
         return stats
-
-    def micro_batch_loss(self, batch: EpisodeBatch, rows: np.ndarray) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Forward one micro-batch of ``rows`` and return ``(loss, statistics)``.
-
-        loss = clipped policy loss + ``vf_coef`` * clipped value loss - ``entropy_coef`` * entropy
-        (+ ``self_imitation_coef`` * self-imitation loss when the micro-batch holds replayed rows).
-        """
-        args = self.args
-        responses = batch.responses[rows]
-        padding_mask, padding_mask_p1 = batch.padding_mask[rows], batch.padding_mask_p1[rows]
-        output, values_all = forward(self.model, batch.query_responses[rows], self.processing_class.pad_token_id)
-        logits = self.response_logits(output.logits, batch.context_length)
-        new_logprobs = torch.masked_fill(gather_logprobs(logits, responses), padding_mask, INVALID_LOGPROB)
-        vpred = values_all[:, batch.context_length - 1 : -1].squeeze(-1).float()
-        vpred = torch.masked_fill(vpred, padding_mask_p1, 0)
-        row_weights = None if batch.row_weights is None else batch.row_weights[rows]
-        vf_loss, vf_clipfrac = value_loss(
-            vpred, batch.values[rows], batch.returns[rows], padding_mask_p1, args.cliprange_value, row_weights
-        )
-        token_weights = None if batch.token_weights is None else batch.token_weights[rows]
-        pg_loss, clipped, ratio, logprobs_diff = policy_loss(
-            new_logprobs,
-            batch.policy_logprobs[rows],
-            batch.advantages[rows],
-            padding_mask,
-            args.cliprange,
-            token_weights,
-        )
-        loss = pg_loss + args.vf_coef * vf_loss
-        replayed_rows = torch.as_tensor(rows >= batch.num_fresh, device=padding_mask.device)
-        imitate = args.self_imitation_coef > 0 and bool(replayed_rows.any())
-        if imitate:
-            imitated = replayed_rows.float() * batch.row_weights[rows]
-            sil_loss = self_imitation_loss(new_logprobs, batch.raw_advantages[rows], padding_mask, imitated)
-            loss = loss + args.self_imitation_coef * sil_loss
-        with torch.set_grad_enabled(args.entropy_coef > 0):
-            entropy = entropy_from_logits(logits)
-        if args.entropy_coef > 0:
-            loss = loss - args.entropy_coef * masked_mean(entropy, ~padding_mask)
-        with torch.no_grad():
-            micro_stats = {
-                "approxkl": 0.5 * (logprobs_diff**2).mean(),
-                "pg_clipfrac": masked_mean(clipped.float(), ~padding_mask),
-                "pg_loss": pg_loss,
-                "vf_loss": vf_loss,
-                "vf_clipfrac": vf_clipfrac,
-                "entropy": entropy.mean(),
-                "ratio": ratio.mean(),
-            }
-            if token_weights is not None:  # off-policy rows: their clip fraction and importance weights
-                micro_stats.update(replay_token_statistics(clipped, token_weights, padding_mask, replayed_rows))
-            if imitate:
-                micro_stats["sil_loss"] = sil_loss
-        return loss, micro_stats
 
     def after_ppo_update(self, batch: EpisodeBatch) -> None:
         """Store what replay needs of this update (priorities, fresh episodes) and evict."""
