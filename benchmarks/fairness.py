@@ -24,9 +24,10 @@ score). Headline per task: generated episodes to target of the best on-policy ar
 the best replay arm, medians over the reporting seeds; when the on-policy arm's median is not
 reached within the budget, the ratio is a lower bound and marked ">=".
 
-Run time (2 cores, full mode): about `len(REPORT_SEEDS) + 1` passes over every task; runs are
-cached under ``benchmarks/results/fairness_cache/`` (keyed by spec and by the code they ran), so a
-re-run only trains what changed.
+Run time (2 cores, full mode, ``--jobs 2``): 54 tuning and 75 reporting runs (tasks, about 50
+minutes), 12 generation-heavy runs (about 27) and 36 robustness runs (about 17). Runs are cached
+under ``benchmarks/results/fairness_cache/`` (keyed by spec and by the code they ran), so a re-run
+only trains what changed.
 """
 
 from __future__ import annotations
