@@ -17,9 +17,8 @@ from pathlib import Path
 import torch
 
 from trl_replay_ppo import ReplayPPOConfig
-from trl_replay_ppo.demo import DIGITS_SETTINGS
-from trl_replay_ppo.tasks.digits import digits_reward, make_digits_dataset
-from trl_replay_ppo.tasks.tiny import build_tiny_models, load_tiny_models, tiny_trainer
+from trl_replay_ppo.demo import DIGITS_SETTINGS, digits_trainer
+from trl_replay_ppo.tasks.tiny import build_tiny_models, load_tiny_models
 
 
 def check(mode: str) -> dict:
@@ -34,13 +33,7 @@ def check(mode: str) -> dict:
             save_steps=25,
             **{k: v for k, v in settings.items() if k != "save_strategy"},
         )
-        trainer = tiny_trainer(
-            models,
-            args,
-            make_digits_dataset(2000, seed=0),
-            reward_funcs=digits_reward,
-            eval_dataset=make_digits_dataset(128, seed=1),
-        )
+        trainer = digits_trainer(models, args)
         before = trainer.evaluate()["eval_reward"]
         trainer.train()
         after = trainer.evaluate()["eval_reward"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -10,6 +11,9 @@ from trl_replay_ppo.config import ReplayPPOConfig
 from trl_replay_ppo.plotting import plot_runs
 from trl_replay_ppo.tasks.digits import digits_reward, make_digits_dataset
 from trl_replay_ppo.tasks.tiny import build_tiny_models, load_tiny_models, tiny_trainer
+
+if TYPE_CHECKING:
+    from trl_replay_ppo.trainer import ReplayPPOTrainer
 
 # Hyper-parameters that learn the digits task in about a minute on two CPU cores; the demo and
 # benchmarks/overhead.py train with them (benchmarks/fairness.py uses the same values).
@@ -44,6 +48,17 @@ def demo_config(output_dir: str | Path, **overrides) -> ReplayPPOConfig:
     return ReplayPPOConfig(**values)
 
 
+def digits_trainer(models: dict, args: ReplayPPOConfig) -> ReplayPPOTrainer:
+    """A trainer of the tiny ``models`` on the digits task: 2,000 training prompts, 128 evaluation prompts."""
+    return tiny_trainer(
+        models,
+        args,
+        make_digits_dataset(2000, seed=0),
+        reward_funcs=digits_reward,
+        eval_dataset=make_digits_dataset(128, seed=1),
+    )
+
+
 def run_demo(output_dir: str | Path = "outputs/demo", **overrides) -> dict[str, float]:
     """Build the tiny models and train, evaluating before, during and at the end; return the first and last eval
     rewards and the reward plot."""
@@ -51,13 +66,7 @@ def run_demo(output_dir: str | Path = "outputs/demo", **overrides) -> dict[str, 
     output_dir = Path(output_dir)
     models = load_tiny_models(build_tiny_models(output_dir / "models"))
     args = demo_config(output_dir, **overrides)
-    trainer = tiny_trainer(
-        models,
-        args,
-        make_digits_dataset(2000, seed=0),
-        reward_funcs=digits_reward,
-        eval_dataset=make_digits_dataset(128, seed=1),
-    )
+    trainer = digits_trainer(models, args)
     trainer.train()
     evaluations = [log["eval_reward"] for log in trainer.state.log_history if "eval_reward" in log]
     before, after = evaluations[0], evaluations[-1]

@@ -53,7 +53,7 @@ def prepare_inputs(
         eval_dataset = prepare_prompt_dataset(
             eval_dataset, processing_class, args.max_prompt_length, "eval_dataset", **prepare
         )
-    check_sizes(args, train_dataset, eval_dataset, PartialState().num_processes)
+    check_sizes(args, train_dataset, PartialState().num_processes)
     check_vocabularies(processing_class, models)
     longest = max(len(ids) for ids in train_dataset["input_ids"])
     if eval_dataset is not None:

@@ -111,12 +111,12 @@ class UpdateMetrics:
 
     def extra_metrics(self, batch: EpisodeBatch, stats: dict[str, torch.Tensor]) -> dict[str, float]:
         """This package's metrics beyond TRL's: reward sources, efficiency, collapse, replay."""
-        gather, counters = self.accelerator.gather_for_metrics, self.counters
-        source_means = gather(batch.fresh().source_scores).nanmean(0).tolist()  # NaN: a function gave None
+        gather, counters, fresh = self.accelerator.gather_for_metrics, self.counters, batch.fresh()
+        source_means = gather(fresh.source_scores).nanmean(0).tolist()  # NaN: a function gave None
         metrics = {f"rewards/{name}": value for name, value in zip(self.scorer.names, source_means, strict=True)}
         metrics["policy/grad_norm"] = float(np.mean(self._grad_norms or [math.nan]))
         metrics["objective/kl_coef"] = self.kl_ctl.value
-        metrics["val/explained_variance"] = explained_variance(batch.fresh())
+        metrics["val/explained_variance"] = explained_variance(fresh)
         metrics["train/ppo_epochs"] = self._epochs_run
         metrics["train/skipped_steps"] = counters.skipped_steps
         metrics["train/whiten_fallbacks"] = counters.whiten_fallbacks
@@ -131,7 +131,7 @@ class UpdateMetrics:
         metrics["efficiency/sample_efficiency"] = counters.trained_episodes / max(1, self.state.episode)
         tokenizer = self.processing_class
         stop_ids = {tokenizer.pad_token_id, tokenizer.eos_token_id, self.stop_token_id} - {None}
-        empty = gather(empty_responses(batch.fresh(), stop_ids).float()).mean().item()
+        empty = gather(empty_responses(fresh, stop_ids).float()).mean().item()
         metrics["rollout/empty_fraction"] = empty
         self.warn_if_collapsing(empty)
         if self.replay is not None:

@@ -60,7 +60,7 @@ def check_arguments(
         )
 
 
-def check_sizes(args: ReplayPPOConfig, train_dataset: Dataset, eval_dataset: Dataset | None, world_size: int) -> None:
+def check_sizes(args: ReplayPPOConfig, train_dataset: Dataset, world_size: int) -> None:
     """Every rank must get at least one full batch of training prompts (batches are drop_last, as in TRL).
 
     (Evaluation scores every prompt whatever its count, so the eval dataset may be of any size.)

@@ -145,10 +145,9 @@ class ExperienceReplay:
         behaviour_ratio = torch.exp(replayed.proximal_logprobs - replayed.logprobs)
         capped = behaviour_ratio.clamp(max=self.importance_cap)  # truncated importance sampling
         ess = effective_sample_size(capped[~replayed.padding_mask])
-        self._last = {"replay/ess_behaviour": ess, "replay/ess_priority": effective_sample_size(row_weights)}
+        self._last.update({"replay/ess_behaviour": ess, "replay/ess_priority": effective_sample_size(row_weights)})
         if self.min_ess > 0 and forwards.min_over_ranks(ess) < self.min_ess:
             self.low_ess_skips += 1
-            self._last["replay/episodes"] = 0
             return batch
         replayed.row_weights = torch.as_tensor(row_weights, dtype=torch.float32, device=behaviour_ratio.device)
         replayed.token_weights = torch.masked_fill(capped * replayed.row_weights[:, None], replayed.padding_mask, 0.0)
