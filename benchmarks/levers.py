@@ -4,7 +4,7 @@
 
 Each row changes one replay field from its default (or, for the last rows, two) at the base
 learning rate, on the sparse and digits tasks of `benchmarks.fairness`, with one completion per prompt
-and (``*_g4``, the group-baseline rows) four, with that benchmark's
+and (``*_g4``) four, with that benchmark's
 target rule (start + `TARGET_FRACTION` of the way to the best final score of the runs shown). It
 runs on `LEVER_SEEDS`, seeds that are not reporting seeds: this is where defaults are chosen;
 whether replay wins is the fair benchmark's question. Runs share the fair benchmark's cache.
@@ -34,28 +34,27 @@ ONE_SAMPLE_ARMS = {
     "96 replayed + self-imitation": ("replay", {"replay_sample_size": 96, "self_imitation_coef": 1.0}),
     "96 replayed + prioritized": ("replay", {"replay_sample_size": 96, "use_priority_sampling": True}),
 }
-# Four completions per prompt: the group baseline, on-policy and with replay.
-GROUP_ARMS = {
+# Four completions per prompt: whether the levers behave as with one.
+FOUR_SAMPLE_ARMS = {
     **_ON_POLICY,
-    "ppo, 8 epochs, group baseline 1": ("ppo", {"num_ppo_epochs": 8, "group_advantage_weight": 1.0}),
     "replay, defaults": ("replay", {}),
-    "group baseline 0.5": ("replay", {"group_advantage_weight": 0.5}),
-    "group baseline 1": ("replay", {"group_advantage_weight": 1.0}),
+    "prioritized sampling": ("replay", {"use_priority_sampling": True}),
+    "96 replayed + self-imitation": ("replay", {"replay_sample_size": 96, "self_imitation_coef": 1.0}),
 }
-# task: (settings source in `TASKS`, prompts and reward, generated episodes, evaluation interval, arms)
+# task: (the `TASKS` entry whose settings, prompts and reward it uses, generated episodes, evaluation interval, arms)
 LEVER_TASKS = {
-    "sparse": ("sparse", "sparse", 6400, 320, ONE_SAMPLE_ARMS),
-    "digits": ("digits", "digits", 3200, 160, ONE_SAMPLE_ARMS),
-    "sparse_g4": ("sparse_g4", "sparse", 6400, 320, GROUP_ARMS),
-    "digits_g4": ("digits", "digits", 3200, 160, GROUP_ARMS),
+    "sparse": ("sparse", 6400, 320, ONE_SAMPLE_ARMS),
+    "digits": ("digits", 3200, 160, ONE_SAMPLE_ARMS),
+    "sparse_g4": ("sparse", 6400, 320, FOUR_SAMPLE_ARMS),
+    "digits_g4": ("digits", 3200, 160, FOUR_SAMPLE_ARMS),
 }
 
 
 def lever_task(name: str) -> Task:
-    """The `Task` a lever row runs: its settings source, with four completions per prompt for ``*_g4``."""
-    source, data, budget, every, _ = LEVER_TASKS[name]
+    """The `Task` a lever row runs: its source task, with four completions per prompt for ``*_g4``."""
+    source, budget, every, _ = LEVER_TASKS[name]
     settings = {**TASKS[source].settings, **({"num_generations": 4} if name.endswith("_g4") else {})}
-    return Task(settings, budget=budget, eval_every=every, data=data)
+    return Task(settings, budget=budget, eval_every=every, data=source)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -69,7 +68,7 @@ def main(argv: list[str] | None = None) -> dict:
     keys, specs = [], []
     for task in options.tasks:
         spec_task = lever_task(task)
-        for arm, (family, overrides) in LEVER_TASKS[task][4].items():
+        for arm, (family, overrides) in LEVER_TASKS[task][3].items():
             for seed in LEVER_SEEDS:
                 keys.append((task, arm, seed))
                 specs.append(arm_spec(task, family, overrides, seed, False, spec_task=spec_task))
@@ -82,8 +81,8 @@ def main(argv: list[str] | None = None) -> dict:
         f"learning rate {TASKS['sparse'].settings['learning_rate']:g}, 32 fresh episodes per update.",
     ]
     for task in options.tasks:
-        budget = LEVER_TASKS[task][2]
-        runs = {arm: [records[(task, arm, s)] for s in LEVER_SEEDS] for arm in LEVER_TASKS[task][4]}
+        budget = LEVER_TASKS[task][1]
+        runs = {arm: [records[(task, arm, s)] for s in LEVER_SEEDS] for arm in LEVER_TASKS[task][3]}
         target = report.target_of([r for rs in runs.values() for r in rs], TARGET_FRACTION)
         summary = {arm: report.summarise(rs, target) for arm, rs in runs.items()}
         result["tasks"][task] = {"target": target, "budget": budget, "summary": summary}

@@ -63,9 +63,6 @@ def main(models_dir: str, output_dir: str, resume: str) -> None:
         target_kl=0.01,  # stopping the epochs early must be agreed by both ranks too
         replay_min_ess=0.05,  # the ESS gate agrees over ranks too (an all-reduce each replay)
         self_imitation_coef=0.5,
-        num_generations=2,  # groups stay on their rank; replayed rows join them there
-        group_advantage_weight=0.5,
-        replay_trace_cap=1.0,
         save_strategy="steps",
         save_steps=4,
     )

@@ -41,7 +41,6 @@ CONFIG_CASES = [
     ({"replay_buffer_size": 0}, "replay_buffer_size"),
     ({"priority_beta": 2.0}, "priority_beta"),
     ({"replay_importance_cap": 0.0}, "replay_importance_cap"),
-    ({"replay_trace_cap": -1.0}, "replay_trace_cap"),
     ({"early_stopping_patience": 2}, "early_stopping_patience"),
     ({"eval_temperature": -1.0}, "eval_temperature"),
     # Non-finite settings: infinity passes torch's own checks and poisons the weights.

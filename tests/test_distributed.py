@@ -57,9 +57,6 @@ def test_two_processes_train_checkpoint_and_resume(tmp_path, tiny_dirs):
     records = [json.loads(line) for line in (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()]
     train_records = [r for r in records if r["kind"] == "train"]
     assert len(train_records) == 12 and train_records[-1]["buffer/size"] > 0  # rank 0 writes what ranks gathered
-    # Fresh completions always have their group (pairs on one rank); replayed ones only when their prompt is fresh.
-    assert all(0.5 <= r["advantage/grouped_fraction"] <= 1 for r in train_records)
-    assert any(0 < r.get("replay/trace_mean", 0) <= 1 for r in train_records)
 
     resumed_dir = tmp_path / "resumed"
     resumed_dir.mkdir()

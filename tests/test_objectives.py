@@ -9,7 +9,7 @@ import torch
 
 from trl_replay_ppo.episodes import EpisodeBatch
 from trl_replay_ppo.metrics import explained_variance
-from trl_replay_ppo.objectives import compute_gae, policy_loss, self_imitation_loss, trace_coefficients
+from trl_replay_ppo.objectives import compute_gae, policy_loss, self_imitation_loss
 
 
 def test_policy_loss_with_token_weights_by_hand():
@@ -71,26 +71,3 @@ def test_self_imitation_loss_by_hand():
     assert loss.item() == pytest.approx(1 / 3)
     loss.backward()  # only the better-than-expected token of the imitated row is pushed up
     assert torch.allclose(new_logprobs.grad, torch.tensor([[-1 / 3, 0.0], [0.0, 0.0]]))
-
-
-def test_gae_with_retrace_traces_on_a_three_step_trajectory_by_hand():
-    rewards = torch.tensor([[0.0, 0.0, 1.0]])
-    values = torch.tensor([[0.5, 0.25, 0.0]])
-    traces = torch.tensor([[1.0, 0.5, 0.2]])  # trace of token 0 is never used: its own ratio weighs its loss
-    advantages, returns = compute_gae(rewards, values, gamma=1.0, lam=0.9, traces=traces)
-    # deltas: t0 = 0 + 0.25 - 0.5 = -0.25; t1 = 0 + 0 - 0.25 = -0.25; t2 = 1 - 0 = 1
-    a2 = 1.0
-    a1 = -0.25 + 0.9 * 0.2 * a2  # the credit from token 2 scaled by token 2's trace
-    a0 = -0.25 + 0.9 * 0.5 * a1
-    torch.testing.assert_close(advantages, torch.tensor([[a0, a1, a2]]))
-    torch.testing.assert_close(returns, advantages + values)
-    plain, _ = compute_gae(rewards, values, 1.0, 0.9, traces=torch.ones(1, 3))
-    torch.testing.assert_close(plain, compute_gae(rewards, values, 1.0, 0.9)[0])  # traces of 1 are GAE
-
-
-def test_trace_coefficients_by_hand():
-    behaviour = torch.log(torch.tensor([[0.5, 0.5], [0.5, 0.2], [0.4, 0.1]]))
-    proximal = torch.log(torch.tensor([[0.4, 0.6], [0.25, 0.6], [0.2, 0.5]]))
-    traces = trace_coefficients(proximal, behaviour, num_fresh=1, cap=1.0)
-    # row 0 is fresh: 1; row 1: min(1, 0.5), min(1, 3); row 2: min(1, 0.5), min(1, 5)
-    torch.testing.assert_close(traces, torch.tensor([[1.0, 1.0], [0.5, 1.0], [0.5, 1.0]]))

@@ -67,33 +67,6 @@ def test_replayed_rows_use_recomputed_values_and_advantages(tmp_path, tiny):
     assert trainer.state.log_history[-1]["replay/episodes"] == 4
 
 
-def test_retrace_traces_correct_replayed_rows_only(tmp_path, tiny):
-    trainer = replay_trainer(tiny, tmp_path, replay_trace_cap=1.0)
-    compute_advantages, traced = trainer.compute_advantages, []
-
-    def checking_advantages(batch):
-        batch = compute_advantages(batch)
-        kl = kl_estimate(batch.policy_logprobs, batch.ref_logprobs, "k1")
-        rewards, _ = shaped_rewards(kl, batch.scores, batch.score_index, trainer.kl_ctl.value)
-        plain, _ = compute_gae(rewards, batch.values, trainer.args.gamma, trainer.args.lam)
-        fresh = slice(0, batch.num_fresh)
-        torch.testing.assert_close(batch.raw_advantages[fresh], plain[fresh], rtol=0, atol=0)
-        if batch.num_fresh < len(batch):
-            ratios = torch.exp(batch.proximal_logprobs - batch.logprobs)
-            traces = torch.cat((torch.ones_like(ratios[fresh]), ratios[batch.num_fresh :].clamp(max=1.0)))
-            expected, returns = compute_gae(rewards, batch.values, trainer.args.gamma, trainer.args.lam, traces)
-            torch.testing.assert_close(batch.raw_advantages, expected)
-            torch.testing.assert_close(batch.returns, returns)  # the critic's targets are corrected too
-            traced.append(not torch.equal(expected, plain))
-        return batch
-
-    trainer.compute_advantages = checking_advantages
-    trainer.train()
-    assert any(traced), "no replayed row was ever corrected"
-    log = trainer.state.log_history[-1]
-    assert 0 < log["replay/trace_mean"] <= 1
-
-
 def test_fresh_rows_have_weight_exactly_one_and_replayed_rows_are_weighted(tmp_path, tiny):
     trainer = replay_trainer(tiny, tmp_path, use_priority_sampling=True, replay_importance_cap=1.5)
     batches = []

@@ -71,15 +71,6 @@ class ReplayPPOConfig(PPOConfig):
         "`per_device_train_batch_size * gradient_accumulation_steps` must be a multiple of it.",
     )
 
-    group_advantage_weight: float = help_field(
-        0.0,
-        "Weight of the group-relative advantage (RLOO: the return minus the mean return of the prompt's other "
-        "completions) against the critic's GAE advantage: 0 is GAE alone (TRL's PPO), 1 the group baseline alone. "
-        "Needs `num_generations` > 1 to form groups; a replayed episode joins the group of fresh completions of its "
-        "prompt, and a row alone in its group uses the critic's value of the prompt as its baseline "
-        "(`advantage/grouped_fraction`).",
-    )
-
     # PPO core
     entropy_coef: float = help_field(
         0.0, "Entropy bonus: adds `-entropy_coef * entropy` (mean over response tokens) to the loss."
@@ -193,14 +184,6 @@ class ReplayPPOConfig(PPOConfig):
         "capped per-token importance weights, the smallest over the ranks, is below this (0 never skips). Low "
         "values mean the policy has moved far from the one that generated them (`replay/ess_behaviour`); "
         "staleness and reuse limits still evict episodes regardless.",
-    )
-    replay_trace_cap: float = help_field(
-        0.0,
-        "Off-policy correction of replayed episodes' advantages and value targets (Retrace, Munos et al. 2016): "
-        "GAE over a replayed episode passes each token the credit of later tokens times min(cap, pi_proximal / "
-        "pi_behaviour) of each of them, so actions the policy has since moved away from carry less of the final "
-        "reward back (`replay/trace_mean`). 1 is Retrace's truncation; 0 disables (GAE as if on-policy, under the "
-        "current critic). Fresh episodes are unaffected.",
     )
     self_imitation_coef: float = help_field(
         0.0,

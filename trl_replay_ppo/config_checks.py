@@ -8,7 +8,6 @@ YAML reads as a string) are accepted for float fields; a non-integer in an integ
 from __future__ import annotations
 
 import math
-import warnings
 from typing import Any
 
 INF = math.inf
@@ -58,8 +57,6 @@ FLOATS = {
     "replay_importance_cap": (0.0, INF, False, False),
     "replay_min_ess": (0.0, 1.0, True, True),
     "self_imitation_coef": (0.0, INF, True, False),
-    "group_advantage_weight": (0.0, 1.0, True, True),
-    "replay_trace_cap": (0.0, INF, True, False),
     "missing_eos_penalty": (0.0, INF, True, False),
     "target_kl": (0.0, INF, False, False),
     "reward_timeout": (0.0, INF, False, False),
@@ -131,13 +128,6 @@ def check_choices(config: Any) -> None:
     if config.chat_template_kwargs is not None and not isinstance(config.chat_template_kwargs, dict):
         fail(
             "chat_template_kwargs", config.chat_template_kwargs, "must be a mapping (e.g. {'enable_thinking': false})"
-        )
-    if config.group_advantage_weight > 0 and config.num_generations == 1:
-        warnings.warn(
-            f"`group_advantage_weight`={config.group_advantage_weight:g} with `num_generations`=1: fresh completions "
-            "form no groups, so their baseline is the critic's value of the prompt (Monte Carlo returns). Set "
-            "`num_generations` > 1 for group baselines.",
-            stacklevel=3,
         )
     if config.early_stopping_patience is not None and config.eval_strategy == "no":
         raise ValueError("`early_stopping_patience` needs evaluations: set `eval_strategy='steps'` and `eval_steps`.")

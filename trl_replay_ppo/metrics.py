@@ -120,8 +120,6 @@ class UpdateMetrics:
         metrics["train/ppo_epochs"] = self._epochs_run
         metrics["train/skipped_steps"] = counters.skipped_steps
         metrics["train/whiten_fallbacks"] = counters.whiten_fallbacks
-        for name, value in self.advantage_stats.items():  # the same names on every rank (agreed decisions)
-            metrics[name] = gather(value.reshape(1)).mean().item()
         tokens = (~batch.padding_mask).sum().reshape(1) * self._epochs_run
         counters.trained_episodes += int(
             self.accelerator.gather(torch.tensor([len(batch)], device=tokens.device)).sum()

@@ -1,8 +1,8 @@
 """PPO's per-token quantities: KL-shaped rewards, GAE, and the clipped policy/value losses.
 
-Shapes: B episodes, R response tokens. With the replay-only arguments left out, every function
-here performs the same floating-point operations, in the same order, as TRL's PPO loop, so with
-replay off the results are bitwise TRL's. Masks are True on padding (TRL's convention).
+Shapes: B episodes, R response tokens. Every function here performs the same floating-point
+operations, in the same order, as TRL's PPO loop, so with replay off the results are bitwise
+TRL's. Masks are True on padding (TRL's convention).
 """
 
 from __future__ import annotations
@@ -43,39 +43,19 @@ def whiten_rewards(rewards: torch.Tensor, padding_mask_p1: torch.Tensor) -> tupl
 
 
 def compute_gae(
-    rewards: torch.Tensor, values: torch.Tensor, gamma: float, lam: float, traces: torch.Tensor | None = None
+    rewards: torch.Tensor, values: torch.Tensor, gamma: float, lam: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Generalised advantage estimation over the response axis; returns ``(advantages, returns)``, (B, R).
-
-    ``traces`` (B, R), when given, cut the credit a token receives from later ones: the advantage at t
-    is ``delta_t + gamma * lam * traces[t + 1] * advantage[t + 1]`` (Retrace's truncated traces for
-    replayed episodes, `trace_coefficients`); None is plain GAE (TRL's arithmetic exactly).
-    """
+    """Generalised advantage estimation over the response axis; returns ``(advantages, returns)``, (B, R)."""
     lastgaelam = 0
     advantages_reversed = []
     length = rewards.shape[1]
     for t in reversed(range(length)):
         nextvalues = values[:, t + 1] if t < length - 1 else 0.0
         delta = rewards[:, t] + gamma * nextvalues - values[:, t]
-        if traces is not None and t < length - 1:
-            lastgaelam = lastgaelam * traces[:, t + 1]
         lastgaelam = delta + gamma * lam * lastgaelam
         advantages_reversed.append(lastgaelam)
     advantages = torch.stack(advantages_reversed[::-1], axis=1)
     return advantages, advantages + values
-
-
-def trace_coefficients(
-    proximal_logprobs: torch.Tensor, behaviour_logprobs: torch.Tensor, num_fresh: int, cap: float
-) -> torch.Tensor:
-    """(B, R) truncated importance ratios ``min(cap, pi_proximal / pi_behaviour)`` of replayed rows, 1 on fresh rows.
-
-    Retrace's traces (Munos et al., 2016): a replayed token the current policy would now take less
-    often passes on less of the credit of what followed it. Padding holds equal log-probs, so 1.
-    """
-    ratios = torch.exp(proximal_logprobs - behaviour_logprobs).clamp(max=cap)
-    ratios[:num_fresh] = 1.0
-    return ratios
 
 
 def whiten_advantages(

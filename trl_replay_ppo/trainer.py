@@ -5,7 +5,7 @@
     prompts = next_prompts()                    the next batch of prompts (x num_generations)
     batch   = rollout(prompts)                  generate, score, behaviour/reference log-probs, values
     batch   = extend_batch(batch)               + replayed episodes (`trl_replay_ppo.replay`)
-    batch   = compute_advantages(batch)         KL-shaped rewards, GAE (+ group baseline), whitening
+    batch   = compute_advantages(batch)         KL-shaped rewards, GAE, whitening
     stats   = ppo_update(batch)                 epochs x minibatches x micro-batches
     after_ppo_update(batch)                     replay bookkeeping: priorities, storage, eviction
     log_update(batch, stats); end_update(...)   metrics, callbacks, evaluation, checkpoint
@@ -36,7 +36,6 @@ from datasets import Dataset
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainerCallback
 from transformers.trainer_utils import TrainOutput
 
-from trl_replay_ppo.advantages import estimate_advantages
 from trl_replay_ppo.base import PPOTrainer
 from trl_replay_ppo.callbacks import add_package_callbacks
 from trl_replay_ppo.checkpoint import load_trainable_params, resume, save_checkpoint
@@ -49,8 +48,17 @@ from trl_replay_ppo.forwards import gather_logprobs
 from trl_replay_ppo.inputs import prepare_inputs
 from trl_replay_ppo.kl import make_kl_controller
 from trl_replay_ppo.masking import last_token_index
-from trl_replay_ppo.metrics import UpdateMetrics
+from trl_replay_ppo.metrics import (
+    UpdateMetrics,
+)
 from trl_replay_ppo.micro_batch import MicroBatchLoss
+from trl_replay_ppo.objectives import (
+    compute_gae,
+    kl_estimate,
+    shaped_rewards,
+    whiten_advantages,
+    whiten_rewards,
+)
 from trl_replay_ppo.optimization import OptimizerStep
 from trl_replay_ppo.passes import ModelPasses
 from trl_replay_ppo.replay import ExperienceReplay
@@ -305,15 +313,22 @@ class ReplayPPOTrainer(
 
     @torch.no_grad()
     def compute_advantages(self, batch: EpisodeBatch) -> EpisodeBatch:
-        """KL-shaped per-token rewards, advantages and value targets (`trl_replay_ppo.advantages`)."""
+        """KL-shaped per-token rewards, GAE advantages and returns, whitened advantages."""
+        args = self.args
         if bool(batch.padding_mask.all()):
             raise RuntimeError(
                 f"Every response of update {self.state.global_step + 1} is empty: the policy emitted the pad token "
                 "first, so there is nothing to train on. The policy has collapsed; lower `learning_rate`, keep "
                 "`max_grad_norm` on, and use a pad token distinct from the stop token."
             )
-        self.advantage_stats, whiten_fallbacks = estimate_advantages(batch, self.args, self.kl_ctl.value)
-        self.counters.whiten_fallbacks += whiten_fallbacks
+        batch.kl = kl_estimate(batch.policy_logprobs, batch.ref_logprobs, args.kl_estimator)
+        rewards, batch.non_score_reward = shaped_rewards(batch.kl, batch.scores, batch.score_index, self.kl_ctl.value)
+        if args.whiten_rewards:
+            rewards, whitened = whiten_rewards(rewards, batch.padding_mask_p1)
+            self.counters.whiten_fallbacks += not whitened
+        batch.raw_advantages, batch.returns = compute_gae(rewards, batch.values, args.gamma, args.lam)
+        batch.advantages, whitened = whiten_advantages(batch.raw_advantages, batch.padding_mask, batch.token_weights)
+        self.counters.whiten_fallbacks += not whitened
         return batch
 
     def ppo_update(self, batch: EpisodeBatch) -> dict[str, torch.Tensor]:
