@@ -9,10 +9,12 @@ and (``*_g4``) four, with that benchmark's
 target rule (start + `TARGET_FRACTION` of the way to the best final score of the runs shown). It
 runs on `LEVER_SEEDS`, seeds that are not reporting seeds: this is where defaults are chosen;
 whether replay wins is the fair benchmark's question. Runs share the fair benchmark's cache.
+Run time (2 cores, ``--jobs 2``): 64 runs, about 28 minutes; ``--confirm``, 18 runs, about 10.
 
-``--confirm`` runs `CONFIRMED` (the row that matched or beat the defaults on every task) on the fair
-benchmark's reporting seeds, budgets and targets, next to that benchmark's best on-policy arm and
-replay defaults as `benchmarks/results/fairness.json` records them. It is a check of one setting
+``--confirm`` runs `CONFIRMED` (the row that matched or beat the defaults on every task) and on-policy
+PPO with as many optimizer steps per generated episode on the fair benchmark's reporting seeds,
+budgets and targets, next to that benchmark's best on-policy arm and replay defaults as
+`benchmarks/results/fairness.json` records them. It is a check of one setting
 picked on the tuning seeds, not a tuned arm of the fair benchmark (whose grids it is not in).
 """
 
@@ -65,46 +67,58 @@ def lever_task(name: str) -> Task:
 
 
 CONFIRMED = "96 replayed + self-imitation"
+SAME_COMPUTE = "ppo, 16 epochs (same as 96 replayed)"
 CONFIRM_TASKS = ("digits", "sparse", "sparse_g4")
 
 
 def confirm(jobs: int, output: Path) -> dict:
-    """`CONFIRMED` on the reporting seeds, against the best on-policy arm and replay defaults of fairness.json."""
+    """`CONFIRMED` and `SAME_COMPUTE` on the reporting seeds, beside fairness.json's best on-policy arm."""
     from benchmarks import fairness_report as report
 
     fairness = json.loads((RESULTS / "fairness.json").read_text())
-    family, overrides = ONE_SAMPLE_ARMS[CONFIRMED]
-    specs = [arm_spec(task, family, overrides, seed, False) for task in CONFIRM_TASKS for seed in REPORT_SEEDS]
-    records = run_all(specs, RESULTS / "fairness_cache", jobs)
+    arms = {name: ONE_SAMPLE_ARMS[name] for name in (CONFIRMED, SAME_COMPUTE)}
+    keys, specs = [], []
+    for task in CONFIRM_TASKS:
+        for name, (family, overrides) in arms.items():
+            for seed in REPORT_SEEDS:
+                keys.append((task, name, seed))
+                specs.append(arm_spec(task, family, overrides, seed, False))
+    records = dict(zip(keys, run_all(specs, RESULTS / "fairness_cache", jobs), strict=True))
     command = "python -m benchmarks.levers --confirm"
-    result: dict = {"command": command, "lever": CONFIRMED, "overrides": overrides, "tasks": {}}
+    result: dict = {"command": command, "arms": arms, "tasks": {}}
     lines = [
         "# A lever on the reporting seeds",
         "",
-        f"Command: `{command}`. `{CONFIRMED}` ({_settings(overrides)}) at the base learning rate, seeds "
-        f"{', '.join(map(str, REPORT_SEEDS))}, with the fair benchmark's budgets and targets; the other columns "
-        "are that benchmark's arms (`fairness.json`). Episodes to target, median (per seed). The lever trains on "
-        "three replayed episodes per fresh one: twice the optimizer steps per generated episode of the "
-        "fair benchmark's replay arms.",
+        f"Command: `{command}`. `{CONFIRMED}` ({_settings(arms[CONFIRMED][1])}) and on-policy PPO given the "
+        f"same optimizer steps per generated episode ({_settings(arms[SAME_COMPUTE][1])}), at the base learning "
+        f"rate, seeds {', '.join(map(str, REPORT_SEEDS))}, with the fair benchmark's budgets and targets; the "
+        "best on-policy arm and replay defaults are that benchmark's runs (`fairness.json`). Episodes to target, "
+        "median (per seed); optimizer steps per generated episode in brackets.",
         "",
-        "| task | target | best on-policy arm | replay defaults | this lever | best on-policy / this lever "
-        "| optimizer steps / episode (best on-policy, this lever) |",
+        "| task | target | best on-policy arm | PPO, same steps as the lever | replay defaults | the lever "
+        "| best on-policy / the lever |",
         "|---|---|---|---|---|---|---|",
     ]
-    for i, task in enumerate(CONFIRM_TASKS):
+    for task in CONFIRM_TASKS:
         reported = fairness["tasks"][task]
-        lever = report.summarise(records[i * len(REPORT_SEEDS) : (i + 1) * len(REPORT_SEEDS)], reported["target"])
+        runs = {
+            name: report.summarise([records[(task, name, s)] for s in REPORT_SEEDS], reported["target"])
+            for name in arms
+        }
         best_on = reported["headline"]["best_on_policy"]
-        on_policy, default = reported["summary"][best_on], reported["summary"]["replay_default"]
+        on_policy, default, lever = (
+            reported["summary"][best_on],
+            reported["summary"]["replay_default"],
+            runs[CONFIRMED],
+        )
         numerator, bound = on_policy["episodes_to_target"], ""
         if not math.isfinite(numerator):
             numerator, bound = reported["budget"], ">="
         ratio = numerator / lever["episodes_to_target"]
-        result["tasks"][task] = {"target": reported["target"], "summary": lever, "best_on_policy": best_on}
+        result["tasks"][task] = {"target": reported["target"], "summary": runs, "best_on_policy": best_on}
         lines.append(
-            f"| {task} | {reported['target']:.3f} | {best_on} {_episodes(on_policy)} | {_episodes(default)} | "
-            f"{_episodes(lever)} | {bound}{ratio:.2f}x | "
-            f"{on_policy['steps_per_episode']:.3f}, {lever['steps_per_episode']:.3f} |"
+            f"| {task} | {reported['target']:.3f} | {best_on} {_episodes(on_policy)} | "
+            f"{_episodes(runs[SAME_COMPUTE])} | {_episodes(default)} | {_episodes(lever)} | {bound}{ratio:.2f}x |"
         )
     (output / "levers_confirm.json").write_text(json.dumps(result, indent=1, default=str))
     (output / "levers_confirm.md").write_text("\n".join(lines) + "\n")
@@ -120,7 +134,8 @@ def _episodes(summary: dict) -> str:
     from benchmarks import fairness_report as report
 
     per_seed = ", ".join(report.format_episodes(e) for e in summary["episodes_to_target_per_seed"])
-    return f"{report.format_episodes(summary['episodes_to_target'])} ({per_seed})"
+    episodes = report.format_episodes(summary["episodes_to_target"])
+    return f"{episodes} ({per_seed}) [{summary['steps_per_episode']:.2f}]"
 
 
 def main(argv: list[str] | None = None) -> dict:
