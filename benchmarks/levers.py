@@ -4,18 +4,18 @@
     python -m benchmarks.levers --confirm  # the winning row on the reporting seeds: levers_confirm.{json,md}
 
 Each row changes one replay field from its default (or, for the last rows, two) at the base
-learning rate, on the sparse and digits tasks of `benchmarks.fairness`, with one completion per prompt
-and (``*_g4``) four, with that benchmark's
-target rule (start + `TARGET_FRACTION` of the way to the best final score of the runs shown). It
-runs on `LEVER_SEEDS`, seeds that are not reporting seeds: this is where defaults are chosen;
-whether replay wins is the fair benchmark's question. Runs share the fair benchmark's cache.
-Run time (2 cores, ``--jobs 2``): 64 runs, about 28 minutes; ``--confirm``, 18 runs, about 10.
+learning rate, on the sparse and digits tasks of `benchmarks.fairness` with one completion per
+prompt and (``*_g4``) four, with that benchmark's target rule (start + `TARGET_FRACTION` of the
+way to the best final score of the runs shown). It runs on `LEVER_SEEDS`, seeds that are not
+reporting seeds: this is where defaults are chosen; whether replay wins is the fair benchmark's
+question. Runs share the fair benchmark's cache. Run time (2 cores, ``--jobs 2``): 64 runs, about
+28 minutes; ``--confirm``, 18 runs, about 10.
 
-``--confirm`` runs `CONFIRMED` (the row that matched or beat the defaults on every task) and on-policy
-PPO with as many optimizer steps per generated episode on the fair benchmark's reporting seeds,
-budgets and targets, next to that benchmark's best on-policy arm and replay defaults as
-`benchmarks/results/fairness.json` records them. It is a check of one setting
-picked on the tuning seeds, not a tuned arm of the fair benchmark (whose grids it is not in).
+``--confirm`` runs `CONFIRMED` (the row that matched or beat the defaults on every task) and
+on-policy PPO with as many optimizer steps per generated episode (`SAME_COMPUTE`) on the fair
+benchmark's reporting seeds, budgets and targets, next to that benchmark's best on-policy arm and
+replay defaults as `benchmarks/results/fairness.json` records them. It checks one setting picked
+on the tuning seeds; it is not a tuned arm of the fair benchmark, whose grids do not hold it.
 """
 
 from __future__ import annotations
