@@ -99,15 +99,30 @@ ROBUSTNESS_LENGTHS = (6, 48)
 ROBUSTNESS_BUDGET = 6400
 
 
-def grid(family: str, settings: dict) -> list[dict]:
-    """The settings a family is tuned over: `LR_MULTIPLIERS` x two values of its own knob."""
-    knob = {
-        "ppo": ("num_ppo_epochs", (4, 8)),
-        "grpo": ("num_iterations", (1, 4)),
-        "replay": ("use_priority_sampling", (False, True)),
-    }
-    name, values = knob[family]
-    return [{"learning_rate": settings["learning_rate"] * m, name: v} for m in LR_MULTIPLIERS for v in values]
+def grid(family: str, settings: dict, kind: str = "standard") -> list[dict]:
+    """The settings a family is tuned over: `LR_MULTIPLIERS` x two values of its own knob.
+
+    ``standard``: PPO epochs 4/8, GRPO iterations 1/4, replay uniform/prioritized. ``compute_matched``:
+    the top of every knob trains twice the optimizer steps per generated episode of replay's defaults
+    (PPO 16 epochs, GRPO 16 iterations, replay three replayed episodes per fresh one with self-imitation).
+    """
+    batch = settings["per_device_train_batch_size"]
+    knobs = {
+        "standard": {
+            "ppo": ({"num_ppo_epochs": 4}, {"num_ppo_epochs": 8}),
+            "grpo": ({"num_iterations": 1}, {"num_iterations": 4}),
+            "replay": ({"use_priority_sampling": False}, {"use_priority_sampling": True}),
+        },
+        "compute_matched": {
+            "ppo": ({"num_ppo_epochs": 8}, {"num_ppo_epochs": 16}),
+            "grpo": ({"num_iterations": 4}, {"num_iterations": 16}),
+            "replay": (
+                {"use_priority_sampling": False},
+                {"replay_sample_size": 3 * batch, "self_imitation_coef": 1.0},
+            ),
+        },
+    }[kind][family]
+    return [{"learning_rate": settings["learning_rate"] * m, **knob} for m in LR_MULTIPLIERS for knob in knobs]
 
 
 def arm_spec(task: str, family: str, overrides: dict, seed: int, quick: bool, spec_task: Task | None = None) -> dict:
@@ -241,6 +256,13 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--no_cache", action="store_true", help="Train every run again.")
     parser.add_argument("--tune_only", action="store_true", help="Stop after the tuning runs; print their table.")
     parser.add_argument(
+        "--grid",
+        default="standard",
+        choices=["standard", "compute_matched"],
+        help="standard: each family's usual knob; compute_matched: every family's knob reaches twice the "
+        "optimizer steps per generated episode of replay's defaults (see `grid`).",
+    )
+    parser.add_argument(
         "--sections",
         nargs="+",
         default=["tasks", "long", "robustness"],
@@ -262,7 +284,7 @@ def main(argv: list[str] | None = None) -> dict:
     for task in tasks:
         if TASKS[task].tuned_on is None:
             for family in TASKS[task].families:
-                settings = grid(family, TASKS[task].settings)[: 1 if options.quick else None]
+                settings = grid(family, TASKS[task].settings, options.grid)[: 1 if options.quick else None]
                 for overrides in settings:
                     tuning_specs[(task, family, json.dumps(overrides))] = arm_spec(
                         task, family, overrides, TUNING_SEED, options.quick
@@ -305,7 +327,9 @@ def main(argv: list[str] | None = None) -> dict:
                 report_specs.append(arm_spec(task, family, overrides, seed, options.quick))
     reported = dict(zip(report_keys, run_all(report_specs, cache, options.jobs), strict=True))
     result = {
-        "command": "python -m benchmarks.fairness" + (" --quick" if options.quick else ""),
+        "command": "python -m benchmarks.fairness"
+        + (" --quick" if options.quick else "")
+        + ("" if options.grid == "standard" else f" --grid {options.grid}"),
         "tuning_seed": TUNING_SEED,
         "report_seeds": list(seeds),
         "target_fraction": TARGET_FRACTION,
@@ -326,7 +350,7 @@ def main(argv: list[str] | None = None) -> dict:
             "budget": QUICK["budget"] if options.quick else TASKS[task].budget,
             "summary": summary,
             "headline": report.headline(summary, TASKS[task].budget),
-            "grids": {f: grid(f, TASKS[task].settings) for f in TASKS[task].families},
+            "grids": {f: grid(f, TASKS[task].settings, options.grid) for f in TASKS[task].families},
             "chosen": {arm: overrides for arm, (_, overrides) in chosen[TASKS[task].tuned_on or task].items()},
             "skipped": {"stock_trl": skip_stock} if skip_stock else {},
         }

@@ -8,7 +8,15 @@ from pathlib import Path
 
 import numpy as np
 
-KNOBS = ("learning_rate", "num_ppo_epochs", "num_iterations", "use_priority_sampling", "use_replay_buffer")
+KNOBS = (
+    "learning_rate",
+    "num_ppo_epochs",
+    "num_iterations",
+    "use_priority_sampling",
+    "replay_sample_size",
+    "self_imitation_coef",
+    "use_replay_buffer",
+)
 ON_POLICY = ("stock_trl", "replay_off", "compute_matched", "tuned_ppo", "tuned_grpo")
 REPLAY = ("replay_default", "tuned_replay")
 
