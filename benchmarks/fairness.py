@@ -2,6 +2,8 @@
 
     python -m benchmarks.fairness            # full mode, results in benchmarks/results/fairness.*
     python -m benchmarks.fairness --quick    # a smoke check of every arm on a tiny budget
+    python -m benchmarks.fairness --grid compute_matched --tasks sparse sparse_g4 --sections tasks \
+        --output_dir benchmarks/results/compute_matched   # grids reaching twice the compute (see `grid`)
 
 Tasks (`TASKS`): ``digits`` (dense reward), ``sparse`` (the GSM8K-shaped arithmetic task, one
 completion per prompt), ``sparse_g4`` (four per prompt) and ``held_out`` (the arithmetic task's
@@ -13,7 +15,8 @@ compute-matched on-policy arm (replay off with ``num_ppo_epochs`` scaled so opti
 trained episodes per generated episode equal the replay default's), tuned PPO (best of a grid over
 learning rate x epochs), TRL's GRPOTrainer tuned over learning rate x ``num_iterations``
 (4 completions per prompt), replay with its defaults, and tuned replay (learning rate x prioritized
-sampling). Every family's grid has `len(LR_MULTIPLIERS) x 2` settings.
+sampling). Every family's grid has `len(LR_MULTIPLIERS) x 2` settings; ``--grid compute_matched``
+moves each family's knob up to twice the optimizer steps per generated episode of replay's defaults.
 
 Protocol, fixed before any arm runs: the grids are tuned on `TUNING_SEED`, results are reported on
 `REPORT_SEEDS`. A task's target is its start score plus `TARGET_FRACTION` of the way to the best
