@@ -99,6 +99,9 @@ def main(models_dir: str, output_dir: str, resume: str) -> None:
             **checks,
         }
         (Path(output_dir) / f"summary-{resume}.json").write_text(json.dumps(summary))
+    # Shut the gloo group down before exit: left to the interpreter's teardown, its threads can abort the process.
+    accelerator.wait_for_everyone()
+    torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
