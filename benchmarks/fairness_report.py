@@ -86,23 +86,37 @@ def headline(summary: dict[str, dict], budget: int) -> dict:
     replay = {a: s for a, s in summary.items() if a in REPLAY}
     best_on = min(on_policy, key=lambda a: on_policy[a]["episodes_to_target"])
     best_replay = min(replay, key=lambda a: replay[a]["episodes_to_target"])
-    numerator = on_policy[best_on]["episodes_to_target"]
-    denominator = replay[best_replay]["episodes_to_target"]
-    lower_bound = not math.isfinite(numerator)
-    if lower_bound:
-        numerator = budget
-    ratio = numerator / max(denominator, 1) if math.isfinite(denominator) else math.nan
+    ratio, lower_bound = episodes_ratio(
+        on_policy[best_on]["episodes_to_target"], replay[best_replay]["episodes_to_target"], budget
+    )
     return {"best_on_policy": best_on, "best_replay": best_replay, "ratio": ratio, "lower_bound": lower_bound}
+
+
+def episodes_ratio(on_policy: float, replay: float, budget: int) -> tuple[float, bool]:
+    """On-policy / replay episodes to target, and whether it is a lower bound (on-policy never reached it:
+    the budget stands in); NaN when replay never reached it."""
+    lower_bound = not math.isfinite(on_policy)
+    numerator = budget if lower_bound else on_policy
+    return (numerator / max(replay, 1) if math.isfinite(replay) else math.nan), lower_bound
 
 
 def format_episodes(value: float) -> str:
     return f"{value:,.0f}" if math.isfinite(value) else "not reached"
 
 
-def _ratio(head: dict) -> str:
-    if math.isnan(head["ratio"]):
+def format_per_seed(summary: dict) -> str:
+    """An arm's episodes to target on each seed, comma-separated."""
+    return ", ".join(format_episodes(e) for e in summary["episodes_to_target_per_seed"])
+
+
+def format_ratio(ratio: float, lower_bound: bool) -> str:
+    if math.isnan(ratio):
         return "n/a (replay did not reach it)"
-    return f"{'>=' if head['lower_bound'] else ''}{head['ratio']:.2f}x"
+    return f"{'>=' if lower_bound else ''}{ratio:.2f}x"
+
+
+def format_settings(settings: dict) -> str:
+    return ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in settings.items())
 
 
 def markdown(result: dict) -> str:
@@ -120,10 +134,11 @@ def markdown(result: dict) -> str:
     ]
     for task, data in result["tasks"].items():
         head, summary = data["headline"], data["summary"]
+        ratio = format_ratio(head["ratio"], head["lower_bound"])
         lines.append(
             f"| {task} | {data['target']:.3f} | {head['best_on_policy']} | "
             f"{format_episodes(summary[head['best_on_policy']]['episodes_to_target'])} | {head['best_replay']} | "
-            f"{format_episodes(summary[head['best_replay']]['episodes_to_target'])} | {_ratio(head)} |"
+            f"{format_episodes(summary[head['best_replay']]['episodes_to_target'])} | {ratio} |"
         )
     for task, data in result["tasks"].items():
         lines += [
@@ -135,11 +150,11 @@ def markdown(result: dict) -> str:
             "|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for arm, s in data["summary"].items():
-            per_seed = ", ".join(format_episodes(e) for e in s["episodes_to_target_per_seed"])
-            knobs = {k: v for k, v in s["settings"].items() if k in KNOBS}
+            knobs = format_settings({k: v for k, v in s["settings"].items() if k in KNOBS})
+            episodes = f"{format_episodes(s['episodes_to_target'])} ({format_per_seed(s)})"
             tokens = f"{s['tokens_per_episode']:.1f}" if math.isfinite(s["tokens_per_episode"]) else "-"
             lines.append(
-                f"| {arm} | {_knobs(knobs)} | {format_episodes(s['episodes_to_target'])} ({per_seed}) | "
+                f"| {arm} | {knobs} | {episodes} | "
                 f"{s['reached']}/{s['runs']} | {s['seconds_to_target']:.1f} | {s['final_eval']:.3f} | "
                 f"{s['final_train']:.3f} | {s['steps_per_episode']:.3f} | {tokens} | {s['peak_rss_gib']:.2f} | "
                 f"{len(s['stopped'])} |"
@@ -151,10 +166,6 @@ def markdown(result: dict) -> str:
         if result.get(section):
             lines += ["", f"## {title}", "", *result[section]["lines"]]
     return "\n".join(lines) + "\n"
-
-
-def _knobs(knobs: dict) -> str:
-    return ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in knobs.items())
 
 
 def plot(result: dict, records: dict[str, dict[str, list[dict]]], path: Path) -> None:

@@ -22,9 +22,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 from pathlib import Path
 
+from benchmarks import fairness_report as report
 from benchmarks.fairness import REPORT_SEEDS, RESULTS, TARGET_FRACTION, TASKS, Task, arm_spec, run_all
 
 LEVER_SEEDS = (0, 4)
@@ -73,8 +73,6 @@ CONFIRM_TASKS = ("digits", "sparse", "sparse_g4")
 
 def confirm(jobs: int, output: Path) -> dict:
     """`CONFIRMED` and `SAME_COMPUTE` on the reporting seeds, beside fairness.json's best on-policy arm."""
-    from benchmarks import fairness_report as report
-
     fairness = json.loads((RESULTS / "fairness.json").read_text())
     arms = {name: ONE_SAMPLE_ARMS[name] for name in (CONFIRMED, SAME_COMPUTE)}
     keys, specs = [], []
@@ -86,11 +84,14 @@ def confirm(jobs: int, output: Path) -> dict:
     records = dict(zip(keys, run_all(specs, RESULTS / "fairness_cache", jobs), strict=True))
     command = "python -m benchmarks.levers --confirm"
     result: dict = {"command": command, "arms": arms, "tasks": {}}
+    lever_settings, same_compute_settings = (
+        report.format_settings(arms[name][1]) for name in (CONFIRMED, SAME_COMPUTE)
+    )
     lines = [
         "# A lever on the reporting seeds",
         "",
-        f"Command: `{command}`. `{CONFIRMED}` ({_settings(arms[CONFIRMED][1])}) and on-policy PPO given the "
-        f"same optimizer steps per generated episode ({_settings(arms[SAME_COMPUTE][1])}), at the base learning "
+        f"Command: `{command}`. `{CONFIRMED}` ({lever_settings}) and on-policy PPO given the "
+        f"same optimizer steps per generated episode ({same_compute_settings}), at the base learning "
         f"rate, seeds {', '.join(map(str, REPORT_SEEDS))}, with the fair benchmark's budgets and targets; the "
         "best on-policy arm and replay defaults are that benchmark's runs (`fairness.json`). Episodes to target, "
         "median (per seed); optimizer steps per generated episode in brackets.",
@@ -111,14 +112,13 @@ def confirm(jobs: int, output: Path) -> dict:
             reported["summary"]["replay_default"],
             runs[CONFIRMED],
         )
-        numerator, bound = on_policy["episodes_to_target"], ""
-        if not math.isfinite(numerator):
-            numerator, bound = reported["budget"], ">="
-        ratio = numerator / lever["episodes_to_target"]
+        ratio = report.format_ratio(
+            *report.episodes_ratio(on_policy["episodes_to_target"], lever["episodes_to_target"], reported["budget"])
+        )
         result["tasks"][task] = {"target": reported["target"], "summary": runs, "best_on_policy": best_on}
         lines.append(
             f"| {task} | {reported['target']:.3f} | {best_on} {_episodes(on_policy)} | "
-            f"{_episodes(runs[SAME_COMPUTE])} | {_episodes(default)} | {_episodes(lever)} | {bound}{ratio:.2f}x |"
+            f"{_episodes(runs[SAME_COMPUTE])} | {_episodes(default)} | {_episodes(lever)} | {ratio} |"
         )
     (output / "levers_confirm.json").write_text(json.dumps(result, indent=1, default=str))
     (output / "levers_confirm.md").write_text("\n".join(lines) + "\n")
@@ -126,16 +126,10 @@ def confirm(jobs: int, output: Path) -> dict:
     return result
 
 
-def _settings(overrides: dict) -> str:
-    return ", ".join(f"{k}={v}" for k, v in overrides.items())
-
-
 def _episodes(summary: dict) -> str:
-    from benchmarks import fairness_report as report
-
-    per_seed = ", ".join(report.format_episodes(e) for e in summary["episodes_to_target_per_seed"])
+    """Median episodes to target (per seed) [optimizer steps per generated episode]."""
     episodes = report.format_episodes(summary["episodes_to_target"])
-    return f"{episodes} ({per_seed}) [{summary['steps_per_episode']:.2f}]"
+    return f"{episodes} ({report.format_per_seed(summary)}) [{summary['steps_per_episode']:.2f}]"
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -149,7 +143,6 @@ def main(argv: list[str] | None = None) -> dict:
     output.mkdir(parents=True, exist_ok=True)
     if options.confirm:
         return confirm(options.jobs, output)
-    from benchmarks import fairness_report as report
 
     keys, specs = [], []
     for task in options.tasks:
@@ -180,9 +173,9 @@ def main(argv: list[str] | None = None) -> dict:
             "|---|---|---|---|---|",
         ]
         for arm, s in summary.items():
-            per_seed = ", ".join(report.format_episodes(e) for e in s["episodes_to_target_per_seed"])
             lines.append(
-                f"| {arm} | {per_seed} | {s['final_eval']:.3f} | {s['steps_per_episode']:.3f} | {len(s['stopped'])} |"
+                f"| {arm} | {report.format_per_seed(s)} | {s['final_eval']:.3f} | {s['steps_per_episode']:.3f} | "
+                f"{len(s['stopped'])} |"
             )
     (output / "levers.json").write_text(json.dumps(result, indent=1, default=str))
     (output / "levers.md").write_text("\n".join(lines) + "\n")
