@@ -2,8 +2,6 @@
 
     python -m benchmarks.fairness            # full mode, results in benchmarks/results/fairness.*
     python -m benchmarks.fairness --quick    # a smoke check of every arm on a tiny budget
-    python -m benchmarks.fairness --grid compute_matched --tasks sparse sparse_g4 --sections tasks \
-        --output_dir benchmarks/results/compute_matched   # grids reaching twice the compute (see `grid`)
 
 Tasks (`TASKS`): ``digits`` (dense reward), ``sparse`` (the GSM8K-shaped arithmetic task, one
 completion per prompt), ``sparse_g4`` (four per prompt) and ``held_out`` (the arithmetic task's
@@ -12,11 +10,12 @@ subtraction variant, run with the settings chosen on ``sparse`` and never used f
 Arms, every one at the same budget of generated episodes and scored by the same evaluator:
 stock TRL PPO (only where TRL <= 1.12 provides it), this package with replay off, the
 compute-matched on-policy arm (replay off with ``num_ppo_epochs`` scaled so optimizer steps and
-trained episodes per generated episode equal the replay default's), tuned PPO (best of a grid over
+trained episodes per generated episode equal replay's defaults), tuned PPO (best of a grid over
 learning rate x epochs), TRL's GRPOTrainer tuned over learning rate x ``num_iterations``
-(4 completions per prompt), replay with its defaults, and tuned replay (learning rate x prioritized
-sampling). Every family's grid has `len(LR_MULTIPLIERS) x 2` settings; ``--grid compute_matched``
-moves each family's knob up to twice the optimizer steps per generated episode of replay's defaults.
+(4 completions per prompt), replay with its defaults at the learning rate of the best tuned
+on-policy arm (what a user switching replay on keeps), and tuned replay (learning rate x its
+defaults or the previous ones). Every family's grid has `len(LR_MULTIPLIERS) x 2` settings, and the
+top of every family's knob trains as many optimizer steps per generated episode as replay's defaults.
 
 Protocol, fixed before any arm runs: the grids are tuned on `TUNING_SEED`, results are reported on
 `REPORT_SEEDS`. A task's target is its start score plus `TARGET_FRACTION` of the way to the best
@@ -50,7 +49,7 @@ TUNING_SEED = 0
 REPORT_SEEDS = (1, 2, 3)
 TARGET_FRACTION = 0.8  # at 0.5, digits arms stuck on a one-answer policy (eval 0.51) counted as reached
 LR_MULTIPLIERS = (1, 3, 10)
-REPLAY_DEFAULTS = {"use_replay_buffer": True}
+REPLAY_RATIO = 3  # `ReplayPPOConfig.replay_ratio`'s default
 
 _DIGITS = {
     "per_device_train_batch_size": 32,
@@ -102,29 +101,20 @@ ROBUSTNESS_LENGTHS = (6, 48)
 ROBUSTNESS_BUDGET = 6400
 
 
-def grid(family: str, settings: dict, kind: str = "standard") -> list[dict]:
+def grid(family: str, settings: dict) -> list[dict]:
     """The settings a family is tuned over: `LR_MULTIPLIERS` x two values of its own knob.
 
-    ``standard``: PPO epochs 4/8, GRPO iterations 1/4, replay uniform/prioritized. ``compute_matched``:
-    the top of every knob trains twice the optimizer steps per generated episode of replay's defaults
-    (PPO 16 epochs, GRPO 16 iterations, replay three replayed episodes per fresh one with self-imitation).
+    The top of every family's knob trains as many optimizer steps per generated episode as replay's
+    defaults (the fresh batch plus `REPLAY_RATIO` times as many replayed episodes): PPO 8 or
+    (1 + ratio) x 4 = 16 epochs, GRPO 4 or 16 iterations; replay its defaults or the previous ones
+    (as many replayed episodes as fresh ones, no self-imitation).
     """
-    batch = settings["per_device_train_batch_size"]
+    epochs = settings["num_ppo_epochs"]
     knobs = {
-        "standard": {
-            "ppo": ({"num_ppo_epochs": 4}, {"num_ppo_epochs": 8}),
-            "grpo": ({"num_iterations": 1}, {"num_iterations": 4}),
-            "replay": ({"use_priority_sampling": False}, {"use_priority_sampling": True}),
-        },
-        "compute_matched": {
-            "ppo": ({"num_ppo_epochs": 8}, {"num_ppo_epochs": 16}),
-            "grpo": ({"num_iterations": 4}, {"num_iterations": 16}),
-            "replay": (
-                {"use_priority_sampling": False},
-                {"replay_sample_size": 3 * batch, "self_imitation_coef": 1.0},
-            ),
-        },
-    }[kind][family]
+        "ppo": ({"num_ppo_epochs": 2 * epochs}, {"num_ppo_epochs": (1 + REPLAY_RATIO) * epochs}),
+        "grpo": ({"num_iterations": 4}, {"num_iterations": (1 + REPLAY_RATIO) * epochs}),
+        "replay": ({}, {"replay_ratio": 1, "self_imitation_coef": 0.0}),
+    }[family]
     return [{"learning_rate": settings["learning_rate"] * m, **knob} for m in LR_MULTIPLIERS for knob in knobs]
 
 
@@ -240,14 +230,26 @@ def stock_available() -> str | None:
 
 def fixed_arms(task: str) -> dict[str, tuple[str, dict]]:
     """The arms that are not tuned: ``{name: (family, overrides)}``."""
-    settings = TASKS[task].settings
-    matched_epochs = settings["num_ppo_epochs"] * 2  # replay_sample_size (default 32) = the batch: twice the rows
+    epochs = TASKS[task].settings["num_ppo_epochs"]
     return {
         "stock_trl": ("stock", {}),
         "replay_off": ("ppo", {}),
-        "compute_matched": ("ppo", {"num_ppo_epochs": matched_epochs}),
-        "replay_default": ("replay", dict(REPLAY_DEFAULTS)),
+        "compute_matched": ("ppo", {"num_ppo_epochs": (1 + REPLAY_RATIO) * epochs}),
     }
+
+
+def default_replay_arm(chosen: dict[str, tuple[str, dict]], tuning: dict, task: str, target: float) -> tuple:
+    """Replay with every replay field at its default and the learning rate of the best tuned on-policy arm.
+
+    What a user who turns replay on keeps from their on-policy run; the best on-policy arm (tuned PPO or
+    tuned GRPO) is the one reaching the target with the fewest episodes on the tuning seed.
+    """
+    from benchmarks import fairness_report as report
+
+    records = {arm: tuning[(task, family, json.dumps(overrides))] for arm, (family, overrides) in chosen.items()}
+    best = report.best_of([records["tuned_ppo"], records["tuned_grpo"]], target)
+    arm = "tuned_ppo" if best is records["tuned_ppo"] else "tuned_grpo"
+    return ("replay", {"learning_rate": chosen[arm][1]["learning_rate"]})
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -258,13 +260,6 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--jobs", type=int, default=2, help="Runs in parallel (one thread each); 0 runs them here.")
     parser.add_argument("--no_cache", action="store_true", help="Train every run again.")
     parser.add_argument("--tune_only", action="store_true", help="Stop after the tuning runs; print their table.")
-    parser.add_argument(
-        "--grid",
-        default="standard",
-        choices=["standard", "compute_matched"],
-        help="standard: each family's usual knob; compute_matched: every family's knob reaches twice the "
-        "optimizer steps per generated episode of replay's defaults (see `grid`).",
-    )
     parser.add_argument(
         "--sections",
         nargs="+",
@@ -287,7 +282,7 @@ def main(argv: list[str] | None = None) -> dict:
     for task in tasks:
         if TASKS[task].tuned_on is None:
             for family in TASKS[task].families:
-                settings = grid(family, TASKS[task].settings, options.grid)[: 1 if options.quick else None]
+                settings = grid(family, TASKS[task].settings)[: 1 if options.quick else None]
                 for overrides in settings:
                     tuning_specs[(task, family, json.dumps(overrides))] = arm_spec(
                         task, family, overrides, TUNING_SEED, options.quick
@@ -313,6 +308,7 @@ def main(argv: list[str] | None = None) -> dict:
             best = report.best_of(list(family_records.values()), targets[task])
             overrides = json.loads(next(k[2] for k, r in family_records.items() if r is best))
             chosen[task][arm] = (family, overrides)
+        chosen[task]["replay_default"] = default_replay_arm(chosen[task], tuning, task, targets[task])
 
     # 2. Reporting: every arm on the reporting seeds (borrowing tasks also on the tuning seed, for their target).
     arms_of = {}
@@ -330,9 +326,7 @@ def main(argv: list[str] | None = None) -> dict:
                 report_specs.append(arm_spec(task, family, overrides, seed, options.quick))
     reported = dict(zip(report_keys, run_all(report_specs, cache, options.jobs), strict=True))
     result = {
-        "command": "python -m benchmarks.fairness"
-        + (" --quick" if options.quick else "")
-        + ("" if options.grid == "standard" else f" --grid {options.grid}"),
+        "command": "python -m benchmarks.fairness" + (" --quick" if options.quick else ""),
         "tuning_seed": TUNING_SEED,
         "report_seeds": list(seeds),
         "target_fraction": TARGET_FRACTION,
@@ -353,7 +347,7 @@ def main(argv: list[str] | None = None) -> dict:
             "budget": QUICK["budget"] if options.quick else TASKS[task].budget,
             "summary": summary,
             "headline": report.headline(summary, TASKS[task].budget),
-            "grids": {f: grid(f, TASKS[task].settings, options.grid) for f in TASKS[task].families},
+            "grids": {f: grid(f, TASKS[task].settings) for f in TASKS[task].families},
             "chosen": {arm: overrides for arm, (_, overrides) in chosen[TASKS[task].tuned_on or task].items()},
             "skipped": {"stock_trl": skip_stock} if skip_stock else {},
         }

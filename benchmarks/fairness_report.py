@@ -13,6 +13,7 @@ KNOBS = (
     "num_ppo_epochs",
     "num_iterations",
     "use_priority_sampling",
+    "replay_ratio",
     "replay_sample_size",
     "self_imitation_coef",
     "use_replay_buffer",

@@ -3,7 +3,7 @@
     python -m benchmarks.levers            # results in benchmarks/results/levers.{json,md}
     python -m benchmarks.levers --confirm  # the winning row on the reporting seeds: levers_confirm.{json,md}
 
-Each row changes one replay field from its default (or, for the last rows, two) at the base
+Each row changes one replay field from `_BASE` (or, for the last rows, two) at the base
 learning rate, on the sparse and digits tasks of `benchmarks.fairness` with one completion per
 prompt and (``*_g4``) four, with that benchmark's target rule (start + `TARGET_FRACTION` of the
 way to the best final score of the runs shown). It runs on `LEVER_SEEDS`, seeds that are not
@@ -28,6 +28,9 @@ from benchmarks import fairness_report as report
 from benchmarks.fairness import REPORT_SEEDS, RESULTS, TARGET_FRACTION, TASKS, Task, arm_spec, run_all
 
 LEVER_SEEDS = (0, 4)
+# The replay settings the rows were measured against ("defaults" in their names): replay's defaults before
+# these rows chose the current ones (`replay_ratio=3`, `self_imitation_coef=1`).
+_BASE = {"replay_ratio": 1, "self_imitation_coef": 0.0}
 _ON_POLICY = {
     "ppo, 4 epochs": ("ppo", {}),
     "ppo, 8 epochs (same optimizer steps as replay)": ("ppo", {"num_ppo_epochs": 8}),
@@ -35,20 +38,20 @@ _ON_POLICY = {
 ONE_SAMPLE_ARMS = {
     **_ON_POLICY,
     "ppo, 16 epochs (same as 96 replayed)": ("ppo", {"num_ppo_epochs": 16}),
-    "replay, defaults": ("replay", {}),
-    "prioritized sampling": ("replay", {"use_priority_sampling": True}),
-    "self-imitation, coef 1": ("replay", {"self_imitation_coef": 1.0}),
-    "ESS gate 0.5": ("replay", {"replay_min_ess": 0.5}),
-    "96 replayed per 32 fresh": ("replay", {"replay_sample_size": 96}),
-    "96 replayed + self-imitation": ("replay", {"replay_sample_size": 96, "self_imitation_coef": 1.0}),
-    "96 replayed + prioritized": ("replay", {"replay_sample_size": 96, "use_priority_sampling": True}),
+    "replay, defaults": ("replay", dict(_BASE)),
+    "prioritized sampling": ("replay", {**_BASE, "use_priority_sampling": True}),
+    "self-imitation, coef 1": ("replay", {**_BASE, "self_imitation_coef": 1.0}),
+    "ESS gate 0.5": ("replay", {**_BASE, "replay_min_ess": 0.5}),
+    "96 replayed per 32 fresh": ("replay", {**_BASE, "replay_sample_size": 96}),
+    "96 replayed + self-imitation": ("replay", {**_BASE, "replay_sample_size": 96, "self_imitation_coef": 1.0}),
+    "96 replayed + prioritized": ("replay", {**_BASE, "replay_sample_size": 96, "use_priority_sampling": True}),
 }
 # Four completions per prompt: whether the levers behave as with one.
 FOUR_SAMPLE_ARMS = {
     **_ON_POLICY,
-    "replay, defaults": ("replay", {}),
-    "prioritized sampling": ("replay", {"use_priority_sampling": True}),
-    "96 replayed + self-imitation": ("replay", {"replay_sample_size": 96, "self_imitation_coef": 1.0}),
+    "replay, defaults": ("replay", dict(_BASE)),
+    "prioritized sampling": ("replay", {**_BASE, "use_priority_sampling": True}),
+    "96 replayed + self-imitation": ("replay", {**_BASE, "replay_sample_size": 96, "self_imitation_coef": 1.0}),
 }
 # task: (the `TASKS` entry whose settings, prompts and reward it uses, generated episodes, evaluation interval, arms)
 LEVER_TASKS = {

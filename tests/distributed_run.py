@@ -57,7 +57,7 @@ def main(models_dir: str, output_dir: str, resume: str) -> None:
         use_priority_sampling=True,
         replay_buffer_size=16,
         min_replay_size=14,
-        replay_sample_size=4,
+        replay_ratio=1,  # 4 replayed per rank and update, from the per-rank batch
         per_device_eval_batch_size=8,
         max_replay_reuse=1,
         target_kl=0.01,  # stopping the epochs early must be agreed by both ranks too

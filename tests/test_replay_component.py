@@ -26,7 +26,7 @@ def config(**overrides):
         "priority_beta": 1.0,
         "staleness_threshold": 100,
         "max_replay_reuse": 4,
-        "replay_sample_size": 2,
+        "replayed_per_update": 2,
         "min_replay_size": 2,
         "replay_importance_cap": 2.0,
         "replay_min_ess": 0.0,

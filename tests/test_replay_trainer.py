@@ -175,6 +175,9 @@ def test_replay_reaches_the_target_with_fewer_generations(tmp_path, tiny_dirs):
         ({"min_replay_size": 2000}, "`min_replay_size`=2000 exceeds"),
         ({"replay_buffer_size": 0}, "replay_buffer_size"),
         ({"replay_sample_size": 0}, "replay_sample_size"),
+        ({"replay_ratio": 0}, "replay_ratio"),
+        ({"replay_ratio": 2.5}, "`replay_ratio` must be an integer"),
+        ({"replay_ratio": 200}, r"`replay_ratio` \* per-rank batch \(200 \* 8\)=1600 exceeds `replay_buffer_size`"),
         ({"min_replay_size": -1}, "min_replay_size"),
         ({"max_replay_reuse": 0}, "max_replay_reuse"),
         ({"staleness_threshold": -1}, "staleness_threshold"),
@@ -196,6 +199,17 @@ def test_replay_reaches_the_target_with_fewer_generations(tmp_path, tiny_dirs):
 def test_bad_replay_settings_are_named(tmp_path, overrides, match):
     with pytest.raises(ValueError, match=match):
         ReplayPPOConfig(output_dir=str(tmp_path), per_device_train_batch_size=8, **overrides)
+
+
+def test_replayed_episodes_follow_the_ratio_unless_a_size_is_set(tmp_path):
+    def replayed(**overrides) -> int:
+        config = ReplayPPOConfig(output_dir=str(tmp_path), per_device_train_batch_size=8, **overrides)
+        return config.replayed_per_update
+
+    assert replayed() == 3 * 8
+    assert replayed(gradient_accumulation_steps=2) == 3 * 16
+    assert replayed(replay_ratio=1) == 8
+    assert replayed(replay_ratio=1, replay_sample_size=40) == 40
 
 
 def test_buffer_memory_stays_bounded_over_a_long_run(tmp_path, tiny):

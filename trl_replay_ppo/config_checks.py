@@ -24,6 +24,7 @@ INTS = {
     "num_generations": 1,
     "max_skipped_steps": 1,
     "replay_buffer_size": 1,
+    "replay_ratio": 1,
     "replay_sample_size": 1,
     "max_replay_reuse": 1,
     "num_sample_generations": 0,
@@ -33,7 +34,7 @@ INTS = {
     "max_prompt_length": 1,
     "early_stopping_patience": 1,
 }
-OPTIONAL_INTS = {"total_episodes", "max_prompt_length", "early_stopping_patience"}
+OPTIONAL_INTS = {"total_episodes", "max_prompt_length", "early_stopping_patience", "replay_sample_size"}
 
 # Float fields: (low, high, low included, high included); every one must be finite. None is allowed for
 # those in OPTIONAL_FLOATS.
@@ -156,25 +157,31 @@ def check_batch_arithmetic(config: Any) -> None:
         )
     if not config.use_replay_buffer:
         return
-    for name in ("replay_sample_size", "min_replay_size"):
-        if getattr(config, name) > config.replay_buffer_size:
+    replayed = config.replayed_per_update
+    sample_name = (
+        "`replay_sample_size`"
+        if config.replay_sample_size is not None
+        else f"`replay_ratio` * per-rank batch ({config.replay_ratio} * {local_batch})"
+    )
+    for name, value in ((sample_name, replayed), ("`min_replay_size`", config.min_replay_size)):
+        if value > config.replay_buffer_size:
             raise ValueError(
-                f"`{name}`={getattr(config, name)} exceeds `replay_buffer_size`={config.replay_buffer_size}: replay "
-                f"would never start; lower `{name}` or grow the buffer."
+                f"{name}={value} exceeds `replay_buffer_size`={config.replay_buffer_size}: replay would never "
+                f"start; lower {name} or grow the buffer."
             )
-    needed = max(config.min_replay_size, config.replay_sample_size)
+    needed = max(config.min_replay_size, replayed)
     holdable = min(config.replay_buffer_size, config.staleness_threshold * local_batch)
     if holdable < needed:
         raise ValueError(
             f"Replay would never start: the buffer can hold at most min(`replay_buffer_size`, "
             f"`staleness_threshold` * per-rank batch) = min({config.replay_buffer_size}, {config.staleness_threshold} "
             f"* {local_batch}) = {holdable} episodes (older ones are evicted), fewer than max(`min_replay_size`, "
-            f"`replay_sample_size`) = {needed}. Raise `staleness_threshold` or lower `min_replay_size`."
+            f"{sample_name}) = {needed}. Raise `staleness_threshold` or lower `min_replay_size`."
         )
-    if config.replay_sample_size % local_batch:
-        suggestion = max(local_batch, config.replay_sample_size // local_batch * local_batch)
+    if replayed % local_batch:
+        suggestion = max(local_batch, replayed // local_batch * local_batch)
         raise ValueError(
-            f"`replay_sample_size`={config.replay_sample_size} must be a multiple of the per-rank batch "
+            f"`replay_sample_size`={replayed} must be a multiple of the per-rank batch "
             f"per_device_train_batch_size * gradient_accumulation_steps = {local_batch}, so that every optimizer "
-            f"step sees {local_batch} episodes; e.g. replay_sample_size={suggestion}."
+            f"step sees {local_batch} episodes; e.g. replay_sample_size={suggestion}, or None to use `replay_ratio`."
         )

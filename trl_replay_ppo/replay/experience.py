@@ -3,7 +3,7 @@
 Per update (per rank)::
 
     fresh    = rollout()                                        # B episodes generated now
-    batch    = replay.augment(fresh, forwards, version, ...)    # + replay_sample_size replayed rows
+    batch    = replay.augment(fresh, forwards, version, ...)    # + replay_ratio x the batch replayed rows
                replayed rows: proximal log-probs and values recomputed by `forwards` (the current
                policy and critic); token weight = min(pi_prox / pi_behaviour, cap) * row weight,
                row weight = prioritized-replay weight (N P(i))^-beta (mean 1), or 1 when uniform;
@@ -114,7 +114,7 @@ class ExperienceReplay:
         beta = LinearSchedule(args.priority_beta, 1.0, args.num_total_batches)
         return cls(
             ReplayBuffer(storage, sampler, eviction, seed=seed),
-            sample_size=args.replay_sample_size,
+            sample_size=args.replayed_per_update,
             min_size=args.min_replay_size,
             importance_cap=args.replay_importance_cap,
             beta=beta,
@@ -162,7 +162,7 @@ class ExperienceReplay:
         self.warned_idle = True
         logger.warning(
             "Replay has not run for %d updates: the smallest buffer over the ranks holds %d episodes, fewer than "
-            "max(`min_replay_size`, `replay_sample_size`) = %d. Episodes leave the buffer after "
+            "max(`min_replay_size`, replayed per update) = %d. Episodes leave the buffer after "
             "`staleness_threshold` updates or `max_replay_reuse` replays; raise those or lower `min_replay_size`.",
             self.idle_updates,
             fewest_over_ranks,
