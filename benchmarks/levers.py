@@ -1,21 +1,14 @@
 """Replay levers, one at a time against replay's defaults and on-policy PPO, on the tuning seeds.
 
     python -m benchmarks.levers            # results in benchmarks/results/levers.{json,md}
-    python -m benchmarks.levers --confirm  # the winning row on the reporting seeds: levers_confirm.{json,md}
 
 Each row changes one replay field from `_BASE` (or, for the last rows, two) at the base
 learning rate, on the sparse and digits tasks of `benchmarks.fairness` with one completion per
 prompt and (``*_g4``) four, with that benchmark's target rule (start + `TARGET_FRACTION` of the
 way to the best final score of the runs shown). It runs on `LEVER_SEEDS`, seeds that are not
-reporting seeds: this is where defaults are chosen; whether replay wins is the fair benchmark's
-question. Runs share the fair benchmark's cache. Run time (2 cores, ``--jobs 2``): 64 runs, about
-28 minutes; ``--confirm``, 18 runs, about 10.
-
-``--confirm`` runs `CONFIRMED` (the row that matched or beat the defaults on every task) and
-on-policy PPO with as many optimizer steps per generated episode (`SAME_COMPUTE`) on the fair
-benchmark's reporting seeds, budgets and targets, next to that benchmark's best on-policy arm and
-replay defaults as `benchmarks/results/fairness.json` records them. It checks one setting picked
-on the tuning seeds; it is not a tuned arm of the fair benchmark, whose grids do not hold it.
+reporting seeds: this is where defaults are chosen (the row "96 replayed + self-imitation" became
+them); whether replay wins is the fair benchmark's question. Runs share the fair benchmark's cache.
+Run time (2 cores, ``--jobs 2``): 64 runs, about 28 minutes.
 """
 
 from __future__ import annotations
@@ -25,7 +18,7 @@ import json
 from pathlib import Path
 
 from benchmarks import fairness_report as report
-from benchmarks.fairness import REPORT_SEEDS, RESULTS, TARGET_FRACTION, TASKS, Task, arm_spec, run_all
+from benchmarks.fairness import RESULTS, TARGET_FRACTION, TASKS, Task, arm_spec, run_all
 
 LEVER_SEEDS = (0, 4)
 # The replay settings the rows were measured against ("defaults" in their names): replay's defaults before
@@ -69,84 +62,14 @@ def lever_task(name: str) -> Task:
     return Task(settings, budget=budget, eval_every=every, data=source)
 
 
-CONFIRMED = "96 replayed + self-imitation"
-SAME_COMPUTE = "ppo, 16 epochs (same as 96 replayed)"
-CONFIRM_TASKS = ("digits", "sparse", "sparse_g4")
-
-
-def confirm(jobs: int, output: Path) -> dict:
-    """`CONFIRMED` and `SAME_COMPUTE` on the reporting seeds, beside fairness.json's best on-policy arm."""
-    fairness = json.loads((RESULTS / "fairness.json").read_text())
-    arms = {name: ONE_SAMPLE_ARMS[name] for name in (CONFIRMED, SAME_COMPUTE)}
-    keys, specs = [], []
-    for task in CONFIRM_TASKS:
-        for name, (family, overrides) in arms.items():
-            for seed in REPORT_SEEDS:
-                keys.append((task, name, seed))
-                specs.append(arm_spec(task, family, overrides, seed, False))
-    records = dict(zip(keys, run_all(specs, RESULTS / "fairness_cache", jobs), strict=True))
-    command = "python -m benchmarks.levers --confirm"
-    result: dict = {"command": command, "arms": arms, "tasks": {}}
-    lever_settings, same_compute_settings = (
-        report.format_settings(arms[name][1]) for name in (CONFIRMED, SAME_COMPUTE)
-    )
-    lines = [
-        "# A lever on the reporting seeds",
-        "",
-        f"Command: `{command}`. `{CONFIRMED}` ({lever_settings}) and on-policy PPO given the "
-        f"same optimizer steps per generated episode ({same_compute_settings}), at the base learning "
-        f"rate, seeds {', '.join(map(str, REPORT_SEEDS))}, with the fair benchmark's budgets and targets; the "
-        "best on-policy arm and replay defaults are that benchmark's runs (`fairness.json`). Episodes to target, "
-        "median (per seed); optimizer steps per generated episode in brackets.",
-        "",
-        "| task | target | best on-policy arm | PPO, same steps as the lever | replay defaults | the lever "
-        "| best on-policy / the lever |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for task in CONFIRM_TASKS:
-        reported = fairness["tasks"][task]
-        runs = {
-            name: report.summarise([records[(task, name, s)] for s in REPORT_SEEDS], reported["target"])
-            for name in arms
-        }
-        best_on = reported["headline"]["best_on_policy"]
-        on_policy, default, lever = (
-            reported["summary"][best_on],
-            reported["summary"]["replay_default"],
-            runs[CONFIRMED],
-        )
-        ratio = report.format_ratio(
-            *report.episodes_ratio(on_policy["episodes_to_target"], lever["episodes_to_target"], reported["budget"])
-        )
-        result["tasks"][task] = {"target": reported["target"], "summary": runs, "best_on_policy": best_on}
-        lines.append(
-            f"| {task} | {reported['target']:.3f} | {best_on} {_episodes(on_policy)} | "
-            f"{_episodes(runs[SAME_COMPUTE])} | {_episodes(default)} | {_episodes(lever)} | {ratio} |"
-        )
-    (output / "levers_confirm.json").write_text(json.dumps(result, indent=1, default=str))
-    (output / "levers_confirm.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
-    return result
-
-
-def _episodes(summary: dict) -> str:
-    """Median episodes to target (per seed) [optimizer steps per generated episode]."""
-    episodes = report.format_episodes(summary["episodes_to_target"])
-    return f"{episodes} ({report.format_per_seed(summary)}) [{summary['steps_per_episode']:.2f}]"
-
-
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--jobs", type=int, default=2, help="Runs in parallel (one thread each).")
     parser.add_argument("--output_dir", default=str(RESULTS))
     parser.add_argument("--tasks", nargs="+", default=list(LEVER_TASKS), choices=list(LEVER_TASKS))
-    parser.add_argument("--confirm", action="store_true", help=f"Run `{CONFIRMED}` on the reporting seeds.")
     options = parser.parse_args(argv)
     output = Path(options.output_dir)
     output.mkdir(parents=True, exist_ok=True)
-    if options.confirm:
-        return confirm(options.jobs, output)
-
     keys, specs = [], []
     for task in options.tasks:
         spec_task = lever_task(task)

@@ -58,7 +58,7 @@ def main() -> None:
         stop_token="eos",
         chat_template_kwargs={"enable_thinking": False},
         reward_weights=[1.0, 0.2],
-        replay_sample_size=16,
+        replay_ratio=3,
         min_replay_size=64,
         eval_strategy="steps",
         eval_steps=50,
