@@ -8,7 +8,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent.parent))
 
-from benchmarks.fairness import main, stock_available
+from benchmarks.fairness import REPLAY_RATIO, main, stock_available
+from trl_replay_ppo import ReplayPPOConfig
 
 
 def test_quick_benchmark_runs_every_arm(tmp_path):
@@ -24,10 +25,16 @@ def test_quick_benchmark_runs_every_arm(tmp_path):
     for arm, figures in summary.items():
         assert figures["runs"] == 1 and not figures["stopped"], (arm, figures["stopped"])
         assert figures["steps_per_episode"] > 0, arm
+    # The compute-matched arm trains the rows of replay's defaults: the fresh batch and `replay_ratio` times as many.
+    assert ReplayPPOConfig.replay_ratio == REPLAY_RATIO
     assert (
         summary["compute_matched"]["settings"]["num_ppo_epochs"]
-        == 2 * summary["replay_off"]["settings"]["num_ppo_epochs"]
+        == (1 + REPLAY_RATIO) * summary["replay_off"]["settings"]["num_ppo_epochs"]
     )
+    on_policy_rates = {summary[arm]["settings"]["learning_rate"] for arm in ("tuned_ppo", "tuned_grpo")}
+    assert summary["replay_default"]["settings"]["learning_rate"] in on_policy_rates
+    replay_fields = {"replay_ratio", "replay_sample_size", "self_imitation_coef", "use_priority_sampling"}
+    assert not replay_fields & set(summary["replay_default"]["settings"])  # every replay field at its default
     assert summary["tuned_grpo"]["kind"] == "grpo"
     assert "| sparse |" in (tmp_path / "fairness.md").read_text()
     assert result["tasks"]["sparse"]["headline"]["best_replay"] in ("replay_default", "tuned_replay")
