@@ -26,10 +26,11 @@ score). Headline per task: generated episodes to target of the best on-policy ar
 the best replay arm, medians over the reporting seeds; when the on-policy arm's median is not
 reached within the budget, the ratio is a lower bound and marked ">=".
 
-Run time (2 cores, full mode, ``--jobs 2``): 54 tuning and 75 reporting runs (tasks, about 50
-minutes), 12 generation-heavy runs (about 27) and 36 robustness runs (about 17). Runs are cached
-under ``benchmarks/results/fairness_cache/`` (keyed by spec and by the code they ran), so a re-run
-only trains what changed.
+Run time (2 cores, full mode, ``--jobs 2``): 54 tuning and about 80 reporting runs (tasks, about
+60 minutes with the GRPO and stock TRL runs cached, which do not depend on this package's code), 12
+generation-heavy runs (about 26) and 36 robustness runs (about 25). Runs are cached under
+``benchmarks/results/fairness_cache/`` (keyed by spec and by the code they ran), so a re-run only
+trains what changed.
 """
 
 from __future__ import annotations
