@@ -15,7 +15,7 @@ from trl_replay_ppo.tasks.tiny import build_tiny_models, load_tiny_models, tiny_
 if TYPE_CHECKING:
     from trl_replay_ppo.trainer import ReplayPPOTrainer
 
-# Hyper-parameters that learn the digits task in about a minute on two CPU cores; the demo and
+# Hyper-parameters that learn the digits task in about two minutes on two CPU cores; the demo and
 # benchmarks/overhead.py train with them (benchmarks/fairness.py uses the same values).
 DIGITS_SETTINGS = {
     "per_device_train_batch_size": 32,
