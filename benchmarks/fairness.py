@@ -44,13 +44,15 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from trl_replay_ppo.config import ReplayPPOConfig
+
 RESULTS = Path(__file__).parent / "results"
 ROOT = Path(__file__).parent.parent
 TUNING_SEED = 0
 REPORT_SEEDS = (1, 2, 3)
 TARGET_FRACTION = 0.8  # at 0.5, digits arms stuck on a one-answer policy (eval 0.51) counted as reached
 LR_MULTIPLIERS = (1, 3, 10)
-REPLAY_RATIO = 3  # `ReplayPPOConfig.replay_ratio`'s default
+REPLAY_RATIO = ReplayPPOConfig.replay_ratio  # replayed episodes per fresh one in replay's defaults
 
 _DIGITS = {
     "per_device_train_batch_size": 32,
@@ -239,17 +241,17 @@ def fixed_arms(task: str) -> dict[str, tuple[str, dict]]:
     }
 
 
-def default_replay_arm(chosen: dict[str, tuple[str, dict]], tuning: dict, task: str, target: float) -> tuple:
+def default_replay_arm(chosen: dict[str, tuple[str, dict]], tuned: dict[str, dict], target: float) -> tuple:
     """Replay with every replay field at its default and the learning rate of the best tuned on-policy arm.
 
     What a user who turns replay on keeps from their on-policy run; the best on-policy arm (tuned PPO or
-    tuned GRPO) is the one reaching the target with the fewest episodes on the tuning seed.
+    tuned GRPO, whose tuning-seed records are in ``tuned``) is the one reaching the target with the
+    fewest episodes on the tuning seed.
     """
     from benchmarks import fairness_report as report
 
-    records = {arm: tuning[(task, family, json.dumps(overrides))] for arm, (family, overrides) in chosen.items()}
-    best = report.best_of([records["tuned_ppo"], records["tuned_grpo"]], target)
-    arm = "tuned_ppo" if best is records["tuned_ppo"] else "tuned_grpo"
+    best = report.best_of([tuned["tuned_ppo"], tuned["tuned_grpo"]], target)
+    arm = "tuned_ppo" if best is tuned["tuned_ppo"] else "tuned_grpo"
     return ("replay", {"learning_rate": chosen[arm][1]["learning_rate"]})
 
 
@@ -303,13 +305,13 @@ def main(argv: list[str] | None = None) -> dict:
             continue
         records = [r for (t, _, _), r in tuning.items() if t == task]
         targets[task] = report.target_of(records, TARGET_FRACTION)
-        chosen[task] = {}
+        chosen[task], tuned = {}, {}
         for family, arm in (("ppo", "tuned_ppo"), ("grpo", "tuned_grpo"), ("replay", "tuned_replay")):
             family_records = {k: r for k, r in tuning.items() if k[0] == task and k[1] == family}
-            best = report.best_of(list(family_records.values()), targets[task])
-            overrides = json.loads(next(k[2] for k, r in family_records.items() if r is best))
+            tuned[arm] = report.best_of(list(family_records.values()), targets[task])
+            overrides = json.loads(next(k[2] for k, r in family_records.items() if r is tuned[arm]))
             chosen[task][arm] = (family, overrides)
-        chosen[task]["replay_default"] = default_replay_arm(chosen[task], tuning, task, targets[task])
+        chosen[task]["replay_default"] = default_replay_arm(chosen[task], tuned, targets[task])
 
     # 2. Reporting: every arm on the reporting seeds (borrowing tasks also on the tuning seed, for their target).
     arms_of = {}
