@@ -60,6 +60,7 @@ def main(models_dir: str, output_dir: str, resume: str) -> None:
         replay_ratio=1,  # 4 replayed per rank and update, from the per-rank batch
         per_device_eval_batch_size=8,
         max_replay_reuse=1,
+        num_ppo_epochs=2,
         target_kl=0.01,  # stopping the epochs early must be agreed by both ranks too
         replay_min_ess=0.05,  # the ESS gate agrees over ranks too (an all-reduce each replay)
         self_imitation_coef=0.5,
@@ -72,12 +73,13 @@ def main(models_dir: str, output_dir: str, resume: str) -> None:
     )
     accelerator = trainer.accelerator
     assert accelerator.num_processes == 2, f"world size {accelerator.num_processes}"
-    sizes = []
+    sizes, epochs = [], []
     record = trainer.after_ppo_update
 
     def recording(batch):
         record(batch)
         sizes.append(len(trainer.replay))
+        epochs.append(trainer.update_progress.epochs)  # this rank's own count, never gathered
 
     trainer.after_ppo_update = recording
     trainer.train(resume_from_checkpoint=True if resume == "resume" else None)
@@ -85,12 +87,14 @@ def main(models_dir: str, output_dir: str, resume: str) -> None:
     flat = torch.cat([p.detach().flatten() for p in trainer.model.parameters()])
     gathered = accelerator.gather(flat.unsqueeze(0))
     all_sizes = accelerator.gather(torch.tensor([sizes]))
+    all_epochs = accelerator.gather(torch.tensor([epochs]))
     ess_skips = accelerator.gather(torch.tensor([trainer.replay.low_ess_skips]))
     if accelerator.is_main_process:
         summary = {
             "world_size": accelerator.num_processes,
             "ranks_equal": bool(torch.equal(gathered[0], gathered[1])),
             "buffer_sizes": all_sizes.tolist(),
+            "ppo_epochs": all_epochs.tolist(),
             "low_ess_skips": ess_skips.tolist(),
             "global_step": trainer.state.global_step,
             "episode": trainer.state.episode,

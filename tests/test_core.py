@@ -194,17 +194,6 @@ def test_bad_core_settings_are_named(tmp_path, field, value, match):
         ReplayPPOConfig(output_dir=str(tmp_path), **{field: value})
 
 
-# One minibatch per epoch: the first epoch measures the policy before any step (KL ~0), the second after one.
-@pytest.mark.parametrize(("target_kl", "epochs"), [(None, 4), (1e-9, 2)])
-def test_target_kl_stops_the_epochs_early(tmp_path, tiny, target_kl, epochs):
-    args = tiny_config(tmp_path, num_ppo_epochs=4, total_episodes=8, target_kl=target_kl, learning_rate=1e-2)
-    trainer = make_trainer(tiny, args, make_digits_dataset(8), reward_model=None, reward_funcs=digits_reward)
-    trainer.train()
-    logs = trainer.state.log_history
-    assert [log["train/ppo_epochs"] for log in logs] == [epochs, epochs]
-    assert logs[-1]["efficiency/trained_tokens"] > 0 and "val/explained_variance" in logs[-1]
-
-
 def test_weights_driven_non_finite_stop_training_and_keep_the_last_good_checkpoint(tmp_path, tiny):
     from safetensors.torch import load_file
 

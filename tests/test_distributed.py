@@ -1,5 +1,5 @@
-"""Two processes on CPU through `accelerate launch` (gloo): replay + PER + self-imitation + the ESS gate,
-checkpoint of both ranks, resume."""
+"""Two processes on CPU through `accelerate launch` (gloo): replay + PER + self-imitation + the ESS gate +
+`target_kl`, checkpoint of both ranks, resume."""
 
 from __future__ import annotations
 
@@ -46,6 +46,10 @@ def test_two_processes_train_checkpoint_and_resume(tmp_path, tiny_dirs):
     assert straight["replayed"] > 0  # ... and replay ran anyway, on both ranks alike (no hang, equal weights)
     # With self-imitation on and the ESS gate collective run at every replay; the ranks skipped alike.
     assert straight["low_ess_skips"][0] == straight["low_ess_skips"][1]
+    # `target_kl` stopped some updates early (in their second epoch) and not others; each rank counted its own
+    # epochs, and both stopped after the same micro-batch of every update.
+    rank0_epochs, rank1_epochs = straight["ppo_epochs"]
+    assert rank0_epochs == rank1_epochs and min(rank0_epochs) < 2 == max(rank0_epochs), straight["ppo_epochs"]
     # 10 eval prompts over 2 processes, 8 per batch: each scored once, the padding of the uneven shards dropped.
     assert straight["eval_prompts"] == 10 and straight["eval_reward"] == pytest.approx(
         straight["expected_eval_reward"]

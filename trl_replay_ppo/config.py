@@ -86,9 +86,12 @@ class ReplayPPOConfig(PPOConfig):
     )
     target_kl: float | None = help_field(
         None,
-        "Stop an update's remaining PPO epochs once an epoch's mean approximate KL between the new and "
-        "the old policy (over all ranks) exceeds 1.5 x this value (as Stable-Baselines3 does); None runs every "
-        "epoch. The epochs run are logged as `train/ppo_epochs`.",
+        "Early stop of an update's PPO epochs, as Stable-Baselines3 does it: before each optimizer step, the "
+        "KL between the policy the update started from and the current one (k3 estimate, mean over the valid "
+        "tokens of that step's micro-batches, over all ranks) is checked; above 1.5 x this value (nats per "
+        "token) that step's gradients are dropped and the update ends (under DeepSpeed, whose engine steps "
+        "inside backward, that step is taken). None runs every epoch. Logged: `policy/early_stop_kl` (the last "
+        "check) and `train/ppo_epochs` (epochs trained, fractional when a stop fell mid-epoch).",
     )
     max_skipped_steps: int = help_field(
         10,

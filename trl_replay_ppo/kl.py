@@ -1,8 +1,12 @@
-"""KL coefficient controllers (Ziegler et al. 2019, "Fine-Tuning Language Models from Human Preferences")."""
+"""KL between policies: the coefficient controllers of the reward's KL penalty (Ziegler et al. 2019, "Fine-Tuning
+Language Models from Human Preferences"), and `KLEarlyStop`, the ``target_kl`` rule that ends an update's epochs."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
+
+import torch
 
 
 class FixedKLController:
@@ -46,3 +50,38 @@ def make_kl_controller(kind: str, kl_coef: float, target: float, horizon: float)
     if kind == "adaptive":
         return AdaptiveKLController(kl_coef, target, horizon)
     raise ValueError(f"`kl_controller` must be 'fixed' or 'adaptive'; got {kind!r}.")
+
+
+class KLEarlyStop:
+    """``target_kl``, as Stable-Baselines3 applies it: stop an update before a step whose data has drifted too far.
+
+    The statistic is Schulman's k3 estimate of KL(old || new), ``(exp(r) - 1) - r`` with
+    ``r = log pi_new - log pi_old`` per token, averaged over the valid (non-padding) tokens of the
+    micro-batches accumulated since the last optimizer step, token-weighted and summed over ranks.
+    At each gradient-sync point `exceeded` reduces it once over ranks, so every rank takes the same
+    decision; above ``1.5 * target_kl`` the update stops and that step's gradients are dropped.
+
+    Args:
+        target_kl: the target (nats per token).
+        all_reduce_sum: sums a tensor over ranks (identity on one process).
+    """
+
+    def __init__(self, target_kl: float, all_reduce_sum: Callable[[torch.Tensor], torch.Tensor]):
+        self.threshold = 1.5 * target_kl
+        self.all_reduce_sum = all_reduce_sum
+        self.last: float = float("nan")  # the statistic of the last decision (nats per token)
+        self._window: torch.Tensor | None = None  # (2,) k3 sum and valid-token count since the last step
+
+    def add(self, kl_sum: torch.Tensor, tokens: torch.Tensor) -> None:
+        """Count one micro-batch: ``kl_sum`` and ``tokens`` are its k3 sum and valid-token count (0-d)."""
+        micro = torch.stack([kl_sum.detach().double(), tokens.double()])
+        self._window = micro if self._window is None else self._window + micro
+
+    def exceeded(self) -> bool:
+        """At a sync point: reduce the window over ranks, start a new one, and say whether to stop."""
+        if self._window is None:
+            raise RuntimeError("KLEarlyStop.exceeded() called before any micro-batch was added.")
+        kl_sum, tokens = self.all_reduce_sum(self._window).tolist()
+        self._window = None
+        self.last = kl_sum / tokens if tokens > 0 else 0.0
+        return self.last > self.threshold

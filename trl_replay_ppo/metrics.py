@@ -117,10 +117,13 @@ class UpdateMetrics:
         metrics["policy/grad_norm"] = float(np.mean(self._grad_norms or [math.nan]))
         metrics["objective/kl_coef"] = self.kl_ctl.value
         metrics["val/explained_variance"] = explained_variance(fresh)
-        metrics["train/ppo_epochs"] = self._epochs_run
+        progress = self.update_progress
+        metrics["train/ppo_epochs"] = progress.epochs
+        if progress.early_stop_kl is not None:
+            metrics["policy/early_stop_kl"] = progress.early_stop_kl
         metrics["train/skipped_steps"] = counters.skipped_steps
         metrics["train/whiten_fallbacks"] = counters.whiten_fallbacks
-        tokens = (~batch.padding_mask).sum().reshape(1) * self._epochs_run
+        tokens = torch.tensor([progress.trained_tokens], device=batch.padding_mask.device)
         counters.trained_episodes += int(
             self.accelerator.gather(torch.tensor([len(batch)], device=tokens.device)).sum()
         )

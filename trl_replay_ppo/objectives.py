@@ -18,6 +18,20 @@ def kl_estimate(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, estimator: s
     return -logr if estimator == "k1" else (logr.exp() - 1) - logr
 
 
+def k3_kl_sum(
+    new_logprobs: torch.Tensor, old_logprobs: torch.Tensor, padding_mask: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """KL(old || new) summed over the valid tokens, and their count: two 0-d tensors.
+
+    Per token Schulman's k3 estimate ``(exp(r) - 1) - r``, ``r = new - old`` (b, R), which is >= 0
+    and unbiased for tokens sampled from the old policy; ``padding_mask`` (b, R) is True on padding.
+    Dividing the sums of several micro-batches gives their token-weighted mean.
+    """
+    valid = ~padding_mask
+    per_token = kl_estimate(old_logprobs, new_logprobs, "k3")  # its ``ref - logprobs`` is r
+    return torch.where(valid, per_token, 0).sum(), valid.sum()
+
+
 def shaped_rewards(
     kl: torch.Tensor, scores: torch.Tensor, score_index: torch.Tensor, kl_coef: float
 ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -46,12 +46,12 @@ from trl_replay_ppo.episodes import INVALID_LOGPROB, EpisodeBatch
 from trl_replay_ppo.evaluation import Evaluation
 from trl_replay_ppo.forwards import gather_logprobs
 from trl_replay_ppo.inputs import prepare_inputs
-from trl_replay_ppo.kl import make_kl_controller
+from trl_replay_ppo.kl import KLEarlyStop, make_kl_controller
 from trl_replay_ppo.masking import last_token_index
 from trl_replay_ppo.metrics import (
     UpdateMetrics,
 )
-from trl_replay_ppo.micro_batch import MicroBatchLoss
+from trl_replay_ppo.micro_batch import MicroBatchLoss, UpdateProgress, micro_batch_rows
 from trl_replay_ppo.objectives import (
     compute_gae,
     kl_estimate,
@@ -338,37 +338,44 @@ class ReplayPPOTrainer(
         ``gradient_accumulation_steps`` micro-batches. Returns per-micro-batch statistics shaped
         (epochs, minibatches, slots), with ``gradient_accumulation_steps`` slots per minibatch (as
         TRL; it averages its logged statistics over unwritten slots too, and so does this loop).
-        With ``target_kl`` set, the remaining epochs are skipped once an epoch's mean approximate KL
-        (over all ranks) exceeds 1.5 x ``target_kl``.
+        With ``target_kl`` set, each step is checked first (`trl_replay_ppo.kl.KLEarlyStop`); a step
+        over the limit is dropped and ends the update. ``self.update_progress`` says how far it got.
         """
         args, accelerator = self.args, self.accelerator
         num_rows = len(batch)
         mini_batch_size = num_rows // args.num_mini_batches
         micro_batch_size = args.per_device_train_batch_size
-        slots = max(args.gradient_accumulation_steps, math.ceil(mini_batch_size / micro_batch_size))
+        micro_per_minibatch = math.ceil(mini_batch_size / micro_batch_size)
+        slots = max(args.gradient_accumulation_steps, micro_per_minibatch)
         shape = (args.num_ppo_epochs, args.num_mini_batches, slots)
         stats = {name: torch.zeros(shape, device=accelerator.device) for name in STAT_NAMES}
         self._grad_norms: list[float] = []
-        self._epochs_run = 0
-        for epoch in range(args.num_ppo_epochs):
-            order = np.random.permutation(num_rows)
-            for minibatch, mb_start in enumerate(range(0, num_rows, mini_batch_size)):
-                rows_of_minibatch = order[mb_start : mb_start + mini_batch_size]
-                for micro, micro_start in enumerate(range(0, mini_batch_size, micro_batch_size)):
-                    with accelerator.accumulate(self.model):
-                        rows = rows_of_minibatch[micro_start : micro_start + micro_batch_size]
-                        loss, micro_stats = self.micro_batch_loss(batch, rows)
-                        accelerator.backward(loss)
-                        if accelerator.sync_gradients:
-                            self.optimizer_step()
-                        for name, value in micro_stats.items():
-                            stats.setdefault(name, torch.zeros(shape, device=accelerator.device))
-                            stats[name][epoch, minibatch, micro] = value
-            self._epochs_run = epoch + 1
-            if args.target_kl is not None:
-                epoch_kl = accelerator.gather(stats["approxkl"][epoch].mean().reshape(1)).mean().item()
-                if epoch_kl > 1.5 * args.target_kl:
-                    break
+        progress = self.update_progress = UpdateProgress(args.num_mini_batches * micro_per_minibatch)
+        kl_stop = None
+        if args.target_kl is not None:
+            kl_stop = KLEarlyStop(args.target_kl, lambda t: accelerator.reduce(t.to(accelerator.device), "sum"))
+        for epoch, minibatch, micro, rows in micro_batch_rows(
+            num_rows, args.num_ppo_epochs, mini_batch_size, micro_batch_size
+        ):
+            with accelerator.accumulate(self.model):
+                loss, micro_stats = self.micro_batch_loss(batch, rows)
+                accelerator.backward(loss)
+                progress.add(int(micro_stats["valid_tokens"]))
+                if kl_stop is not None:
+                    kl_stop.add(micro_stats["kl_sum"], micro_stats["valid_tokens"])
+                for name, value in micro_stats.items():
+                    stats.setdefault(name, torch.zeros(shape, device=accelerator.device))
+                    stats[name][epoch, minibatch, micro] = value
+                if accelerator.sync_gradients:
+                    if kl_stop is not None and kl_stop.exceeded():
+                        self.optimizer.zero_grad()  # DeepSpeed's engine steps inside backward: there it is taken
+                        progress.drop()
+                        break
+                    self.optimizer_step()
+                    progress.keep()
+        progress.keep()
+        if kl_stop is not None:
+            progress.early_stop_kl = kl_stop.last
         return stats
 
     def after_ppo_update(self, batch: EpisodeBatch) -> None:
