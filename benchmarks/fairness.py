@@ -44,7 +44,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from trl_replay_ppo.config import ReplayPPOConfig
+from trl_replay_ppo.trainer.config import ReplayPPOConfig
 
 RESULTS = Path(__file__).parent / "results"
 ROOT = Path(__file__).parent.parent

@@ -27,8 +27,9 @@ def child(output_dir: str, models_dir: str, updates: int) -> None:
     """One training process: resume from the newest checkpoint if there is one, train to the end."""
     import torch
 
-    from trl_replay_ppo import ReplayPPOConfig, checkpoint
-    from trl_replay_ppo.checkpoint_dirs import latest_checkpoint
+    from trl_replay_ppo import ReplayPPOConfig
+    from trl_replay_ppo.checkpointing import checkpoint
+    from trl_replay_ppo.checkpointing.directories import latest_checkpoint
     from trl_replay_ppo.tasks.digits import digits_reward, make_digits_dataset
     from trl_replay_ppo.tasks.tiny import load_tiny_models, tiny_trainer
 
@@ -86,7 +87,7 @@ def run_with_kills(workdir: Path, kills: int, updates: int, seed: int = 0, max_d
     """Reference run, then a run killed ``kills`` times; returns what happened and whether weights match."""
     from safetensors.torch import load_file
 
-    from trl_replay_ppo.checkpoint_dirs import latest_checkpoint
+    from trl_replay_ppo.checkpointing.directories import latest_checkpoint
     from trl_replay_ppo.tasks.tiny import build_tiny_models
 
     rng = random.Random(seed)

@@ -29,7 +29,7 @@ import torch
 from peft import LoraConfig
 
 from trl_replay_ppo import ReplayPPOConfig
-from trl_replay_ppo.memory import GIB, QWEN3_0_6B, gpu_memory_budget, qwen3_0_6b_config
+from trl_replay_ppo.trainer.memory import GIB, QWEN3_0_6B, gpu_memory_budget, qwen3_0_6b_config
 
 RESULTS = Path(__file__).parent / "results"
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -139,7 +139,7 @@ def mode_config(mode: str, **overrides) -> tuple[ReplayPPOConfig, LoraConfig | N
 
 
 def analytic_budget(mode: str) -> dict[str, float]:
-    """GPU budget at the reference design's settings, from `trl_replay_ppo.memory.gpu_memory_budget`."""
+    """GPU budget at the reference design's settings, from `trl_replay_ppo.trainer.memory.gpu_memory_budget`."""
     args, lora = mode_config(
         mode,
         per_device_train_batch_size=SEED_SETTINGS["micro_batch"],

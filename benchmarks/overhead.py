@@ -24,8 +24,8 @@ from accelerate.state import AcceleratorState
 from transformers import TrainerCallback
 
 from trl_replay_ppo import ReplayPPOConfig
-from trl_replay_ppo.compat import trl_ppo
-from trl_replay_ppo.demo import DIGITS_SETTINGS
+from trl_replay_ppo.cli.demo import DIGITS_SETTINGS
+from trl_replay_ppo.integrations.compat import trl_ppo
 from trl_replay_ppo.tasks.digits import DigitsRewardModel, make_digits_dataset
 from trl_replay_ppo.tasks.tiny import build_tiny_models, load_tiny_models, tiny_trainer
 

@@ -285,7 +285,7 @@ def _ppo(spec, settings, common, models, data, reward):
 
     budget = {"total_episodes": spec["budget"], "num_sample_generations": 0}
     if spec["kind"] == "stock":
-        from trl_replay_ppo.compat import trl_ppo
+        from trl_replay_ppo.integrations.compat import trl_ppo
 
         PPOConfig, PPOTrainer = trl_ppo()
         gc.collect = lambda generation=2: 0  # TRL calls it twice per update; on a tiny model it dominates the time

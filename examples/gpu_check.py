@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from trl_replay_ppo import ReplayPPOConfig
-from trl_replay_ppo.demo import DIGITS_SETTINGS, digits_trainer
+from trl_replay_ppo.cli.demo import DIGITS_SETTINGS, digits_trainer
 from trl_replay_ppo.tasks.tiny import build_tiny_models, load_tiny_models
 
 

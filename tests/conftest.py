@@ -8,7 +8,7 @@ import pytest
 import torch
 from accelerate.state import AcceleratorState, PartialState
 
-from trl_replay_ppo.compat import trl_ppo
+from trl_replay_ppo.integrations.compat import trl_ppo
 from trl_replay_ppo.tasks.tiny import build_tiny_models, load_tiny_models
 
 os.environ.setdefault("WANDB_MODE", "offline")

@@ -23,9 +23,9 @@ def run(out: str) -> None:
     import trl
     from helpers import LogRecorder, make_trainer, tiny_config
 
-    from trl_replay_ppo.base import BASE
     from trl_replay_ppo.tasks.digits import digits_reward, make_digits_dataset
     from trl_replay_ppo.tasks.tiny import build_tiny_models, load_tiny_models
+    from trl_replay_ppo.trainer.base import BASE
 
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:

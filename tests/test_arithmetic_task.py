@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from trl_replay_ppo.forwards import sequence_scores
+from trl_replay_ppo.models.forwards import sequence_scores
 from trl_replay_ppo.tasks.arithmetic import (
     FORMAT_CREDIT,
     HELD_OUT,

@@ -7,10 +7,10 @@ import torch
 from datasets import Dataset
 from helpers import make_trainer, tiny_config
 
-import trl_replay_ppo.passes as passes_module
+import trl_replay_ppo.models.runner as passes_module
 from trl_replay_ppo import ReplayPPOConfig
-from trl_replay_ppo.base import PPOConfig
 from trl_replay_ppo.tasks.digits import digits_reward, make_digits_dataset
+from trl_replay_ppo.trainer.base import PPOConfig
 
 CONFIG_CASES = [
     ({"num_mini_batches": 3}, "num_mini_batches"),

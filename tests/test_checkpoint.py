@@ -10,7 +10,7 @@ import pytest
 import torch
 from helpers import LogRecorder, make_trainer, tiny_config
 
-from trl_replay_ppo.checkpoint_dirs import latest_checkpoint
+from trl_replay_ppo.checkpointing.directories import latest_checkpoint
 from trl_replay_ppo.tasks.digits import digits_reward, make_digits_dataset
 from trl_replay_ppo.tasks.tiny import load_tiny_models
 
@@ -98,8 +98,8 @@ import os, sys, time
 sys.path.insert(0, {tests!r})
 from pathlib import Path
 from helpers import make_trainer, tiny_config
-import trl_replay_ppo.checkpoint as checkpoint
-from trl_replay_ppo.checkpoint_dirs import latest_checkpoint
+import trl_replay_ppo.checkpointing.checkpoint as checkpoint
+from trl_replay_ppo.checkpointing.directories import latest_checkpoint
 from trl_replay_ppo.tasks.digits import digits_reward, make_digits_dataset
 from trl_replay_ppo.tasks.tiny import load_tiny_models
 
@@ -222,7 +222,7 @@ def test_early_stopping_on_a_plateau_and_best_model_loaded(tmp_path, tiny):
 def test_failing_checkpoint_write_is_a_clear_error_and_keeps_earlier_checkpoints(
     tmp_path, tiny, tiny_dirs, monkeypatch
 ):
-    import trl_replay_ppo.checkpoint as checkpoint
+    import trl_replay_ppo.checkpointing.checkpoint as checkpoint
 
     save_state = checkpoint.save_state
 
@@ -256,7 +256,7 @@ def test_unwritable_output_dir_fails_before_training(tmp_path, tiny):
 
 
 def _fake_checkpoint(path, run_id):
-    from trl_replay_ppo.checkpoint_dirs import REQUIRED_FILES
+    from trl_replay_ppo.checkpointing.directories import REQUIRED_FILES
 
     path.mkdir()
     for name in REQUIRED_FILES:
@@ -265,7 +265,7 @@ def _fake_checkpoint(path, run_id):
 
 
 def test_rotation_keeps_the_newest_and_the_best_of_this_run_only(tmp_path, caplog):
-    from trl_replay_ppo.checkpoint_dirs import rotate_checkpoints
+    from trl_replay_ppo.checkpointing.directories import rotate_checkpoints
 
     for step in (2, 4, 6, 8, 10):
         _fake_checkpoint(tmp_path / f"checkpoint-{step}", "this run")

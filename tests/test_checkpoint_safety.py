@@ -13,8 +13,8 @@ import torch
 from helpers import make_trainer, tiny_config
 
 import trl_replay_ppo
-from trl_replay_ppo.checkpoint_dirs import CheckpointFormatError
-from trl_replay_ppo.serialization import StateFileError, load_state, save_state
+from trl_replay_ppo.checkpointing.directories import CheckpointFormatError
+from trl_replay_ppo.checkpointing.state_files import StateFileError, load_state, save_state
 from trl_replay_ppo.tasks.digits import digits_reward, make_digits_dataset
 from trl_replay_ppo.tasks.tiny import load_tiny_models
 

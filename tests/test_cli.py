@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from trl_replay_ppo.cli import config_reference, main, make_parser
-from trl_replay_ppo.memory import gpu_memory_budget, qwen3_0_6b_config
+from trl_replay_ppo.cli.main import config_reference, main, make_parser
+from trl_replay_ppo.trainer.memory import gpu_memory_budget, qwen3_0_6b_config
 
 ROOT = Path(__file__).parent.parent
 GSM8K_ROWS = [

@@ -10,8 +10,8 @@ from helpers import changed, digit_prompts, make_trainer, snapshot, tiny_config,
 from transformers import TrainerCallback
 
 from trl_replay_ppo import ReplayPPOConfig
-from trl_replay_ppo.kl import AdaptiveKLController
-from trl_replay_ppo.objectives import entropy_from_logits
+from trl_replay_ppo.core.kl import AdaptiveKLController
+from trl_replay_ppo.core.losses import entropy_from_logits
 from trl_replay_ppo.tasks.digits import digits_reward, make_digits_dataset
 
 

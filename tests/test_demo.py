@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from trl_replay_ppo.demo import run_demo
+from trl_replay_ppo.cli.demo import run_demo
 
 
 def test_demo_improves_the_eval_reward(tmp_path):

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch.utils.data import DataLoader
 
-from trl_replay_ppo.data import PromptStream
-from trl_replay_ppo.episodes import INVALID_LOGPROB, EpisodeBatch, from_episodes, pad_episodes, to_episodes
+from trl_replay_ppo.core.episodes import INVALID_LOGPROB, EpisodeBatch, from_episodes, pad_episodes, to_episodes
+from trl_replay_ppo.data.prompts import PromptStream
 
 PAD = 0
 

@@ -9,7 +9,7 @@ import pytest
 from helpers import make_trainer, tiny_config
 
 from trl_replay_ppo import ReplayPPOConfig
-from trl_replay_ppo.cli import main as cli_main
+from trl_replay_ppo.cli.main import main as cli_main
 from trl_replay_ppo.tasks.digits import digits_reward, make_digits_dataset
 
 PRODUCTION = {
@@ -62,7 +62,7 @@ def test_metrics_jsonl_train_log_and_plots(tmp_path, tiny, capsys):
 
 
 def test_plot_overlays_several_runs(tmp_path, tiny_dirs):
-    from trl_replay_ppo.plotting import plot_runs
+    from trl_replay_ppo.cli.plots import plot_runs
     from trl_replay_ppo.tasks.tiny import load_tiny_models
 
     for name in ("a", "b"):

@@ -7,7 +7,7 @@ import torch
 from helpers import make_trainer, snapshot, tiny_config
 from peft import LoraConfig
 
-from trl_replay_ppo.modeling import SharedValueHead
+from trl_replay_ppo.models.wrappers import SharedValueHead
 from trl_replay_ppo.tasks.digits import digits_reward, make_digits_dataset
 
 LORA = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
@@ -105,7 +105,7 @@ def test_bad_critic_settings(tmp_path, tiny, overrides, kwargs, match):
 def test_saved_critic_reloads_with_from_pretrained(tmp_path, tiny, overrides, extra):
     from transformers import AutoModelForSequenceClassification
 
-    from trl_replay_ppo.forwards import sequence_scores
+    from trl_replay_ppo.models.forwards import sequence_scores
 
     args = tiny_config(tmp_path, total_episodes=8, save_value_model=True, **overrides)
     trainer = make_trainer(tiny, args, make_digits_dataset(8), reward_model=None, reward_funcs=digits_reward, **extra)

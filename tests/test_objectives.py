@@ -7,9 +7,10 @@ import math
 import pytest
 import torch
 
-from trl_replay_ppo.episodes import EpisodeBatch
-from trl_replay_ppo.metrics import explained_variance
-from trl_replay_ppo.objectives import compute_gae, policy_loss, self_imitation_loss
+from trl_replay_ppo.core.advantages import compute_gae
+from trl_replay_ppo.core.episodes import EpisodeBatch
+from trl_replay_ppo.core.losses import policy_loss, self_imitation_loss
+from trl_replay_ppo.trainer.metrics import explained_variance
 
 
 def test_policy_loss_with_token_weights_by_hand():

@@ -8,7 +8,7 @@ from accelerate.state import AcceleratorState, PartialState
 from helpers import LogRecorder, digit_prompts, seed_everything, tiny_config, tokenized_prompts
 
 from trl_replay_ppo import ReplayPPOTrainer
-from trl_replay_ppo.compat import trl_ppo
+from trl_replay_ppo.integrations.compat import trl_ppo
 from trl_replay_ppo.tasks.tiny import load_tiny_models, tiny_trainer
 
 pytestmark = pytest.mark.needs_trl_ppo

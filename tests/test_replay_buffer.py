@@ -7,7 +7,7 @@ import pytest
 import torch
 from scipy.stats import chisquare
 
-from trl_replay_ppo.episodes import Episode
+from trl_replay_ppo.core.episodes import Episode
 from trl_replay_ppo.replay import (
     EpisodeStorage,
     EvictionPolicy,

@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from trl_replay_ppo.episodes import INVALID_LOGPROB, EpisodeBatch, append_replayed, from_episodes, to_episodes
-from trl_replay_ppo.masking import masked_whiten
-from trl_replay_ppo.objectives import compute_gae, shaped_rewards, value_loss
+from trl_replay_ppo.core.advantages import compute_gae, shaped_rewards
+from trl_replay_ppo.core.episodes import INVALID_LOGPROB, EpisodeBatch, append_replayed, from_episodes, to_episodes
+from trl_replay_ppo.core.losses import value_loss
+from trl_replay_ppo.core.masking import masked_whiten
 from trl_replay_ppo.replay import ExperienceReplay
 
 PAD = 0

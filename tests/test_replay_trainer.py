@@ -10,8 +10,9 @@ import torch
 from helpers import LogRecorder, make_trainer, tiny_config
 
 from trl_replay_ppo import ReplayPPOConfig
-from trl_replay_ppo.forwards import sequence_scores
-from trl_replay_ppo.objectives import compute_gae, kl_estimate, shaped_rewards
+from trl_replay_ppo.core.advantages import compute_gae, shaped_rewards
+from trl_replay_ppo.core.kl import kl_estimate
+from trl_replay_ppo.models.forwards import sequence_scores
 from trl_replay_ppo.tasks.digits import digits_reward, make_digits_dataset
 from trl_replay_ppo.tasks.tiny import load_tiny_models
 

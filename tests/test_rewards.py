@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from trl_replay_ppo.rewards import (
+from trl_replay_ppo.rewards.builtin import (
     format_reward,
     gsm8k_accuracy,
     gsm8k_reference,

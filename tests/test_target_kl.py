@@ -8,9 +8,8 @@ import pytest
 import torch
 from helpers import make_trainer, snapshot, tiny_config, tokenized_prompts
 
-from trl_replay_ppo.episodes import INVALID_LOGPROB, EpisodeBatch
-from trl_replay_ppo.kl import KLEarlyStop
-from trl_replay_ppo.objectives import k3_kl_sum
+from trl_replay_ppo.core.episodes import INVALID_LOGPROB, EpisodeBatch
+from trl_replay_ppo.core.kl import KLEarlyStop, k3_kl_sum
 from trl_replay_ppo.tasks.digits import digits_reward, make_digits_dataset
 
 

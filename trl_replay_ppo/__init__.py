@@ -4,12 +4,23 @@ from __future__ import annotations
 
 import warnings
 
-from trl_replay_ppo.config import ReplayPPOConfig
-from trl_replay_ppo.trainer import ReplayPPOTrainer
+from trl_replay_ppo.checkpointing.checkpoint import CheckpointWriteError
+from trl_replay_ppo.checkpointing.directories import CheckpointFormatError
+from trl_replay_ppo.checkpointing.state_files import StateFileError
+from trl_replay_ppo.rewards.calls import RewardFunctionError
+from trl_replay_ppo.trainer import ReplayPPOConfig, ReplayPPOTrainer
 
 PPOTrainerWithReplay = ReplayPPOTrainer  # the name users of the three-tier PPO design know
 
-__all__ = ["PPOTrainerWithReplay", "ReplayPPOConfig", "ReplayPPOTrainer"]
+__all__ = [
+    "CheckpointFormatError",
+    "CheckpointWriteError",
+    "PPOTrainerWithReplay",
+    "ReplayPPOConfig",
+    "ReplayPPOTrainer",
+    "RewardFunctionError",
+    "StateFileError",
+]
 
 
 def __getattr__(name: str):

@@ -27,7 +27,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from trl_replay_ppo.episodes import EpisodeBatch, append_replayed, from_episodes, to_episodes
+from trl_replay_ppo.core.episodes import EpisodeBatch, append_replayed, from_episodes, to_episodes
 from trl_replay_ppo.replay.buffer import ReplayBuffer
 from trl_replay_ppo.replay.eviction import EvictionPolicy
 from trl_replay_ppo.replay.sampler import PrioritizedSampler, UniformSampler

@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from trl_replay_ppo.episodes import Episode
+from trl_replay_ppo.core.episodes import Episode
 
 SCHEMA_VERSION = 2
 

@@ -105,7 +105,7 @@ def tiny_trainer(models: dict, args, train_dataset, trainer_cls: type | None = N
     defaults to `trl_replay_ppo.ReplayPPOTrainer` (stock TRL's ``PPOTrainer`` takes the same arguments).
     """
     if trainer_cls is None:
-        from trl_replay_ppo.trainer import ReplayPPOTrainer as trainer_cls
+        from trl_replay_ppo.trainer.driver import ReplayPPOTrainer as trainer_cls
     constructor = {"model": models["policy"], "ref_model": models["ref_policy"], "value_model": models["value_model"]}
     constructor.update(kwargs)
     return trainer_cls(args=args, processing_class=models["tokenizer"], train_dataset=train_dataset, **constructor)

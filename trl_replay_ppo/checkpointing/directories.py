@@ -1,0 +1,167 @@
+"""Checkpoint directories in ``output_dir``: finding them, choosing the one to resume from, rotating them.
+
+A run stamps its checkpoints with a ``run_id`` (in ``ppo_state.json``; a resumed run keeps its
+checkpoint's), so rotation only ever deletes the current run's own checkpoints: those of another
+run in the same ``output_dir`` are warned about and left alone. Nothing here deletes a damaged
+checkpoint either: resuming skips it, says why, and leaves it for inspection.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
+REQUIRED_FILES = (
+    "trainable_params.safetensors",
+    "optimizer.safetensors",
+    "scheduler.safetensors",
+    "trainer_state.json",
+    "ppo_state.json",
+    "rank_0.safetensors",
+)
+PICKLE_FORMAT_FILES = ("optimizer.pt", "scheduler.pt", "rank_0.pt")
+_WARNED_FOREIGN: set[tuple[str, str]] = set()  # (output_dir, run_id) already warned about another run's checkpoints
+
+
+class CheckpointFormatError(ValueError):
+    """A checkpoint this version cannot load: damaged, not this package's, or in the refused pickle format."""
+
+
+def checkpoint_dir(output_dir: str | Path, step: int) -> Path:
+    return Path(output_dir) / f"checkpoint-{step}"
+
+
+def is_complete(path: Path) -> bool:
+    return path.is_dir() and all((path / name).is_file() for name in REQUIRED_FILES)
+
+
+def complete_checkpoints(output_dir: str | Path) -> list[Path]:
+    """Every complete ``checkpoint-N`` of ``output_dir``, newest (largest N) first."""
+    root = Path(output_dir)
+    if not root.is_dir():
+        return []
+    steps = sorted((int(m.group(1)) for p in root.iterdir() if (m := CHECKPOINT_PATTERN.match(p.name))), reverse=True)
+    return [checkpoint_dir(root, s) for s in steps if is_complete(checkpoint_dir(root, s))]
+
+
+def latest_checkpoint(output_dir: str | Path) -> Path | None:
+    """The complete ``checkpoint-N`` with the largest N in ``output_dir``, or None."""
+    found = complete_checkpoints(output_dir)
+    return found[0] if found else None
+
+
+def check_not_pickle_format(path: Path) -> None:
+    """Refuse a checkpoint written in the pickle format (format 1), without opening any of its files."""
+    legacy = [name for name in PICKLE_FORMAT_FILES if (path / name).exists()]
+    if legacy and not is_complete(path):
+        raise CheckpointFormatError(
+            f"{path} is a checkpoint in the pickle format of trl_replay_ppo < 0.2 ({', '.join(legacy)}). This version "
+            "refuses to load it: unpickling a file can run arbitrary code. Resume it with the version that wrote it, "
+            "or start a new run from its `policy/` weights (safetensors)."
+        )
+
+
+def run_id_of(path: Path) -> str | None:
+    """The run that wrote a checkpoint (None when its ``ppo_state.json`` cannot be read)."""
+    try:
+        return json.loads((path / "ppo_state.json").read_text()).get("run_id")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def resolve_checkpoint(resume_from_checkpoint: bool | str | os.PathLike, output_dir: str, read: Callable) -> Any:
+    """The checkpoint to resume from, read by ``read(path)``; returns what ``read`` returns.
+
+    With True: the newest complete checkpoint of ``output_dir`` that reads; damaged ones are skipped
+    with a warning naming them and why (never deleted). With a path: that checkpoint, or an error
+    naming the damaged file and the newest intact checkpoint of its directory.
+    """
+    if resume_from_checkpoint is True:
+        candidates = complete_checkpoints(output_dir)
+        if not candidates:
+            root = Path(output_dir)
+            for candidate in sorted(root.glob("checkpoint-*")) if root.is_dir() else []:
+                check_not_pickle_format(candidate)
+            raise FileNotFoundError(
+                f"`resume_from_checkpoint=True` but {output_dir} holds no complete checkpoint-N directory."
+            )
+        skipped = []
+        for path in candidates:
+            try:
+                contents = read(path)
+            except CheckpointFormatError:
+                raise
+            except ValueError as damaged:  # a damaged file (StateFileError): try the next older one
+                if not _is_damage(damaged):
+                    raise
+                skipped.append(f"{path.name} ({damaged})")
+                continue
+            if skipped:
+                logger.warning("Resuming from %s; skipped damaged checkpoints: %s.", path, "; ".join(skipped))
+            return contents
+        raise ValueError(f"No checkpoint of {output_dir} can be loaded: {'; '.join(skipped)}.")
+    path = Path(resume_from_checkpoint)
+    if not path.exists():
+        raise FileNotFoundError(f"`resume_from_checkpoint`: {path} does not exist.")
+    check_not_pickle_format(path)
+    missing = [name for name in REQUIRED_FILES if not (path / name).is_file()]
+    if missing:
+        raise ValueError(
+            f"`resume_from_checkpoint`: {path} is not a complete checkpoint of this trainer (missing {missing})."
+        )
+    try:
+        return read(path)
+    except ValueError as damaged:
+        if not _is_damage(damaged):
+            raise
+        intact = _newest_intact(path.parent, read, exclude=path)
+        hint = f"The newest intact checkpoint there is {intact}." if intact else "No other checkpoint there is intact."
+        raise type(damaged)(f"{damaged} {hint}") from damaged
+
+
+def _is_damage(error: ValueError) -> bool:
+    from trl_replay_ppo.checkpointing.state_files import StateFileError
+
+    return isinstance(error, StateFileError)
+
+
+def _newest_intact(output_dir: Path, read: Callable, exclude: Path) -> Path | None:
+    for path in complete_checkpoints(output_dir):
+        if path == exclude:
+            continue
+        try:
+            read(path)
+        except ValueError:
+            continue
+        return path
+    return None
+
+
+def rotate_checkpoints(output_dir: str, limit: int | None, best: str | None, run_id: str) -> None:
+    """Keep this run's newest ``limit`` checkpoints and its best one; never touch another run's checkpoints."""
+    if not limit or limit <= 0:
+        return
+    mine, foreign = [], []
+    for path in complete_checkpoints(output_dir):
+        (mine if run_id_of(path) == run_id else foreign).append(path)
+    if foreign and (output_dir, run_id) not in _WARNED_FOREIGN:
+        _WARNED_FOREIGN.add((output_dir, run_id))
+        logger.warning(
+            "%s also holds checkpoints of another run (%s); `save_total_limit` leaves them alone, delete them if they "
+            "are not needed.",
+            output_dir,
+            ", ".join(p.name for p in foreign),
+        )
+    keep = set(mine[:limit]) | ({Path(best)} if best else set())
+    for path in mine:
+        if path not in keep:
+            shutil.rmtree(path, ignore_errors=True)

@@ -1,0 +1,1 @@
+"""Prompt datasets: tokenizing and checking them, the collator, and the resumable prompt stream."""

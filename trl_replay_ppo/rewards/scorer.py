@@ -1,0 +1,179 @@
+"""`Scorer`: a run's reward sources (an optional reward model, then reward functions) and their weighted sum."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import gather_object
+from transformers import PreTrainedTokenizerBase
+
+from trl_replay_ppo.data.prompts import ROW_COLUMN, TOKEN_COLUMNS, is_conversational
+from trl_replay_ppo.models.forwards import sequence_scores
+from trl_replay_ppo.rewards.calls import RewardFunc, RewardFunctionError, call_reward_func, reward_func_name
+
+NOT_REWARD_COLUMNS = (*TOKEN_COLUMNS, ROW_COLUMN, "prompt")
+
+
+def reward_model_name(reward_model: torch.nn.Module) -> str:
+    """Name of a reward model in logs: its checkpoint's last path component, or its class name."""
+    name_or_path = getattr(getattr(reward_model, "config", None), "_name_or_path", "") or ""
+    return name_or_path.rstrip("/").split("/")[-1] or type(reward_model).__name__
+
+
+def source_names(reward_model: torch.nn.Module | None, reward_funcs: Sequence[RewardFunc]) -> list[str]:
+    """``rewards/<name>`` of each source, in order: the reward model (if any), then each function."""
+    return ([reward_model_name(reward_model)] if reward_model is not None else []) + [
+        reward_func_name(f) for f in reward_funcs
+    ]
+
+
+def prompts_as_passed(prompts: dict[str, Any], tokenizer: PreTrainedTokenizerBase) -> list:
+    """The ``prompts`` reward functions receive: the ``prompt`` column, or the decoded ``input_ids``."""
+    if "prompt" in prompts:
+        return list(prompts["prompt"])
+    return tokenizer.batch_decode(prompts["input_ids"], skip_special_tokens=True)
+
+
+class Scorer:
+    """Scores responses with every reward source; ``rewards/<name>`` metrics come from ``names``.
+
+    ``reward_model`` (already on its device) reads prompt + response ids; reward functions follow
+    TRL's GRPO contract (`trl_replay_ppo.rewards.calls`). A function may return ``None`` for a sample
+    it does not score: that source is left out of the sample's weighted sum. A failure on any rank
+    is raised on every rank (no rank is left waiting in a collective).
+    """
+
+    def __init__(
+        self,
+        tokenizer: PreTrainedTokenizerBase,
+        reward_model: torch.nn.Module | None,
+        reward_funcs: Sequence[RewardFunc],
+        weights: Sequence[float] | None,
+        accelerator: Accelerator,
+        nonfinite_value: float | None = None,
+        timeout: float | None = None,
+    ):
+        self.tokenizer = tokenizer
+        self.reward_model = reward_model
+        self.reward_funcs = list(reward_funcs)
+        self.names = source_names(reward_model, self.reward_funcs)
+        self.accelerator = accelerator
+        self.weights = torch.tensor(weights or [1.0] * len(self.names), dtype=torch.float32, device=accelerator.device)
+        self.nonfinite_value = nonfinite_value
+        self.timeout = timeout
+        self.nonfinite = 0  # reward-function values replaced by `nonfinite_value`
+        self.logged: dict[str, list[float]] = defaultdict(list)  # what reward functions passed to `log_metric`
+
+    @classmethod
+    def from_args(
+        cls,
+        args: Any,
+        tokenizer: PreTrainedTokenizerBase,
+        reward_model: torch.nn.Module | None,
+        reward_funcs: Sequence[RewardFunc],
+        accelerator: Accelerator,
+    ) -> Scorer:
+        """The scorer a `ReplayPPOConfig` describes (weights, non-finite replacement, timeout)."""
+        return cls(
+            tokenizer,
+            reward_model,
+            reward_funcs,
+            args.reward_weights,
+            accelerator,
+            args.reward_nonfinite_value,
+            args.reward_timeout,
+        )
+
+    def model_scores(self, queries: torch.Tensor, responses: torch.Tensor) -> list[torch.Tensor]:
+        """``[scores]`` (b,) of the reward model on queries (b, Lq) and truncated responses (b, R); ``[]`` if none."""
+        if self.reward_model is None:
+            return []
+        query_responses = torch.cat((queries, responses), 1)
+        _, scores, _ = sequence_scores(
+            self.reward_model, query_responses, self.tokenizer.pad_token_id, queries.shape[1]
+        )
+        return [scores.float()]
+
+    def score(
+        self,
+        prompts: dict[str, Any],
+        responses: torch.Tensor,
+        sequence_lengths: torch.Tensor,
+        model_scores: list[torch.Tensor],
+        trainer_state: Any = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Weighted sum (B,) of the sources, and each source's rewards (B, S) (NaN where a function gave None).
+
+        ``model_scores`` are `model_scores` of the same rows (computed chunk by chunk during the
+        rollout); ``responses`` (B, R) are truncated, ``sequence_lengths`` (B,) index their last token.
+        """
+        error = None
+        try:
+            source_scores = self._source_scores(prompts, responses, sequence_lengths, model_scores, trainer_state)
+        except (RewardFunctionError, TypeError, ValueError) as raised:
+            error = raised
+        self._raise_on_every_rank(error)
+        scored = ~torch.isnan(source_scores)
+        unscored = (~scored.any(1)).nonzero().flatten().tolist()
+        if unscored:
+            rows = [prompts.get(ROW_COLUMN, range(len(responses)))[i] for i in unscored]
+            raise ValueError(
+                f"No reward source scored dataset rows {rows[:8]}: every reward function returned None for them. "
+                "Each sample needs at least one reward."
+            )
+        return (torch.nan_to_num(source_scores) * self.weights).sum(1), source_scores
+
+    def _source_scores(
+        self,
+        prompts: dict[str, Any],
+        responses: torch.Tensor,
+        sequence_lengths: torch.Tensor,
+        model_scores: list[torch.Tensor],
+        trainer_state: Any,
+    ) -> torch.Tensor:
+        sources = [torch.cat(model_scores, 0)] if model_scores else []
+        if sources and not torch.isfinite(sources[0]).all():
+            raise ValueError(
+                "The reward model returned a non-finite score; check its weights and inputs. No update was made."
+            )
+        if self.reward_funcs:
+            completion_ids = [r[: n + 1] for r, n in zip(responses.tolist(), sequence_lengths.tolist(), strict=True)]
+            completions = self.tokenizer.batch_decode(completion_ids, skip_special_tokens=True)
+            prompt_values = prompts_as_passed(prompts, self.tokenizer)
+            if is_conversational(prompt_values[0]):
+                completions = [[{"role": "assistant", "content": c}] for c in completions]
+            kwargs = {k: v for k, v in prompts.items() if k not in NOT_REWARD_COLUMNS}
+            kwargs.update(completion_ids=completion_ids, trainer_state=trainer_state, log_metric=self.log_metric)
+            rows = prompts.get(ROW_COLUMN)
+            for func in self.reward_funcs:
+                values, replaced = call_reward_func(
+                    func, prompt_values, completions, kwargs, self.nonfinite_value, self.timeout, rows
+                )
+                self.nonfinite += replaced
+                values = [float("nan") if v is None else v for v in values]
+                sources.append(torch.tensor(values, dtype=torch.float32, device=responses.device))
+        return torch.stack(sources, dim=1)
+
+    def log_metric(self, name: str, value: float) -> None:
+        """What reward functions call to log a number; logged as ``rewards/logged/<name>`` (mean per update)."""
+        self.logged[name].append(float(value))
+
+    def pop_logged(self) -> dict[str, float]:
+        """The means of what reward functions logged since the last call."""
+        means = {f"rewards/logged/{name}": sum(v) / len(v) for name, v in self.logged.items() if v}
+        self.logged.clear()
+        return means
+
+    def _raise_on_every_rank(self, error: Exception | None) -> None:
+        """Raise ``error`` here, and a `RewardFunctionError` on the other ranks, so none waits forever."""
+        failed = self.accelerator.gather(torch.tensor([float(error is not None)], device=self.accelerator.device))
+        if not failed.any():
+            return
+        messages = [m for m in gather_object([None if error is None else str(error)]) if m]  # every rank takes part
+        if error is not None:
+            raise error
+        raise RewardFunctionError(f"Reward scoring failed on another rank: {'; '.join(messages)}")
