@@ -28,7 +28,7 @@ def child(output_dir: str, models_dir: str, updates: int) -> None:
     import torch
 
     from trl_replay_ppo import ReplayPPOConfig
-    from trl_replay_ppo.checkpointing import checkpoint
+    from trl_replay_ppo.checkpointing import writer as checkpoint
     from trl_replay_ppo.checkpointing.directories import latest_checkpoint
     from trl_replay_ppo.tasks.digits import digits_reward, make_digits_dataset
     from trl_replay_ppo.tasks.tiny import load_tiny_models, tiny_trainer

@@ -204,7 +204,7 @@ def run(spec: dict) -> dict:
 def _time_generation(trainer) -> list[float]:
     """Accumulate the seconds this package's trainer spends generating, in a one-element list."""
     total = [0.0]
-    generate = trainer.generate
+    generate = trainer.runner.generate
 
     def timed(*args, **kwargs):
         started = time.perf_counter()
@@ -213,7 +213,7 @@ def _time_generation(trainer) -> list[float]:
         finally:
             total[0] += time.perf_counter() - started
 
-    trainer.generate = timed
+    trainer.runner.generate = timed
     return total
 
 

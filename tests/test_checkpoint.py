@@ -98,7 +98,7 @@ import os, sys, time
 sys.path.insert(0, {tests!r})
 from pathlib import Path
 from helpers import make_trainer, tiny_config
-import trl_replay_ppo.checkpointing.checkpoint as checkpoint
+import trl_replay_ppo.checkpointing.writer as checkpoint
 from trl_replay_ppo.checkpointing.directories import latest_checkpoint
 from trl_replay_ppo.tasks.digits import digits_reward, make_digits_dataset
 from trl_replay_ppo.tasks.tiny import load_tiny_models
@@ -222,7 +222,7 @@ def test_early_stopping_on_a_plateau_and_best_model_loaded(tmp_path, tiny):
 def test_failing_checkpoint_write_is_a_clear_error_and_keeps_earlier_checkpoints(
     tmp_path, tiny, tiny_dirs, monkeypatch
 ):
-    import trl_replay_ppo.checkpointing.checkpoint as checkpoint
+    import trl_replay_ppo.checkpointing.writer as checkpoint
 
     save_state = checkpoint.save_state
 

@@ -45,16 +45,17 @@ def test_a_policy_that_favours_the_pad_token_never_emits_it(tmp_path, tiny):
     batch = trainer.rollout(trainer.next_prompts())
     assert not (batch.responses == pad).any()  # sampled: every position is a real token
     assert (batch.sequence_lengths == batch.responses.shape[1] - 1).all()
-    _, responses, _, _ = trainer.generate_and_score(
-        next(iter(trainer.eval_dataloader)), trainer.eval_generation_kwargs()
+    evaluator = trainer.evaluator
+    _, responses, _, _ = evaluator.generate_and_score(
+        next(iter(trainer.eval_dataloader)), evaluator.generation_kwargs(), trainer.state
     )
     assert not (responses == pad).any()  # greedy evaluation would pick pad everywhere
 
     # The log-probs describe the distribution that was sampled: the pad token's mass renormalised away.
     model = trainer.accelerator.unwrap_model(trainer.model).policy
-    suppressed = trainer.response_logprobs(model, batch.query_responses, batch.context_length)
-    trainer.args.suppress_pad_token = False
-    unsuppressed = trainer.response_logprobs(model, batch.query_responses, batch.context_length)
+    suppressed = trainer.runner.response_logprobs(model, batch.query_responses, batch.context_length)
+    trainer.runner.suppressed_token_id = None
+    unsuppressed = trainer.runner.response_logprobs(model, batch.query_responses, batch.context_length)
     assert (suppressed - unsuppressed > 1.0).all()  # log(1 / (1 - p_pad)) with p_pad close to 1
 
 
@@ -72,7 +73,8 @@ def test_greedy_evaluation_still_stops_at_eos_when_pad_is_eos(tmp_path, tiny):
     tokenizer = tiny["tokenizer"]
     tokenizer.pad_token = tokenizer.eos_token
     trainer = _trainer(tiny, tmp_path)
-    assert trainer.suppressed_token_id is None and trainer.suppress_kwargs() == {}
+    assert trainer.runner.suppressed_token_id is None
+    assert "suppress_tokens" not in trainer.runner.generation_kwargs(4, None)
 
 
 @pytest.mark.parametrize(
@@ -85,7 +87,7 @@ def test_greedy_evaluation_still_stops_at_eos_when_pad_is_eos(tmp_path, tiny):
     ],
 )
 def test_whitening_by_hand(values, valid, expected, whitened):
-    result, ok = masked_whiten(torch.tensor(values), torch.tensor(valid))
+    result, ok = masked_whiten(torch.tensor(values), ~torch.tensor(valid))
     assert ok is whitened
     torch.testing.assert_close(result, torch.tensor(expected), rtol=1e-4, atol=1e-6)
 

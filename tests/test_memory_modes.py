@@ -114,6 +114,6 @@ def test_saved_critic_reloads_with_from_pretrained(tmp_path, tiny, overrides, ex
     reloaded = AutoModelForSequenceClassification.from_pretrained(tmp_path / "saved" / "value_model", num_labels=1)
     batch = trainer.rollout(trainer.next_prompts())
     pad = trainer.processing_class.pad_token_id
-    live = trainer.response_values(batch.query_responses, batch.context_length)
+    live = trainer.runner.response_values(batch.query_responses, batch.context_length)
     values, _, _ = sequence_scores(reloaded, batch.query_responses, pad, batch.context_length)
     torch.testing.assert_close(values[:, batch.context_length - 1 : -1].squeeze(-1), live, rtol=1e-4, atol=1e-5)

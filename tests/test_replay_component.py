@@ -203,6 +203,6 @@ def test_value_loss_weighted_by_hand():
 
 def test_weighted_whitening_by_hand():
     values, valid = torch.tensor([1.0, 3.0, 7.0]), torch.tensor([True, True, False])
-    whitened, ok = masked_whiten(values, valid, weights=torch.tensor([1.0, 3.0, 5.0]))
+    whitened, ok = masked_whiten(values, ~valid, weights=torch.tensor([1.0, 3.0, 5.0]))
     # weighted mean (1 + 9) / 4 = 2.5; weighted variance (2.25 + 3 * 0.25) / 4 * 2 / (2 - 1) = 1.5
     assert ok and whitened[:2].tolist() == pytest.approx([-1.5 / 1.5**0.5, 0.5 / 1.5**0.5], rel=1e-5)

@@ -68,7 +68,7 @@ def crafted_batch(trainer) -> EpisodeBatch:
         sequence_lengths=torch.tensor(LENGTHS) - 1,
         num_fresh=len(LENGTHS),
     )
-    current, values = trainer.logprobs_and_values(batch)
+    current, values = trainer.runner.logprobs_and_values(batch)
     batch.logprobs = torch.masked_fill(current - DELTA, batch.padding_mask, INVALID_LOGPROB)
     batch.ref_logprobs, batch.values = current, values
     assert int((~batch.padding_mask).sum()) == sum(LENGTHS) == 12
@@ -108,11 +108,13 @@ def test_two_minibatches_with_accumulation_and_padding_stop_on_the_real_kl(tmp_p
     if stops:  # 0.222 > 0.15: the first step is dropped, before it changes a weight
         assert real_kl > 1.5 * target_kl
         assert progress.epochs == 0 and progress.trained_tokens == 0
-        assert trainer._grad_norms == []
+        assert trainer.optimizer_steps.grad_norms == []
         assert all(p.grad is None or not p.grad.any() for p in trainer.model.parameters())
         assert all(torch.equal(before[name], p) for name, p in trainer.model.named_parameters())
     else:  # 0.222 < 0.3: every epoch runs, one step each
-        assert progress.epochs == 4 and progress.trained_tokens == 4 * 12 and len(trainer._grad_norms) == 4
+        assert (
+            progress.epochs == 4 and progress.trained_tokens == 4 * 12 and len(trainer.optimizer_steps.grad_norms) == 4
+        )
 
 
 def test_a_mid_epoch_stop_counts_the_trained_share_and_is_logged(tmp_path, tiny):
@@ -130,7 +132,7 @@ def test_a_mid_epoch_stop_counts_the_trained_share_and_is_logged(tmp_path, tiny)
     trainer.train()
     (log,) = trainer.state.log_history
     assert log["train/ppo_epochs"] == 0.5 and log["policy/early_stop_kl"] > 1.5e-12
-    assert len(trainer._grad_norms) == 1
+    assert len(trainer.optimizer_steps.grad_norms) == 1
     assert 0 < log["efficiency/trained_tokens"] <= 2 * args.response_length  # the 2 rows of the kept step
 
 

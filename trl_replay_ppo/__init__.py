@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import warnings
 
-from trl_replay_ppo.checkpointing.checkpoint import CheckpointWriteError
 from trl_replay_ppo.checkpointing.directories import CheckpointFormatError
 from trl_replay_ppo.checkpointing.state_files import StateFileError
+from trl_replay_ppo.checkpointing.writer import CheckpointWriteError
 from trl_replay_ppo.rewards.calls import RewardFunctionError
 from trl_replay_ppo.trainer import ReplayPPOConfig, ReplayPPOTrainer
 

@@ -32,7 +32,7 @@ def whiten_rewards(rewards: torch.Tensor, padding_mask_p1: torch.Tensor) -> tupl
     Returns ``(rewards, whitened)``; with fewer than 2 reward positions the rewards are kept as they
     are and ``whitened`` is False.
     """
-    whitened, ok = masked_whiten(rewards, mask=~padding_mask_p1, shift_mean=False)
+    whitened, ok = masked_whiten(rewards, padding_mask_p1, shift_mean=False)
     return torch.masked_fill(whitened, padding_mask_p1, 0), ok
 
 
@@ -62,5 +62,5 @@ def whiten_advantages(
     to fresh rows. With fewer than 2 response tokens there is no variance: the advantages are kept
     as they are (``False`` is returned so the caller counts it) instead of becoming NaN.
     """
-    whitened, ok = masked_whiten(advantages, ~padding_mask, weights=token_weights)
+    whitened, ok = masked_whiten(advantages, padding_mask, weights=token_weights)
     return torch.masked_fill(whitened, padding_mask, 0), ok

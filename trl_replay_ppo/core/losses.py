@@ -22,7 +22,7 @@ def value_loss(
     vpred: torch.Tensor,
     old_values: torch.Tensor,
     returns: torch.Tensor,
-    mask: torch.Tensor,
+    padding_mask: torch.Tensor,
     cliprange_value: float,
     row_weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -38,8 +38,8 @@ def value_loss(
     vf_losses = torch.max(vf_losses1, vf_losses2)
     if row_weights is not None:
         vf_losses = vf_losses * row_weights[:, None]
-    vf_loss = 0.5 * masked_mean(vf_losses, ~mask)
-    vf_clipfrac = masked_mean((vf_losses2 > vf_losses1).float(), ~mask)
+    vf_loss = 0.5 * masked_mean(vf_losses, padding_mask)
+    vf_clipfrac = masked_mean((vf_losses2 > vf_losses1).float(), padding_mask)
     return vf_loss, vf_clipfrac
 
 
@@ -47,7 +47,7 @@ def policy_loss(
     new_logprobs: torch.Tensor,
     proximal_logprobs: torch.Tensor,
     advantages: torch.Tensor,
-    mask: torch.Tensor,
+    padding_mask: torch.Tensor,
     cliprange: float,
     token_weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -65,12 +65,12 @@ def policy_loss(
     pg_loss_max = torch.max(pg_losses, pg_losses2)
     if token_weights is not None:
         pg_loss_max = pg_loss_max * token_weights
-    pg_loss = masked_mean(pg_loss_max, ~mask)
+    pg_loss = masked_mean(pg_loss_max, padding_mask)
     return pg_loss, (pg_losses2 > pg_losses).detach(), ratio, logprobs_diff
 
 
 def self_imitation_loss(
-    new_logprobs: torch.Tensor, raw_advantages: torch.Tensor, mask: torch.Tensor, row_weights: torch.Tensor
+    new_logprobs: torch.Tensor, raw_advantages: torch.Tensor, padding_mask: torch.Tensor, row_weights: torch.Tensor
 ) -> torch.Tensor:
     """Self-imitation loss (Oh et al., 2018): mean over response tokens of ``-log pi * max(A, 0) * w``.
 
@@ -80,4 +80,4 @@ def self_imitation_loss(
     the term's scale does not depend on how many rows are imitated.
     """
     gain = torch.clamp(raw_advantages, min=0) * row_weights[:, None]
-    return masked_mean(-new_logprobs * gain, ~mask)
+    return masked_mean(-new_logprobs * gain, padding_mask)

@@ -1,4 +1,5 @@
-"""The one place masks and masked statistics live (TRL's convention: a response mask is True on padding).
+"""The one place masks and masked statistics live. One convention everywhere: a mask is a ``padding_mask``,
+True on padding (TRL's convention), and the masked statistics average over the entries where it is False.
 
 The masked statistics perform TRL's floating-point operations in TRL's order, so results are
 bitwise TRL's wherever TRL's are finite; where TRL's would be 0/0 (no valid token, or one token for
@@ -40,23 +41,24 @@ def suppress_token(logits: torch.Tensor, token_id: int | None) -> torch.Tensor:
     return logits
 
 
-def masked_mean(values: torch.Tensor, mask: torch.Tensor, axis: int | None = None) -> torch.Tensor:
-    """Mean of ``values`` where ``mask`` is True (over ``axis``, or all); 0 where nothing is valid."""
+def masked_mean(values: torch.Tensor, padding_mask: torch.Tensor, axis: int | None = None) -> torch.Tensor:
+    """Mean of ``values`` where ``padding_mask`` is False (over ``axis``, or all); 0 where nothing is valid."""
+    valid = ~padding_mask
     if axis is not None:
-        return (values * mask).sum(axis=axis) / mask.sum(axis=axis).clamp(min=1)
-    return (values * mask).sum() / mask.sum().clamp(min=1)
+        return (values * valid).sum(axis=axis) / valid.sum(axis=axis).clamp(min=1)
+    return (values * valid).sum() / valid.sum().clamp(min=1)
 
 
-def masked_var(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def masked_var(values: torch.Tensor, padding_mask: torch.Tensor) -> torch.Tensor:
     """Unbiased (Bessel-corrected) variance of the valid ``values``; needs at least 2 of them."""
-    mean = masked_mean(values, mask)
-    variance = masked_mean((values - mean) ** 2, mask)
-    mask_sum = mask.sum()
-    return variance * (mask_sum / (mask_sum - 1))
+    mean = masked_mean(values, padding_mask)
+    variance = masked_mean((values - mean) ** 2, padding_mask)
+    valid_count = (~padding_mask).sum()
+    return variance * (valid_count / (valid_count - 1))
 
 
 def masked_whiten(
-    values: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, weights: torch.Tensor | None = None
+    values: torch.Tensor, padding_mask: torch.Tensor, shift_mean: bool = True, weights: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, bool]:
     """Whitened ``values`` over the valid entries, and whether it was possible.
 
@@ -65,13 +67,13 @@ def masked_whiten(
     Whitening needs at least 2 valid values (a variance); with fewer, ``values`` come back
     unchanged and the flag is False, so the caller can count the fallback.
     """
-    count = int(mask.sum())
+    count = int((~padding_mask).sum())
     if count < 2:
         return values, False
     if weights is None:
-        mean, var = masked_mean(values, mask), masked_var(values, mask)
+        mean, var = masked_mean(values, padding_mask), masked_var(values, padding_mask)
     else:
-        weights = weights * mask
+        weights = weights * ~padding_mask
         mean = (values * weights).sum() / weights.sum()
         var = ((values - mean) ** 2 * weights).sum() / weights.sum() * (count / (count - 1))
     whitened = (values - mean) * torch.rsqrt(var + 1e-8)

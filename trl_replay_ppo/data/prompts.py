@@ -1,9 +1,12 @@
-"""Prompt datasets: tokenization of ``prompt`` columns and a collator that keeps extra columns."""
+"""Prompt datasets: tokenization of ``prompt`` columns, a collator that keeps extra columns, and the
+resumable stream of prompt batches."""
 
 from __future__ import annotations
 
 import copy
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -163,28 +166,6 @@ class PromptStream:
         self._iterator = None
         self._epoch_rng: dict[str, Any] | None = None
 
-    @classmethod
-    def for_trainer(cls, trainer) -> PromptStream:
-        """The trainer's dataloader, rebuilt with ``local_batch_size / num_generations`` prompts per batch if needed.
-
-        A rebuilt dataloader is prepared under the same seeding protocol as TRL's constructor, so
-        every rank shuffles alike.
-        """
-        args = trainer.args
-        if args.num_generations == 1:
-            return cls(trainer.dataloader)
-        dataloader = DataLoader(
-            trainer.train_dataset,
-            batch_size=args.local_batch_size // args.num_generations,
-            shuffle=True,
-            collate_fn=trainer.data_collator,
-            drop_last=True,
-        )
-        torch.manual_seed(args.seed)
-        trainer.dataloader = trainer.accelerator.prepare(dataloader)
-        torch.manual_seed(trainer.local_seed)
-        return cls(trainer.dataloader)
-
     def next(self) -> dict[str, Any]:
         if self._iterator is None:
             self._start_epoch()
@@ -231,6 +212,27 @@ class PromptStream:
         self._iterator = iter(self.dataloader)
         for _ in range(self.position):
             next(self._iterator)
+
+
+def repeat_prompts(prompts: dict[str, Any], groups: int) -> dict[str, Any]:
+    """A collated batch with every prompt (and its columns) repeated ``groups`` times in a row."""
+    if groups == 1:
+        return prompts
+    return {
+        key: value.repeat_interleave(groups, dim=0)
+        if isinstance(value, torch.Tensor)
+        else [v for v in value for _ in range(groups)]
+        for key, value in prompts.items()
+    }
+
+
+@contextmanager
+def seeded_preparation(seed: int, local_seed: int) -> Iterator[None]:
+    """Prepare dataloaders as TRL's constructor does: under the global ``seed``, so every rank shuffles alike,
+    then back to this rank's ``local_seed``."""
+    torch.manual_seed(seed)
+    yield
+    torch.manual_seed(local_seed)
 
 
 def _sampler_generator(dataloader: DataLoader) -> torch.Generator | None:

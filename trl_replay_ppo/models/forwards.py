@@ -27,6 +27,11 @@ def forward(model: torch.nn.Module, query_responses: torch.Tensor, pad_token_id:
     return model(**model_inputs(query_responses, pad_token_id), return_dict=True, output_hidden_states=True)
 
 
+def response_positions(per_position: torch.Tensor, context_length: int) -> torch.Tensor:
+    """(B, Lq + R, ...) outputs of a forward pass -> (B, R, ...): the positions that predict the response tokens."""
+    return per_position[:, context_length - 1 : -1]
+
+
 def gather_logprobs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     """Log-softmax of ``logits`` (..., V) at ``tokens`` (...), without materialising the full log-softmax.
 

@@ -1,42 +1,95 @@
-"""`ModelPasses`: the trainer's generation and forward passes, shared by rollout, replay and evaluation.
+"""`ModelRunner`: every generation and forward pass of the policy, the reference and the critic.
 
-A mixin of `trl_replay_ppo.trainer.driver.ReplayPPOTrainer`. It reads the trainer's ``model`` (policy + critic),
-``ref_model``, ``accelerator``, ``args``, ``processing_class``, ``stop_token_id`` and ``scorer``.
+The trainer's rollout, loss and evaluation, and replay (`trl_replay_ppo.replay.ReplayForwards`)
+call it. Shapes: B rows, Lq prompt tokens, R response tokens, V vocabulary; ``query_responses`` is
+(B, Lq + R) and ``context_length`` is Lq.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import Any
 
 import torch
+from accelerate import Accelerator
 from transformers import GenerationConfig
 
 from trl_replay_ppo.core.episodes import INVALID_LOGPROB, EpisodeBatch
-from trl_replay_ppo.core.masking import last_token_index, suppress_token
+from trl_replay_ppo.core.masking import suppress_token
 from trl_replay_ppo.integrations.compat import unwrap_model_for_generation
-from trl_replay_ppo.models.forwards import forward, gather_logprobs, sequence_scores
+from trl_replay_ppo.models.forwards import forward, gather_logprobs, response_positions, sequence_scores
 from trl_replay_ppo.models.generation import batch_generation, truncate_response
 
 
-class ModelPasses:
-    """Sampling, truncation, log-probs (policy, reference), critic values, and generate-then-score."""
+def suppressed_token(suppress_pad_token: bool, pad_token_id: int | None, eos_token_id: int | None) -> int | None:
+    """The pad token when it must never be sampled (``suppress_pad_token``, pad distinct from eos), else None.
+
+    A sampled pad token is indistinguishable from padding: masked out of every loss, the policy
+    would never learn not to emit it. When pad and eos are the same token, it stays a legal stop.
+    """
+    if not suppress_pad_token or pad_token_id == eos_token_id:
+        return None
+    return pad_token_id
+
+
+class ModelRunner:
+    """Sampling, truncation, log-probs (policy, reference) and critic values, for a prepared policy + critic.
+
+    Args:
+        model: the accelerate-prepared `PolicyAndValueWrapper` (``.policy``, ``.value_model``).
+        accelerator: the trainer's.
+        pad_token_id: the tokenizer's pad token (masked out of every model input).
+        ref_model: the reference model, or None when the reference is the policy with its adapter disabled.
+        null_ref_context: a context in which the policy acts as the reference (used when ``ref_model`` is None).
+        temperature: the sampling temperature the log-probs are taken at.
+        suppressed_token_id: a token made impossible in sampling and log-probs (`suppressed_token`), or None.
+        stop_token_id: responses are truncated after it; None keeps them whole.
+        forward_batch_size: rows per no-grad forward pass (``local_rollout_forward_batch_size``).
+        gather_deepspeed3_params: gather ZeRO-3 weights for generation (``ds3_gather_for_generation``).
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        accelerator: Accelerator,
+        pad_token_id: int,
+        *,
+        ref_model: torch.nn.Module | None,
+        null_ref_context: Callable[[], AbstractContextManager],
+        temperature: float,
+        suppressed_token_id: int | None,
+        stop_token_id: int | None,
+        forward_batch_size: int,
+        gather_deepspeed3_params: bool = True,
+    ):
+        self.model = model
+        self.accelerator = accelerator
+        self.pad_token_id = pad_token_id
+        self.ref_model = ref_model
+        self.null_ref_context = null_ref_context
+        self.temperature = temperature
+        self.suppressed_token_id = suppressed_token_id
+        self.stop_token_id = stop_token_id
+        self.forward_batch_size = forward_batch_size
+        self.gather_deepspeed3_params = gather_deepspeed3_params
 
     @property
-    def suppressed_token_id(self) -> int | None:
-        """The pad token when it must never be sampled (``suppress_pad_token``, pad distinct from eos), else None.
+    def policy(self) -> torch.nn.Module:
+        """The policy, unwrapped from DDP / DeepSpeed."""
+        return self.accelerator.unwrap_model(self.model).policy
 
-        A sampled pad token is indistinguishable from padding: masked out of every loss, the policy
-        would never learn not to emit it. When pad and eos are the same token, it stays a legal stop.
+    def generation_kwargs(self, max_new_tokens: int, temperature: float | None) -> dict[str, Any]:
+        """Settings for `generate`: sampling at ``temperature`` (plain, no top-k/top-p), or greedy for None.
+
+        The pad token stays impossible when it is suppressed (`suppressed_token`).
         """
-        tokenizer = self.processing_class
-        if not self.args.suppress_pad_token or tokenizer.pad_token_id == tokenizer.eos_token_id:
-            return None
-        return tokenizer.pad_token_id
-
-    def suppress_kwargs(self) -> dict[str, Any]:
-        """Generation settings that keep the suppressed token from being sampled."""
-        token = self.suppressed_token_id
-        return {} if token is None else {"suppress_tokens": [token]}
+        kwargs: dict[str, Any] = {"max_new_tokens": max_new_tokens}
+        if self.suppressed_token_id is not None:
+            kwargs["suppress_tokens"] = [self.suppressed_token_id]
+        if temperature is None:
+            return {**kwargs, "do_sample": False}
+        return {**kwargs, "temperature": temperature + 1e-7, "top_k": 0, "top_p": 1.0, "do_sample": True}
 
     def generate(
         self, queries: torch.Tensor, generation_kwargs: dict[str, Any], chunk: int
@@ -45,34 +98,36 @@ class ModelPasses:
         with unwrap_model_for_generation(
             self.model,
             self.accelerator,
-            gather_deepspeed3_params=self.args.ds3_gather_for_generation,
+            gather_deepspeed3_params=self.gather_deepspeed3_params,
             generation_kwargs=generation_kwargs,
         ) as unwrapped_model:
             return batch_generation(
-                unwrapped_model.policy,
-                queries,
-                chunk,
-                self.processing_class.pad_token_id,
-                GenerationConfig(**generation_kwargs),
+                unwrapped_model.policy, queries, chunk, self.pad_token_id, GenerationConfig(**generation_kwargs)
             )
 
     def truncate(self, responses: torch.Tensor) -> torch.Tensor:
         """(B, R) responses with everything after the first stop token replaced by padding."""
         if self.stop_token_id is None:
             return responses
-        return truncate_response(self.stop_token_id, self.processing_class.pad_token_id, responses)
+        return truncate_response(self.stop_token_id, self.pad_token_id, responses)
 
     def response_logits(self, logits: torch.Tensor, context_length: int) -> torch.Tensor:
         """(b, R, V) fp32 logits of the response positions, temperature-scaled, the suppressed token impossible."""
-        logits = logits[:, context_length - 1 : -1].float()
-        logits /= self.args.temperature + 1e-7
+        logits = response_positions(logits, context_length).float()
+        logits /= self.temperature + 1e-7
         return suppress_token(logits, self.suppressed_token_id)
+
+    def train_forward(self, query_responses: torch.Tensor, context_length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """One forward of policy and critic with gradients: (b, R, V) response logits and (b, R) fp32 values."""
+        output, values = forward(self.model, query_responses, self.pad_token_id)
+        logits = self.response_logits(output.logits, context_length)
+        return logits, response_positions(values, context_length).squeeze(-1).float()
 
     def response_logprobs(
         self, model: torch.nn.Module, query_responses: torch.Tensor, context_length: int
     ) -> torch.Tensor:
         """(b, R) log-probs of the responses under ``model``: the distribution they were sampled from."""
-        output = forward(model, query_responses, self.processing_class.pad_token_id)
+        output = forward(model, query_responses, self.pad_token_id)
         return gather_logprobs(
             self.response_logits(output.logits, context_length), query_responses[:, context_length:]
         )
@@ -80,10 +135,8 @@ class ModelPasses:
     def response_values(self, query_responses: torch.Tensor, context_length: int) -> torch.Tensor:
         """(b, R) critic values at each response position (before its token is generated)."""
         value_model = self.accelerator.unwrap_model(self.model).value_model
-        values, _, _ = sequence_scores(
-            value_model, query_responses, self.processing_class.pad_token_id, context_length
-        )
-        return values[:, context_length - 1 : -1].squeeze(-1).float()
+        values, _, _ = sequence_scores(value_model, query_responses, self.pad_token_id, context_length)
+        return response_positions(values, context_length).squeeze(-1).float()
 
     def ref_logprobs(self, query_responses: torch.Tensor, context_length: int) -> torch.Tensor:
         """(b, R) reference log-probs: the reference model, or the policy with its adapter disabled."""
@@ -98,8 +151,7 @@ class ModelPasses:
 
         What replay calls to recompute proximal log-probs and values of stored episodes.
         """
-        context_length, chunk = batch.context_length, self.args.local_rollout_forward_batch_size
-        policy = self.accelerator.unwrap_model(self.model).policy
+        context_length, chunk, policy = batch.context_length, self.forward_batch_size, self.policy
         logprobs, values = [], []
         with self.accelerator.autocast():
             for i in range(0, len(batch), chunk):
@@ -111,21 +163,14 @@ class ModelPasses:
         return logprobs, values
 
     @torch.no_grad()
-    def generate_and_score(
-        self, prompts: dict[str, Any], generation_kwargs: dict[str, Any]
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Generate for one batch of prompts and score it (evaluation and sample tables).
-
-        Returns ``(queries (B, Lq), truncated responses (B, R), scores (B,), source scores (B, S))``.
-        """
-        queries = prompts["input_ids"].to(self.accelerator.device)
+    def sequence_kl(self, queries: torch.Tensor, responses: torch.Tensor, padding_mask: torch.Tensor) -> torch.Tensor:
+        """(B,) KL(policy || reference) of each response, summed over its valid tokens (k1 estimator, nats)."""
+        query_responses = torch.cat((queries, responses), 1)
+        context_length = queries.shape[1]
         with self.accelerator.autocast():
-            query_responses, _ = self.generate(queries, generation_kwargs, queries.shape[0])
-            responses = self.truncate(query_responses[:, queries.shape[1] :])
-            model_scores = self.scorer.model_scores(queries, responses)
-        sequence_lengths = last_token_index(responses, self.processing_class.pad_token_id)
-        scores, source_scores = self.scorer.score(prompts, responses, sequence_lengths, model_scores, self.state)
-        return queries, responses, scores, source_scores
+            logprobs = self.response_logprobs(self.policy, query_responses, context_length)
+            ref_logprobs = self.ref_logprobs(query_responses, context_length)
+        return torch.masked_fill(logprobs - ref_logprobs, padding_mask, 0).sum(1)
 
     def min_over_ranks(self, value: float) -> float:
         """The smallest ``value`` over all ranks (one all-gather; every rank must call it)."""

@@ -8,6 +8,8 @@ puts LoRA adapters on a separate value model.
 from __future__ import annotations
 
 import copy
+from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import PreTrainedModel
@@ -43,6 +45,10 @@ class PolicyAndValueWrapper(torch.nn.Module):
         output = self.critic_backbone(**kwargs)
         values = self.value_model.score(output.hidden_states[-1])
         return self.policy(**kwargs), values
+
+
+class NoRewardModel(torch.nn.Module):
+    """Stands in for ``reward_model`` while the PPO base's constructor runs, when only reward functions are given."""
 
 
 def disable_dropout(model: torch.nn.Module) -> None:
@@ -114,6 +120,20 @@ def export_value_model(value_model: torch.nn.Module, policy: torch.nn.Module) ->
     state["score.weight"] = value_model.score.weight.detach().to(exported.score.weight.dtype)
     exported.load_state_dict(state)
     return exported
+
+
+def save_pretrained_policy(
+    model: PolicyAndValueWrapper, tokenizer: Any, output_dir: str | Path, *, with_value_model: bool
+) -> None:
+    """``save_pretrained`` of the policy (or its LoRA adapters) and the tokenizer into ``output_dir``.
+
+    With ``with_value_model`` the trained critic goes to ``output_dir/value_model`` (`export_value_model`).
+    The unwrapped model is saved: transformers' DDP path fails on tied weights.
+    """
+    model.policy.save_pretrained(output_dir)
+    tokenizer.save_pretrained(output_dir)
+    if with_value_model:
+        export_value_model(model.value_model, model.policy).save_pretrained(Path(output_dir) / "value_model")
 
 
 def apply_value_lora(value_model: PreTrainedModel, peft_config) -> PreTrainedModel:

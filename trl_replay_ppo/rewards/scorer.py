@@ -162,11 +162,19 @@ class Scorer:
         """What reward functions call to log a number; logged as ``rewards/logged/<name>`` (mean per update)."""
         self.logged[name].append(float(value))
 
-    def pop_logged(self) -> dict[str, float]:
-        """The means of what reward functions logged since the last call."""
-        means = {f"rewards/logged/{name}": sum(v) / len(v) for name, v in self.logged.items() if v}
+    def metrics(self) -> dict[str, float]:
+        """``rewards/nonfinite`` (when non-finite values are replaced) and the means of what reward functions
+        logged since the last call (``rewards/logged/<name>``)."""
+        metrics = {"rewards/nonfinite": self.nonfinite} if self.nonfinite_value is not None else {}
+        metrics.update({f"rewards/logged/{name}": sum(v) / len(v) for name, v in self.logged.items() if v})
         self.logged.clear()
-        return means
+        return metrics
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"nonfinite": self.nonfinite}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.nonfinite = int(state["nonfinite"])
 
     def _raise_on_every_rank(self, error: Exception | None) -> None:
         """Raise ``error`` here, and a `RewardFunctionError` on the other ranks, so none waits forever."""

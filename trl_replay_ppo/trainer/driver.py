@@ -8,15 +8,13 @@
     batch   = compute_advantages(batch)         KL-shaped rewards, GAE, whitening
     stats   = ppo_update(batch)                 epochs x minibatches x micro-batches
     after_ppo_update(batch)                     replay bookkeeping: priorities, storage, eviction
-    log_update(batch, stats); end_update(...)   metrics, callbacks, evaluation, checkpoint
+    advance_clock(batch)                        global step, epoch, KL controller
+    log_update(batch, stats); end_update(...)   metrics; LR schedule, callbacks, evaluation, checkpoint
 
-Each phase is a method a subclass can override. Where the rest lives: generation and forward
-passes in `trl_replay_ppo.models.runner`, reward sources in `trl_replay_ppo.rewards.scorer`, evaluation in
-`trl_replay_ppo.trainer.evaluation`, checkpointed state in `trl_replay_ppo.trainer.state` (written by
-`trl_replay_ppo.checkpointing.checkpoint`), the losses in `trl_replay_ppo.core.losses` (assembled per
-micro-batch in `trl_replay_ppo.trainer.loss`), the base (TRL's PPO, or this package's on TRL
-1.13+) in `trl_replay_ppo.trainer.base`. With replay off and ``suppress_pad_token`` False, a run is
-bitwise TRL 1.12's ``PPOTrainer.train()`` (``tests/test_parity.py``).
+Each phase is a method a subclass can override, delegating to a part the trainer holds (`trl_replay_ppo.trainer.parts`:
+runner, scorer, collector, replay, advantages, loss, optimizer_steps, update_metrics, evaluator; resumable registers
+what checkpoints keep of them). The base is TRL's PPO, or this package's on TRL 1.13+ (`trl_replay_ppo.trainer.base`).
+With replay off and ``suppress_pad_token`` False, a run is bitwise TRL 1.12's ``train()`` (``tests/test_parity.py``).
 """
 
 from __future__ import annotations
@@ -25,7 +23,6 @@ import logging
 import math
 import random
 import time
-import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -33,45 +30,32 @@ from typing import Any
 import numpy as np
 import torch
 from datasets import Dataset
-from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainerCallback
+from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer, TrainerCallback
 from transformers.trainer_utils import TrainOutput
 
-from trl_replay_ppo.checkpointing.checkpoint import load_trainable_params, resume, save_checkpoint
-from trl_replay_ppo.core.advantages import compute_gae, shaped_rewards, whiten_advantages, whiten_rewards
-from trl_replay_ppo.core.episodes import INVALID_LOGPROB, EpisodeBatch
-from trl_replay_ppo.core.kl import KLEarlyStop, kl_estimate, make_kl_controller
-from trl_replay_ppo.core.masking import last_token_index
-from trl_replay_ppo.data.prompts import PromptCollator, PromptStream
+from trl_replay_ppo.checkpointing.reader import load_trainable_params, resume
+from trl_replay_ppo.checkpointing.writer import save_checkpoint
+from trl_replay_ppo.core.episodes import EpisodeBatch
+from trl_replay_ppo.core.kl import KLEarlyStop
+from trl_replay_ppo.data.prompts import PromptCollator, repeat_prompts
 from trl_replay_ppo.integrations.callbacks import add_package_callbacks
 from trl_replay_ppo.integrations.compat import determine_best_metric, load_callback_state
-from trl_replay_ppo.models.forwards import gather_logprobs
-from trl_replay_ppo.models.runner import ModelPasses
-from trl_replay_ppo.replay import ExperienceReplay
+from trl_replay_ppo.models.wrappers import NoRewardModel, save_pretrained_policy
 from trl_replay_ppo.rewards.calls import RewardFunc, validate_reward_funcs
-from trl_replay_ppo.rewards.scorer import Scorer
 from trl_replay_ppo.trainer.base import PPOTrainer
 from trl_replay_ppo.trainer.config import ReplayPPOConfig
-from trl_replay_ppo.trainer.evaluation import Evaluation
+from trl_replay_ppo.trainer.epochs import UpdateProgress, micro_batch_rows
 from trl_replay_ppo.trainer.inputs import prepare_inputs
-from trl_replay_ppo.trainer.loss import MicroBatchLoss, UpdateProgress, micro_batch_rows
-from trl_replay_ppo.trainer.metrics import (
-    UpdateMetrics,
-)
-from trl_replay_ppo.trainer.optimizer_step import OptimizerStep
-from trl_replay_ppo.trainer.state import Counters, ResumableState
+from trl_replay_ppo.trainer.metrics import mean_sequence_kl
+from trl_replay_ppo.trainer.parts import build_parts
+from trl_replay_ppo.trainer.state import resume_fingerprint
 
 logger = logging.getLogger(__name__)
 
 STAT_NAMES = ("approxkl", "pg_clipfrac", "pg_loss", "vf_loss", "vf_clipfrac", "entropy", "ratio")
 
 
-class _NoRewardModel(torch.nn.Module):
-    """Stands in for ``reward_model`` while the base constructor runs, when only reward functions are given."""
-
-
-class ReplayPPOTrainer(
-    Evaluation, ModelPasses, MicroBatchLoss, OptimizerStep, UpdateMetrics, ResumableState, PPOTrainer
-):
+class ReplayPPOTrainer(PPOTrainer):
     """PPO with staleness-aware (optionally prioritized) experience replay; a drop-in for TRL's ``PPOTrainer``.
 
     Same constructor as ``trl.experimental.ppo.PPOTrainer`` plus ``reward_funcs``, configured by
@@ -116,7 +100,7 @@ class ReplayPPOTrainer(
             processing_class=processing_class,
             model=model,
             ref_model=ref_model,
-            reward_model=reward_model if reward_model is not None else _NoRewardModel(),
+            reward_model=reward_model if reward_model is not None else NoRewardModel(),
             train_dataset=train_dataset,
             value_model=value_model,
             data_collator=data_collator if data_collator is not None else PromptCollator(processing_class),
@@ -127,15 +111,39 @@ class ReplayPPOTrainer(
         )
         if reward_model is None:
             self.reward_model = None
-        self.scorer = Scorer.from_args(args, processing_class, self.reward_model, reward_funcs, self.accelerator)
         add_package_callbacks(self, args)
-        self.kl_ctl = make_kl_controller(args.kl_controller, args.kl_coef, args.kl_target, args.kl_horizon)
-        self.prompt_stream = PromptStream.for_trainer(self)
-        self.replay: ExperienceReplay | None = None
-        if args.use_replay_buffer:
-            self.replay = ExperienceReplay.from_config(args, self.local_seed, processing_class.pad_token_id)
-        self.counters = Counters()
-        self.run_id = uuid.uuid4().hex  # stamps this run's checkpoints; a resumed run takes its checkpoint's
+        parts = build_parts(
+            args,
+            processing_class,
+            self.accelerator,
+            model=self.model,
+            ref_model=self.ref_model,
+            reward_model=self.reward_model,
+            reward_funcs=reward_funcs,
+            optimizer=self.optimizer,
+            train_dataset=self.train_dataset,
+            train_dataloader=self.dataloader,
+            data_collator=self.data_collator,
+            eval_dataset=self.eval_dataset,
+            eval_dataloader=self.eval_dataloader,
+            null_ref_context=self.null_ref_context,
+            stop_token_id=self.stop_token_id,
+            local_seed=self.local_seed,
+            trained_weights=list(self.trainable_parameters().values()),
+            deepspeed=self.is_deepspeed_enabled,
+        )
+        self.runner, self.scorer, self.kl_ctl, self.collector = (
+            parts.runner,
+            parts.scorer,
+            parts.kl_ctl,
+            parts.collector,
+        )
+        self.prompt_stream, self.replay, self.advantages = parts.prompt_stream, parts.replay, parts.advantages
+        self.loss, self.optimizer_steps, self.update_metrics = parts.loss, parts.optimizer_steps, parts.update_metrics
+        self.evaluator, self.resumable = parts.evaluator, parts.resumable
+        self.dataloader = self.prompt_stream.dataloader
+        self.update_progress = UpdateProgress(micro_batches_per_epoch=1)
+        self.run_id = parts.run_id  # stamps this run's checkpoints; a resumed run takes its checkpoint's
 
     # ------------------------------------------------------------------ driver
 
@@ -156,6 +164,7 @@ class ReplayPPOTrainer(
             batch = self.compute_advantages(batch)
             stats = self.ppo_update(batch)
             self.after_ppo_update(batch)
+            self.advance_clock(batch)
             self.log_update(batch, stats)
             self.end_update(update, epoch_ended=self.prompt_stream.epoch > epoch)
             if self.control.should_training_stop:
@@ -165,14 +174,6 @@ class ReplayPPOTrainer(
     def begin_training(self, resume_from_checkpoint: bool | str | None = None) -> None:
         """Initialise (or restore from a checkpoint) the trainer state and fire ``on_train_begin``."""
         args = self.args
-        self.generation_kwargs = {
-            "max_new_tokens": args.response_length,
-            "temperature": (args.temperature + 1e-7),
-            "top_k": 0,
-            "top_p": 1.0,
-            "do_sample": True,
-            **self.suppress_kwargs(),
-        }
         self.accelerator.print("===training policy===")
         self.start_time = time.time()
         self.model.train()
@@ -196,6 +197,13 @@ class ReplayPPOTrainer(
             self.model_wrapped = self.model
         if args.eval_on_start and not resuming:
             self.evaluate()
+
+    def advance_clock(self, batch: EpisodeBatch) -> None:
+        """Count the update (``global_step``, ``epoch``) and step the KL controller on its mean KL (all ranks)."""
+        self.state.global_step += 1
+        self.state.epoch = self.state.episode / self.train_dataset_len
+        kl = mean_sequence_kl(batch.fresh(), self.accelerator.gather_for_metrics)
+        self.kl_ctl.update(kl, self.args.batch_size)
 
     def end_update(self, update: int, epoch_ended: bool = False) -> None:
         """Step the LR schedule and fire callbacks; sample completions, evaluate and save when due.
@@ -232,7 +240,7 @@ class ReplayPPOTrainer(
         return TrainOutput(self.state.global_step, float("nan"), metrics)
 
     def save_checkpoint(self) -> Path:
-        """Write ``checkpoint-<step>`` (`trl_replay_ppo.checkpointing.checkpoint`) and fire ``on_save``."""
+        """Write ``checkpoint-<step>`` (`trl_replay_ppo.checkpointing.writer`) and fire ``on_save``."""
         path = save_checkpoint(self)
         self.control = self.callback_handler.on_save(self.args, self.state, self.control)
         return path
@@ -241,99 +249,31 @@ class ReplayPPOTrainer(
 
     def next_prompts(self) -> dict[str, Any]:
         """The next per-rank batch of prompts, each repeated ``num_generations`` times."""
-        prompts = self.prompt_stream.next()
-        groups = self.args.num_generations
-        if groups == 1:
-            return prompts
-        return {
-            key: value.repeat_interleave(groups, dim=0)
-            if isinstance(value, torch.Tensor)
-            else [v for v in value for _ in range(groups)]
-            for key, value in prompts.items()
-        }
+        return repeat_prompts(self.prompt_stream.next(), self.args.num_generations)
 
-    @torch.no_grad()
     def rollout(self, prompts: dict[str, Any]) -> EpisodeBatch:
-        """Generate responses; compute behaviour and reference log-probs, values and scores.
+        """Generate and score responses, with behaviour and reference log-probs and values (`RolloutCollector`).
 
-        Works in chunks of ``local_rollout_forward_batch_size``. Returns the fresh batch of
-        B = ``local_batch_size`` episodes.
+        Returns the fresh batch of B = ``local_batch_size`` episodes.
         """
-        args, accelerator = self.args, self.accelerator
-        pad_token_id = self.processing_class.pad_token_id
-        queries = prompts["input_ids"].to(accelerator.device)
-        context_length = queries.shape[1]
-        chunk = args.local_rollout_forward_batch_size
-        with accelerator.autocast():
-            query_responses, sampled_logits = self.generate(queries, self.generation_kwargs, chunk)
-            logprobs, ref_logprobs, truncated, values, model_scores = [], [], [], [], []
-            for i in range(0, queries.shape[0], chunk):
-                query_response = query_responses[i : i + chunk]
-                response = query_response[:, context_length:]
-                logprobs.append(gather_logprobs(sampled_logits[i : i + chunk].float(), response))
-                ref_logprobs.append(self.ref_logprobs(query_response, context_length))
-                truncated.append(self.truncate(response))
-                values.append(self.response_values(query_response, context_length))
-                model_scores.extend(self.scorer.model_scores(queries[i : i + chunk], truncated[-1]))
-        del sampled_logits
-        responses = torch.cat(truncated, 0)
-        sequence_lengths = last_token_index(responses, pad_token_id)
-        scores, source_scores = self.scorer.score(prompts, responses, sequence_lengths, model_scores, self.state)
-        if args.missing_eos_penalty is not None:
-            has_eos = torch.any(responses == self.processing_class.eos_token_id, dim=-1)
-            scores[~has_eos] -= args.missing_eos_penalty
-        batch = EpisodeBatch(
-            query_responses=query_responses,
-            context_length=context_length,
-            logprobs=torch.cat(logprobs, 0),
-            ref_logprobs=torch.cat(ref_logprobs, 0),
-            values=torch.cat(values, 0),
-            scores=scores,
-            source_scores=source_scores,
-            sequence_lengths=sequence_lengths,
-            num_fresh=queries.shape[0],
-        )
-        batch.logprobs = torch.masked_fill(batch.logprobs, batch.padding_mask, INVALID_LOGPROB)
-        batch.ref_logprobs = torch.masked_fill(batch.ref_logprobs, batch.padding_mask, INVALID_LOGPROB)
-        batch.values = torch.masked_fill(batch.values, batch.padding_mask_p1, 0)
-        return batch
+        return self.collector(prompts, self.state)
 
     def extend_batch(self, batch: EpisodeBatch) -> EpisodeBatch:
         """Add replayed episodes (when replay is on and every rank's buffer holds enough)."""
         if self.replay is None:
             return batch
-        fewest = int(self.min_over_ranks(len(self.replay)))
-        return self.replay.augment(batch, self, self.state.global_step, fewest)
+        fewest = int(self.runner.min_over_ranks(len(self.replay)))
+        return self.replay.augment(batch, self.runner, self.state.global_step, fewest)
 
-    @torch.no_grad()
     def compute_advantages(self, batch: EpisodeBatch) -> EpisodeBatch:
-        """KL-shaped per-token rewards, GAE advantages and returns, whitened advantages."""
-        args = self.args
-        if bool(batch.padding_mask.all()):
-            raise RuntimeError(
-                f"Every response of update {self.state.global_step + 1} is empty: the policy emitted the pad token "
-                "first, so there is nothing to train on. The policy has collapsed; lower `learning_rate`, keep "
-                "`max_grad_norm` on, and use a pad token distinct from the stop token."
-            )
-        batch.kl = kl_estimate(batch.policy_logprobs, batch.ref_logprobs, args.kl_estimator)
-        rewards, batch.non_score_reward = shaped_rewards(batch.kl, batch.scores, batch.score_index, self.kl_ctl.value)
-        if args.whiten_rewards:
-            rewards, whitened = whiten_rewards(rewards, batch.padding_mask_p1)
-            self.counters.whiten_fallbacks += not whitened
-        batch.raw_advantages, batch.returns = compute_gae(rewards, batch.values, args.gamma, args.lam)
-        batch.advantages, whitened = whiten_advantages(batch.raw_advantages, batch.padding_mask, batch.token_weights)
-        self.counters.whiten_fallbacks += not whitened
-        return batch
+        """KL-shaped per-token rewards, GAE advantages and returns, whitened advantages (`AdvantageEstimator`)."""
+        return self.advantages(batch, self.kl_ctl.value, self.state.global_step + 1)
 
     def ppo_update(self, batch: EpisodeBatch) -> dict[str, torch.Tensor]:
-        """``num_ppo_epochs`` passes over the batch in shuffled minibatches of micro-batches.
-
-        Gradients accumulate through ``accelerator.accumulate``: the optimizer steps every
-        ``gradient_accumulation_steps`` micro-batches. Returns per-micro-batch statistics shaped
-        (epochs, minibatches, slots), with ``gradient_accumulation_steps`` slots per minibatch (as
-        TRL; it averages its logged statistics over unwritten slots too, and so does this loop).
-        With ``target_kl`` set, each step is checked first (`trl_replay_ppo.core.kl.KLEarlyStop`); a step
-        over the limit is dropped and ends the update. ``self.update_progress`` says how far it got.
+        """``num_ppo_epochs`` passes over the batch in shuffled minibatches of micro-batches; the optimizer steps
+        every ``gradient_accumulation_steps`` micro-batches. Returns per-micro-batch statistics shaped (epochs,
+        minibatches, slots), unwritten slots 0 (TRL averages over them too). With ``target_kl``, a step over the
+        limit (`KLEarlyStop`) is dropped and ends the update; ``self.update_progress`` says how far it got.
         """
         args, accelerator = self.args, self.accelerator
         num_rows = len(batch)
@@ -343,14 +283,13 @@ class ReplayPPOTrainer(
         slots = max(args.gradient_accumulation_steps, micro_per_minibatch)
         shape = (args.num_ppo_epochs, args.num_mini_batches, slots)
         stats = {name: torch.zeros(shape, device=accelerator.device) for name in STAT_NAMES}
-        self._grad_norms: list[float] = []
+        self.optimizer_steps.begin_update()
         progress = self.update_progress = UpdateProgress(args.num_mini_batches * micro_per_minibatch)
         kl_stop = None
         if args.target_kl is not None:
             kl_stop = KLEarlyStop(args.target_kl, lambda t: accelerator.reduce(t.to(accelerator.device), "sum"))
-        for epoch, minibatch, micro, rows in micro_batch_rows(
-            num_rows, args.num_ppo_epochs, mini_batch_size, micro_batch_size
-        ):
+        schedule = micro_batch_rows(num_rows, args.num_ppo_epochs, mini_batch_size, micro_batch_size)
+        for epoch, minibatch, micro, rows in schedule:
             with accelerator.accumulate(self.model):
                 loss, micro_stats = self.micro_batch_loss(batch, rows)
                 accelerator.backward(loss)
@@ -372,7 +311,89 @@ class ReplayPPOTrainer(
             progress.early_stop_kl = kl_stop.last
         return stats
 
+    def micro_batch_loss(self, batch: EpisodeBatch, rows: np.ndarray) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The loss and statistics of the micro-batch of ``rows`` (`trl_replay_ppo.trainer.loss.PPOLoss`)."""
+        return self.loss(batch, rows)
+
+    def optimizer_step(self) -> None:
+        """At a gradient-sync point: clip, skip a non-finite step, else step (`OptimizerStep`)."""
+        self.optimizer_steps(self.state.global_step + 1)
+
     def after_ppo_update(self, batch: EpisodeBatch) -> None:
         """Store what replay needs of this update (priorities, fresh episodes) and evict."""
         if self.replay is not None:
             self.replay.record(batch, self.state.global_step)
+
+    @torch.no_grad()
+    def log_update(self, batch: EpisodeBatch, stats: dict[str, torch.Tensor]) -> None:
+        """Log TRL's metrics (on the fresh episodes) and this package's; nothing else changes."""
+        metrics = self.update_metrics(
+            batch,
+            stats,
+            self.update_progress,
+            episode=self.state.episode,
+            elapsed=time.time() - self.start_time,
+            lr=self.lr_scheduler.get_last_lr()[0],
+            update=self.state.global_step,
+        )
+        metrics.update(self.optimizer_steps.metrics())
+        metrics.update(self.advantages.metrics())
+        if self.replay is not None:
+            metrics.update(self.replay.metrics(self.state.global_step))
+            size = torch.tensor([float(len(self.replay))], device=self.accelerator.device)
+            metrics["buffer/size"] = self.accelerator.gather_for_metrics(size).mean().item()
+        metrics.update(self.scorer.metrics())
+        self.log(metrics)
+
+    def evaluate(
+        self,
+        eval_dataset: Dataset | None = None,
+        ignore_keys: list[str] | None = None,
+        metric_key_prefix: str = "eval",
+    ) -> dict[str, float]:
+        """Score the eval prompts (`Evaluator.evaluate`), log the metrics and fire ``on_evaluate``."""
+        metrics = self.evaluator.evaluate(self.state, eval_dataset, metric_key_prefix)
+        self.log(metrics)
+        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+        return metrics
+
+    def generate_completions(self, sampling: bool = False) -> None:
+        """Complete eval prompts at temperature 0.01 (as TRL does), score them and log a sample table."""
+        table = self.evaluator.completions(self.state, sampling)
+        if table is not None:
+            self.evaluator.log_completions(table)
+
+    # ------------------------------------------------------------------ what checkpoints read
+
+    def trainable_parameters(self) -> dict[str, torch.nn.Parameter]:
+        """Every trainable weight of policy and critic (LoRA adapters, value head...), by name."""
+        model = self.accelerator.unwrap_model(self.model)
+        return {name: p for name, p in model.named_parameters() if p.requires_grad}
+
+    def resume_fingerprint(self) -> dict[str, Any]:
+        """Settings a checkpoint can only be resumed with (`trl_replay_ppo.trainer.state.resume_fingerprint`)."""
+        return resume_fingerprint(self.args, self.scorer.names)
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """Save the policy (or its LoRA adapters) and the tokenizer with ``save_pretrained``.
+
+        Writes on the main process only and never waits for the others, so it is safe to call from
+        code that runs on the main process alone (`save_pretrained_policy`). Under DeepSpeed,
+        transformers' ``Trainer.save_model`` gathers the sharded policy (the critic is not saved there).
+        """
+        if self.is_deepspeed_enabled:
+            # Transformers saves `self.model` (and reads `self.deepspeed`): the policy stands in for both.
+            wrapped, engine = self.model, self.deepspeed
+            self.model = self.deepspeed = self.model.policy
+            try:
+                Trainer.save_model(self, output_dir, _internal_call)
+            finally:
+                self.model, self.deepspeed = wrapped, engine
+            return
+        if self.accelerator.is_main_process:
+            save_pretrained_policy(
+                self.accelerator.unwrap_model(self.model),
+                self.processing_class,
+                output_dir or self.args.output_dir,
+                with_value_model=self.args.save_value_model,
+            )

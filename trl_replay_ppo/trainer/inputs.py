@@ -19,7 +19,7 @@ from trl_replay_ppo.models.wrappers import SharedValueHead, apply_value_lora, en
 from trl_replay_ppo.rewards.calls import RewardFunc, preflight_reward_funcs
 from trl_replay_ppo.rewards.scorer import NOT_REWARD_COLUMNS, prompts_as_passed, source_names
 from trl_replay_ppo.trainer.config import ReplayPPOConfig
-from trl_replay_ppo.trainer.evaluation import EVAL_METRICS
+from trl_replay_ppo.trainer.evaluation import eval_metric_names
 from trl_replay_ppo.trainer.validation import (
     check_arguments,
     check_models,
@@ -85,7 +85,7 @@ def _check_metric_for_best_model(args: ReplayPPOConfig, source_names: list[str])
     metric = args.metric_for_best_model
     if metric is None:
         return
-    names = [f"eval_{name}" for name in EVAL_METRICS] + [f"eval_rewards/{name}" for name in source_names]
+    names = eval_metric_names(source_names)
     full = metric if metric.startswith("eval_") else f"eval_{metric}"
     if full not in names:
         raise ValueError(

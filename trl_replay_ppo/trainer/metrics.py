@@ -1,35 +1,40 @@
 """The metrics logged once per update: TRL's PPO metrics (same names and values), then this package's.
 
 Every function takes ``gather``, a callable that concatenates a tensor over ranks, so values are
-over all ranks.
+over all ranks. `UpdateMetrics` assembles them; the trainer adds what its other parts report
+(optimizer steps, advantages, replay, the scorer).
 """
 
 from __future__ import annotations
 
 import logging
-import math
-import time
 from collections.abc import Callable
+from typing import Any
 
-import numpy as np
 import torch
+from accelerate import Accelerator
 
 from trl_replay_ppo.core.episodes import EpisodeBatch
 from trl_replay_ppo.core.masking import masked_var
+from trl_replay_ppo.trainer.epochs import UpdateProgress
 
 logger = logging.getLogger(__name__)
 Gather = Callable[[torch.Tensor], torch.Tensor]
 EMPTY_RESPONSE_WARNING = 0.25  # warn when more than this fraction of an update's responses is empty
 
 
+def mean_sequence_kl(fresh: EpisodeBatch, gather: Gather) -> float:
+    """Mean over all ranks' fresh episodes of their KL to the reference, summed over tokens: ``objective/kl``."""
+    return gather(fresh.kl.sum(1).mean()).mean().item()
+
+
 def ppo_metrics(fresh: EpisodeBatch, stats: dict[str, torch.Tensor], gather: Gather) -> dict[str, float]:
     """TRL's PPO metrics: objective/* over the fresh episodes, policy/loss/val over the update's statistics."""
-    mean_kl = fresh.kl.sum(1).mean()
     mean_entropy = ((-fresh.logprobs) * (~fresh.padding_mask).float()).sum(1).mean()
     mean_non_score_reward = fresh.non_score_reward.sum(1).mean()
     rlhf_reward = mean_non_score_reward + fresh.scores.mean()
     return {
-        "objective/kl": gather(mean_kl).mean().item(),
+        "objective/kl": mean_sequence_kl(fresh, gather),
         "objective/entropy": gather(mean_entropy).mean().item(),
         "objective/non_score_reward": gather(mean_non_score_reward).mean().item(),
         "objective/rlhf_reward": gather(rlhf_reward).mean().item(),
@@ -47,11 +52,11 @@ def ppo_metrics(fresh: EpisodeBatch, stats: dict[str, torch.Tensor], gather: Gat
 
 def explained_variance(batch: EpisodeBatch) -> float:
     """1 - Var(returns - values) / Var(returns) over the value positions: 1 is a perfect critic, <= 0 a useless one."""
-    valid = ~batch.padding_mask_p1
-    if int(valid.sum()) < 2:
+    padding = batch.padding_mask_p1
+    if int((~padding).sum()) < 2:
         return float("nan")
-    variance = masked_var(batch.returns, valid)
-    return (1 - masked_var(batch.returns - batch.values, valid) / variance).item() if variance > 0 else float("nan")
+    variance = masked_var(batch.returns, padding)
+    return (1 - masked_var(batch.returns - batch.values, padding) / variance).item() if variance > 0 else float("nan")
 
 
 def empty_responses(batch: EpisodeBatch, stop_ids: set[int]) -> torch.Tensor:
@@ -75,89 +80,93 @@ def replay_token_metrics(stats: dict[str, torch.Tensor], gather: Gather) -> dict
     return metrics
 
 
-def replay_token_statistics(
-    clipped: torch.Tensor, token_weights: torch.Tensor, padding_mask: torch.Tensor, replayed_rows: torch.Tensor
-) -> dict[str, torch.Tensor]:
-    """Sums over a micro-batch's replayed tokens (rows where ``replayed_rows`` (b,) is True), for the metrics above."""
-    replay_tokens = ~padding_mask & replayed_rows[:, None]
-    return {
-        "replay_tokens": replay_tokens.sum(),
-        "replay_clipped": (clipped & replay_tokens).sum(),
-        "replay_weight_sum": (token_weights * replay_tokens).sum(),
-    }
-
-
 class UpdateMetrics:
-    """``log_update``: the metrics of one update, the KL controller's step, and the collapse warning.
+    """The metrics of one update that no other part owns, and the run-wide counts behind ``efficiency/*``.
 
-    A mixin of `trl_replay_ppo.trainer.driver.ReplayPPOTrainer` (it reads its counters, scorer, replay and state).
+    Args:
+        accelerator: the trainer's (metrics are gathered over ranks).
+        eos_token_id: counted in ``val/num_eos_tokens``.
+        stop_ids: tokens that make a response empty when they come first (pad, eos, stop).
+        source_names: the scorer's reward sources, for ``rewards/<name>``.
     """
 
-    @torch.no_grad()
-    def log_update(self, batch: EpisodeBatch, stats: dict[str, torch.Tensor]) -> None:
-        """Log TRL's metrics (on the fresh episodes) and this package's, then adapt the KL coefficient."""
-        gather = self.accelerator.gather_for_metrics
-        fresh = batch.fresh()
-        metrics: dict[str, float] = {"eps": int(self.state.episode / (time.time() - self.start_time))}
-        metrics.update(ppo_metrics(fresh, stats, gather))
-        metrics["val/num_eos_tokens"] = (fresh.responses == self.processing_class.eos_token_id).sum().item()
-        metrics["lr"] = self.lr_scheduler.get_last_lr()[0]
-        metrics["episode"] = self.state.episode
-        metrics.update(self.extra_metrics(batch, stats))
-        self.kl_ctl.update(metrics["objective/kl"], self.args.batch_size)
-        self.state.epoch = self.state.episode / self.train_dataset_len
-        self.state.global_step += 1
-        self.log(metrics)
+    def __init__(
+        self, accelerator: Accelerator, *, eos_token_id: int | None, stop_ids: set[int], source_names: list[str]
+    ):
+        self.accelerator = accelerator
+        self.eos_token_id = eos_token_id
+        self.stop_ids = stop_ids
+        self.source_names = source_names
+        self.trained_episodes = 0  # rows trained on (fresh + replayed), all ranks
+        self.trained_tokens = 0  # response tokens of the micro-batches whose gradients were kept, all ranks
+        self.warned_empty = False  # the collapse warning was given
 
-    def extra_metrics(self, batch: EpisodeBatch, stats: dict[str, torch.Tensor]) -> dict[str, float]:
-        """This package's metrics beyond TRL's: reward sources, efficiency, collapse, replay."""
-        gather, counters, fresh = self.accelerator.gather_for_metrics, self.counters, batch.fresh()
+    @torch.no_grad()
+    def __call__(
+        self,
+        batch: EpisodeBatch,
+        stats: dict[str, torch.Tensor],
+        progress: UpdateProgress,
+        *,
+        episode: int,
+        elapsed: float,
+        lr: float,
+        update: int,
+    ) -> dict[str, float]:
+        """TRL's metrics (on the fresh episodes), then rewards per source, critic, epochs, efficiency, collapse.
+
+        ``episode``: generated episodes so far; ``elapsed``: seconds since training started; ``update``: this
+        update's number.
+        """
+        gather, fresh = self.accelerator.gather_for_metrics, batch.fresh()
+        metrics: dict[str, float] = {"eps": int(episode / elapsed)}
+        metrics.update(ppo_metrics(fresh, stats, gather))
+        metrics["val/num_eos_tokens"] = (fresh.responses == self.eos_token_id).sum().item()
+        metrics["lr"] = lr
+        metrics["episode"] = episode
         source_means = gather(fresh.source_scores).nanmean(0).tolist()  # NaN: a function gave None
-        metrics = {f"rewards/{name}": value for name, value in zip(self.scorer.names, source_means, strict=True)}
-        metrics["policy/grad_norm"] = float(np.mean(self._grad_norms or [math.nan]))
-        metrics["objective/kl_coef"] = self.kl_ctl.value
+        metrics.update({f"rewards/{name}": value for name, value in zip(self.source_names, source_means, strict=True)})
         metrics["val/explained_variance"] = explained_variance(fresh)
-        progress = self.update_progress
         metrics["train/ppo_epochs"] = progress.epochs
         if progress.early_stop_kl is not None:
             metrics["policy/early_stop_kl"] = progress.early_stop_kl
-        metrics["train/skipped_steps"] = counters.skipped_steps
-        metrics["train/whiten_fallbacks"] = counters.whiten_fallbacks
-        tokens = torch.tensor([progress.trained_tokens], device=batch.padding_mask.device)
-        counters.trained_episodes += int(
-            self.accelerator.gather(torch.tensor([len(batch)], device=tokens.device)).sum()
+        device = batch.padding_mask.device
+        self.trained_episodes += int(self.accelerator.gather(torch.tensor([len(batch)], device=device)).sum())
+        self.trained_tokens += int(
+            self.accelerator.gather(torch.tensor([progress.trained_tokens], device=device)).sum()
         )
-        counters.trained_tokens += int(self.accelerator.gather(tokens).sum())
-        metrics["efficiency/generated_episodes"] = self.state.episode
-        metrics["efficiency/trained_episodes"] = counters.trained_episodes
-        metrics["efficiency/trained_tokens"] = counters.trained_tokens
-        metrics["efficiency/sample_efficiency"] = counters.trained_episodes / max(1, self.state.episode)
-        tokenizer = self.processing_class
-        stop_ids = {tokenizer.pad_token_id, tokenizer.eos_token_id, self.stop_token_id} - {None}
-        empty = gather(empty_responses(fresh, stop_ids).float()).mean().item()
+        metrics["efficiency/generated_episodes"] = episode
+        metrics["efficiency/trained_episodes"] = self.trained_episodes
+        metrics["efficiency/trained_tokens"] = self.trained_tokens
+        metrics["efficiency/sample_efficiency"] = self.trained_episodes / max(1, episode)
+        empty = gather(empty_responses(fresh, self.stop_ids).float()).mean().item()
         metrics["rollout/empty_fraction"] = empty
-        self.warn_if_collapsing(empty)
-        if self.replay is not None:
-            metrics.update(self.replay.metrics(self.state.global_step + 1))
-            metrics["buffer/size"] = (
-                gather(torch.tensor([float(len(self.replay))], device=tokens.device)).mean().item()
-            )
-            metrics.update(replay_token_metrics(stats, gather))
-        if self.args.reward_nonfinite_value is not None:
-            metrics["rewards/nonfinite"] = self.scorer.nonfinite
-        metrics.update(self.scorer.pop_logged())
+        self.warn_if_collapsing(empty, update)
+        metrics.update(replay_token_metrics(stats, gather))
         return metrics
 
-    def warn_if_collapsing(self, empty_fraction: float) -> None:
+    def warn_if_collapsing(self, empty_fraction: float, update: int) -> None:
         """Warn once when many responses are empty: the usual first sign of a collapsing policy."""
-        if empty_fraction <= EMPTY_RESPONSE_WARNING or self.counters.warned_empty:
+        if empty_fraction <= EMPTY_RESPONSE_WARNING or self.warned_empty:
             return
-        self.counters.warned_empty = True
+        self.warned_empty = True
         logger.warning(
             "%.0f%% of the responses of update %d are empty (the first token was the pad, eos or stop token). "
             "A policy drifting towards empty responses usually means `learning_rate` or `num_ppo_epochs` is too "
             "high, or the pad token can be sampled (keep `suppress_pad_token=True`, or use a pad token distinct "
             "from eos). Training stops if every response of an update is empty.",
             100 * empty_fraction,
-            self.state.global_step + 1,
+            update,
         )
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "trained_episodes": self.trained_episodes,
+            "trained_tokens": self.trained_tokens,
+            "warned_empty": self.warned_empty,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.trained_episodes = int(state["trained_episodes"])
+        self.trained_tokens = int(state["trained_tokens"])
+        self.warned_empty = bool(state["warned_empty"])

@@ -34,6 +34,7 @@ from transformers.integrations import get_reporting_integration_callbacks
 from transformers.trainer import DEFAULT_CALLBACKS, DEFAULT_PROGRESS_CALLBACK
 from transformers.trainer_callback import CallbackHandler, ExportableState, PrinterCallback
 
+from trl_replay_ppo.data.prompts import seeded_preparation
 from trl_replay_ppo.integrations.compat import prepare_deepspeed
 from trl_replay_ppo.models.wrappers import PolicyAndValueWrapper, create_reference_model, disable_dropout
 from trl_replay_ppo.trainer.base.config import PPOConfig
@@ -129,9 +130,10 @@ class PPOTrainer(Trainer):
         self.ref_adapter_name = self.args.ref_adapter_name
 
     def _set_batch_sizes(self, args: PPOConfig) -> None:
-        """The batch arithmetic every phase relies on, stored on ``args`` (and the per-rank seed)."""
-        if args.total_episodes is None:
-            args.total_episodes = int(args.num_train_epochs * self.train_dataset_len)
+        """The batch arithmetic every phase relies on, stored on ``args`` (and the per-rank seed).
+
+        ``args.total_episodes`` is already resolved (`trl_replay_ppo.trainer.inputs`).
+        """
         args.world_size = self.accelerator.num_processes
         args.local_batch_size = args.per_device_train_batch_size * args.gradient_accumulation_steps
         args.micro_batch_size = int(args.per_device_train_batch_size * args.world_size)
@@ -179,11 +181,10 @@ class PPOTrainer(Trainer):
             collate_fn=self.data_collator,
             drop_last=True,
         )
-        torch.manual_seed(args.seed)
-        self.model, self.optimizer, self.dataloader = self.accelerator.prepare(
-            self.model, self.optimizer, self.dataloader
-        )
-        torch.manual_seed(self.local_seed)
+        with seeded_preparation(args.seed, self.local_seed):
+            self.model, self.optimizer, self.dataloader = self.accelerator.prepare(
+                self.model, self.optimizer, self.dataloader
+            )
         self.eval_dataloader = None
         if self.eval_dataset is not None:
             self.eval_dataloader = self.accelerator.prepare(
@@ -226,16 +227,3 @@ class PPOTrainer(Trainer):
             yield
             if self.ref_adapter_name:
                 self.model.policy.set_adapter(self.model_adapter_name or "default")
-
-    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
-        """Save the policy alone (with `Trainer.save_model`, which gathers DeepSpeed-sharded weights)."""
-        wrapped = self.model
-        self.model = self.model.policy
-        if self.is_deepspeed_enabled:
-            engine, self.deepspeed = self.deepspeed, self.model
-        try:
-            super().save_model(output_dir, _internal_call)
-        finally:
-            self.model = wrapped
-            if self.is_deepspeed_enabled:
-                self.deepspeed = engine

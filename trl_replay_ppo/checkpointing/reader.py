@@ -1,0 +1,155 @@
+"""The checkpoint reader: every file is read and checked (`read_checkpoint`) before anything of the trainer
+changes (`apply_checkpoint`).
+
+The layout is `trl_replay_ppo.checkpointing.format`; which checkpoint to resume from is
+`trl_replay_ppo.checkpointing.directories.resolve_checkpoint`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file
+from transformers import TrainerState
+
+from trl_replay_ppo.checkpointing.directories import check_not_pickle_format, resolve_checkpoint
+from trl_replay_ppo.checkpointing.format import Checkpointable, check_format
+from trl_replay_ppo.checkpointing.state_files import StateFileError, load_state
+
+
+def read_json(file: Path) -> dict[str, Any]:
+    """A checkpoint's JSON file; `StateFileError` naming it when it is not valid JSON."""
+    try:
+        return json.loads(file.read_text())
+    except (OSError, ValueError) as error:
+        raise StateFileError(f"{file} is not a valid checkpoint file of trl_replay_ppo ({error}).") from error
+
+
+def read_trainable_params(trainer: Checkpointable, path: Path) -> dict[str, torch.Tensor]:
+    """The checkpoint's trainable weights, checked against the trainer's (names and shapes)."""
+    file = path / "trainable_params.safetensors"
+    try:
+        saved = load_file(file)
+    except Exception as error:
+        raise StateFileError(f"{file} is not a valid checkpoint file of trl_replay_ppo ({error}).") from error
+    trainable = trainer.trainable_parameters()
+    if saved.keys() != trainable.keys():
+        missing, unexpected = sorted(trainable.keys() - saved.keys()), sorted(saved.keys() - trainable.keys())
+        raise ValueError(
+            f"{path} does not match this model: its trainable weights differ (missing {missing[:5]}, "
+            f"unexpected {unexpected[:5]}). Resume with the same model, `peft_config` and critic settings."
+        )
+    shapes = [
+        f"{n}: {tuple(saved[n].shape)} saved, {tuple(p.shape)} now"
+        for n, p in trainable.items()
+        if saved[n].shape != p.shape
+    ]
+    if shapes:
+        raise ValueError(
+            f"{path} does not match this model's shapes ({'; '.join(shapes[:3])}); resume with the same model."
+        )
+    return saved
+
+
+def copy_trainable_params(trainer: Checkpointable, saved: dict[str, torch.Tensor]) -> None:
+    """Copy checked weights (`read_trainable_params`) into the trainer's policy and critic."""
+    with torch.no_grad():
+        for name, param in trainer.trainable_parameters().items():
+            param.copy_(saved[name])
+
+
+def load_trainable_params(trainer: Checkpointable, path: Path) -> None:
+    """Copy the checkpoint's trainable weights into the trainer (``load_best_model_at_end``)."""
+    copy_trainable_params(trainer, read_trainable_params(trainer, path))
+
+
+@dataclass
+class CheckpointContents:
+    """Every file of a checkpoint, read and checked, ready to restore."""
+
+    path: Path
+    ppo_state: dict[str, Any]
+    trainable: dict[str, torch.Tensor]
+    optimizer: dict[str, Any]
+    scheduler: dict[str, Any]
+    trainer_state: TrainerState
+    rank_state: dict[str, Any]
+
+
+def read_checkpoint(trainer: Checkpointable, path: Path) -> CheckpointContents:
+    """Read and check every file of ``path`` for this rank, without changing anything of the trainer.
+
+    A damaged file is a `StateFileError` naming it; another format is a `CheckpointFormatError`; a
+    checkpoint written with other batch arithmetic, reward sources or model shapes than this run's is
+    a ``ValueError`` naming the field.
+    """
+    accelerator, resumable = trainer.accelerator, trainer.resumable
+    check_not_pickle_format(path)
+    ppo_state = read_json(path / "ppo_state.json")
+    check_format(path, ppo_state)
+    missing = [key for key in ("world_size", "run_id", "fingerprint", "state") if key not in ppo_state]
+    if missing:
+        raise StateFileError(
+            f"{path / 'ppo_state.json'} is not a valid checkpoint file of trl_replay_ppo (no {missing})."
+        )
+    if ppo_state["world_size"] != accelerator.num_processes:
+        raise ValueError(
+            f"{path} was written by {ppo_state['world_size']} processes but this run has "
+            f"{accelerator.num_processes}; resume with the same number of processes (each rank's replay buffer "
+            "and data position are its own)."
+        )
+    _check_fingerprint(path, ppo_state["fingerprint"], trainer.resume_fingerprint())
+    resumable.check("shared", ppo_state["state"], str(path / "ppo_state.json"))
+    rank_file = path / f"rank_{accelerator.process_index}.safetensors"
+    if not rank_file.is_file():
+        raise ValueError(f"{path} has no state for rank {accelerator.process_index} ({rank_file.name}).")
+    rank_state = load_state(rank_file)
+    resumable.check("rank", rank_state, str(rank_file))
+    try:
+        trainer_state = type(trainer.state)(**read_json(path / "trainer_state.json"))
+    except TypeError as error:
+        raise StateFileError(f"{path / 'trainer_state.json'} is not a valid trainer state ({error}).") from error
+    return CheckpointContents(
+        path=path,
+        ppo_state=ppo_state,
+        trainable=read_trainable_params(trainer, path),
+        optimizer=load_state(path / "optimizer.safetensors"),
+        scheduler=load_state(path / "scheduler.safetensors"),
+        trainer_state=trainer_state,
+        rank_state=rank_state,
+    )
+
+
+def _check_fingerprint(path: Path, saved: dict[str, Any], current: dict[str, Any]) -> None:
+    """Refuse to resume with settings that change the data order or the meaning of the saved state."""
+    for field, value in current.items():
+        if field in saved and saved[field] != value:
+            raise ValueError(
+                f"{path} was written with {field}={saved[field]!r} but this run has {field}={value!r}; resuming would "
+                f"misalign the saved data position or state. Resume with the same `{field}`, or start a new run."
+            )
+
+
+def apply_checkpoint(trainer: Checkpointable, contents: CheckpointContents) -> None:
+    """Restore what `read_checkpoint` read, on this rank; the registry's entries in their order (RNG last)."""
+    copy_trainable_params(trainer, contents.trainable)
+    trainer.optimizer.load_state_dict(contents.optimizer)
+    trainer.lr_scheduler.load_state_dict(contents.scheduler)
+    trainer.state = contents.trainer_state
+    trainer.run_id = contents.ppo_state["run_id"]
+    trainer.resumable.load("shared", contents.ppo_state["state"])
+    trainer.resumable.load("rank", contents.rank_state)
+
+
+def resume(trainer: Checkpointable, resume_from_checkpoint: bool | str | os.PathLike) -> Path:
+    """Find (skipping damaged ones when asked for the newest), read and restore a checkpoint; returns its path."""
+    contents = resolve_checkpoint(
+        resume_from_checkpoint, trainer.args.output_dir, lambda p: read_checkpoint(trainer, p)
+    )
+    apply_checkpoint(trainer, contents)
+    return contents.path

@@ -1,0 +1,192 @@
+"""The parts a `ReplayPPOTrainer` holds, built from its config and what the PPO base set up (`build_parts`).
+
+Each part takes what it needs in its constructor and owns its state; the ones a checkpoint must
+hold are registered in one `StateRegistry` (shared entries in ``ppo_state.json``, per-rank ones in
+``rank_<i>.safetensors``; `trl_replay_ppo.checkpointing.format`).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from datasets import Dataset
+from torch.utils.data import DataLoader
+from transformers import PreTrainedTokenizerBase
+
+from trl_replay_ppo.checkpointing.registry import RNGState, StateRegistry
+from trl_replay_ppo.core.kl import FixedKLController, make_kl_controller
+from trl_replay_ppo.data.prompts import PromptStream, seeded_preparation
+from trl_replay_ppo.models.runner import ModelRunner, suppressed_token
+from trl_replay_ppo.replay import ExperienceReplay
+from trl_replay_ppo.rewards.calls import RewardFunc
+from trl_replay_ppo.rewards.scorer import Scorer
+from trl_replay_ppo.trainer.advantages import AdvantageEstimator
+from trl_replay_ppo.trainer.config import ReplayPPOConfig
+from trl_replay_ppo.trainer.evaluation import Evaluator
+from trl_replay_ppo.trainer.loss import PPOLoss
+from trl_replay_ppo.trainer.metrics import UpdateMetrics
+from trl_replay_ppo.trainer.optimizer_step import OptimizerStep
+from trl_replay_ppo.trainer.rollout import RolloutCollector
+from trl_replay_ppo.trainer.state import AccumulationState, DataloaderTags
+
+
+@dataclass
+class TrainerParts:
+    runner: ModelRunner
+    scorer: Scorer
+    kl_ctl: FixedKLController
+    prompt_stream: PromptStream
+    collector: RolloutCollector
+    replay: ExperienceReplay | None
+    advantages: AdvantageEstimator
+    loss: PPOLoss
+    optimizer_steps: OptimizerStep
+    update_metrics: UpdateMetrics
+    evaluator: Evaluator
+    resumable: StateRegistry
+    run_id: str
+
+
+def prompt_dataloader(
+    args: ReplayPPOConfig,
+    accelerator: Accelerator,
+    train_dataloader: DataLoader,
+    train_dataset: Dataset,
+    data_collator: Any,
+    local_seed: int,
+) -> DataLoader:
+    """The base's train dataloader, rebuilt with ``local_batch_size / num_generations`` prompts per batch if needed.
+
+    A rebuilt dataloader is prepared under the same seeding as TRL's constructor, so every rank shuffles alike.
+    """
+    if args.num_generations == 1:
+        return train_dataloader
+    dataloader = DataLoader(
+        train_dataset,
+        batch_size=args.local_batch_size // args.num_generations,
+        shuffle=True,
+        collate_fn=data_collator,
+        drop_last=True,
+    )
+    with seeded_preparation(args.seed, local_seed):
+        return accelerator.prepare(dataloader)
+
+
+def build_parts(
+    args: ReplayPPOConfig,
+    tokenizer: PreTrainedTokenizerBase,
+    accelerator: Accelerator,
+    *,
+    model: torch.nn.Module,
+    ref_model: torch.nn.Module | None,
+    reward_model: torch.nn.Module | None,
+    reward_funcs: list[RewardFunc],
+    optimizer: torch.optim.Optimizer,
+    train_dataset: Dataset,
+    train_dataloader: DataLoader,
+    data_collator: Any,
+    eval_dataset: Dataset | None,
+    eval_dataloader: DataLoader | None,
+    null_ref_context: Callable[[], AbstractContextManager],
+    stop_token_id: int | None,
+    local_seed: int,
+    trained_weights: list[torch.nn.Parameter],
+    deepspeed: bool,
+) -> TrainerParts:
+    """Every part, wired together; ``model`` and ``optimizer`` are the prepared ones."""
+    scorer = Scorer.from_args(args, tokenizer, reward_model, reward_funcs, accelerator)
+    runner = ModelRunner(
+        model,
+        accelerator,
+        tokenizer.pad_token_id,
+        ref_model=ref_model,
+        null_ref_context=null_ref_context,
+        temperature=args.temperature,
+        suppressed_token_id=suppressed_token(args.suppress_pad_token, tokenizer.pad_token_id, tokenizer.eos_token_id),
+        stop_token_id=stop_token_id,
+        forward_batch_size=args.local_rollout_forward_batch_size,
+        gather_deepspeed3_params=args.ds3_gather_for_generation,
+    )
+    kl_ctl = make_kl_controller(args.kl_controller, args.kl_coef, args.kl_target, args.kl_horizon)
+    dataloader = prompt_dataloader(args, accelerator, train_dataloader, train_dataset, data_collator, local_seed)
+    prompt_stream = PromptStream(dataloader)
+    collector = RolloutCollector(
+        runner,
+        scorer,
+        tokenizer,
+        generation_kwargs=runner.generation_kwargs(args.response_length, args.temperature),
+        missing_eos_penalty=args.missing_eos_penalty,
+    )
+    replay = ExperienceReplay.from_config(args, local_seed, tokenizer.pad_token_id) if args.use_replay_buffer else None
+    advantages = AdvantageEstimator(
+        gamma=args.gamma, lam=args.lam, kl_estimator=args.kl_estimator, whiten_rewards=args.whiten_rewards
+    )
+    loss = PPOLoss(
+        runner,
+        cliprange=args.cliprange,
+        cliprange_value=args.cliprange_value,
+        vf_coef=args.vf_coef,
+        entropy_coef=args.entropy_coef,
+        self_imitation_coef=args.self_imitation_coef,
+    )
+    optimizer_steps = OptimizerStep(
+        model,
+        optimizer,
+        accelerator,
+        trained_weights,
+        max_grad_norm=args.max_grad_norm,
+        max_skipped_steps=args.max_skipped_steps,
+        steps_in_backward=deepspeed,
+    )
+    stop_ids = {tokenizer.pad_token_id, tokenizer.eos_token_id, stop_token_id} - {None}
+    update_metrics = UpdateMetrics(
+        accelerator, eos_token_id=tokenizer.eos_token_id, stop_ids=stop_ids, source_names=scorer.names
+    )
+    evaluator = Evaluator(
+        runner,
+        scorer,
+        accelerator,
+        tokenizer,
+        data_collator,
+        eval_dataloader=eval_dataloader,
+        eval_dataset=eval_dataset,
+        response_length=args.response_length,
+        eval_temperature=args.eval_temperature,
+        per_device_eval_batch_size=args.per_device_eval_batch_size,
+        max_prompt_length=args.max_prompt_length,
+        chat_template_kwargs=args.chat_template_kwargs,
+        report_to=args.report_to,
+    )
+    resumable = StateRegistry()
+    resumable.register("kl_controller", kl_ctl)
+    resumable.register("optimizer_steps", optimizer_steps)
+    resumable.register("advantages", advantages)
+    resumable.register("update_metrics", update_metrics)
+    resumable.register("scorer", scorer)
+    resumable.register("accumulation", AccumulationState(accelerator))
+    resumable.register("prompt_stream", prompt_stream, per_rank=True)
+    resumable.register("dataloaders", DataloaderTags(accelerator, dataloader, eval_dataloader), per_rank=True)
+    if replay is not None:
+        resumable.register("replay", replay, per_rank=True)
+    resumable.register("rng", RNGState(), per_rank=True)  # last: loading the others may draw random numbers
+    return TrainerParts(
+        runner=runner,
+        scorer=scorer,
+        kl_ctl=kl_ctl,
+        prompt_stream=prompt_stream,
+        collector=collector,
+        replay=replay,
+        advantages=advantages,
+        loss=loss,
+        optimizer_steps=optimizer_steps,
+        update_metrics=update_metrics,
+        evaluator=evaluator,
+        resumable=resumable,
+        run_id=uuid.uuid4().hex,
+    )
