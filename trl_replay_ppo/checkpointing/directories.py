@@ -17,6 +17,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from trl_replay_ppo.checkpointing.state_files import StateFileError
+
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
@@ -129,8 +131,6 @@ def resolve_checkpoint(resume_from_checkpoint: bool | str | os.PathLike, output_
 
 
 def _is_damage(error: ValueError) -> bool:
-    from trl_replay_ppo.checkpointing.state_files import StateFileError
-
     return isinstance(error, StateFileError)
 
 

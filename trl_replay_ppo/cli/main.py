@@ -12,6 +12,19 @@ import sys
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 
+import torch
+from datasets import load_dataset
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+from trl import ModelConfig, TrlParser, get_peft_config
+
+from trl_replay_ppo.cli.demo import run_demo
+from trl_replay_ppo.cli.plots import plot_runs
+from trl_replay_ppo.rewards.builtin import REWARD_FUNCTIONS
+from trl_replay_ppo.tasks.digits import digits_reward
+from trl_replay_ppo.trainer.base import PPOConfig
+from trl_replay_ppo.trainer.config import ReplayPPOConfig
+from trl_replay_ppo.trainer.driver import ReplayPPOTrainer
+
 LOCAL_DATA_FORMATS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
 
 
@@ -49,9 +62,6 @@ class ScriptArguments:
 
 
 def builtin_reward_funcs() -> dict:
-    from trl_replay_ppo.rewards.builtin import REWARD_FUNCTIONS
-    from trl_replay_ppo.tasks.digits import digits_reward
-
     return {**REWARD_FUNCTIONS, "digits": digits_reward}
 
 
@@ -76,8 +86,6 @@ def resolve_reward_func(name: str):
 
 def load_prompts(script: ScriptArguments, split: str):
     """Load one split with `datasets.load_dataset` and name its prompt column ``prompt``."""
-    from datasets import load_dataset
-
     suffix = Path(script.dataset_name).suffix
     if suffix in LOCAL_DATA_FORMATS:
         if not Path(script.dataset_name).is_file():
@@ -100,10 +108,6 @@ def load_prompts(script: ScriptArguments, split: str):
 
 
 def make_parser():
-    from trl import ModelConfig, TrlParser
-
-    from trl_replay_ppo.trainer.config import ReplayPPOConfig
-
     return TrlParser((ScriptArguments, ReplayPPOConfig, ModelConfig), prog="trl-replay-ppo train")
 
 
@@ -115,12 +119,6 @@ def train(argv: list[str]) -> int:
             "`model_name_or_path` is missing: set it in the YAML config or pass `--model_name_or_path` (a Hub id or "
             "a local directory)."
         )
-
-    import torch
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
-    from trl import get_peft_config
-
-    from trl_replay_ppo.trainer.driver import ReplayPPOTrainer
 
     reward_funcs = [resolve_reward_func(name) for name in script.reward_funcs]
     train_dataset = load_prompts(script, script.dataset_train_split)
@@ -164,8 +162,6 @@ def demo(argv: list[str]) -> int:
     parser.add_argument("--total_episodes", type=int, default=6400, help="Generated episodes to train on.")
     options = parser.parse_args(argv)
 
-    from trl_replay_ppo.cli.demo import run_demo
-
     result = run_demo(options.output_dir, total_episodes=options.total_episodes)
     before, after = result["eval_reward_before"], result["eval_reward_after"]
     print(f"\neval reward before training: {before:.3f}")
@@ -183,8 +179,6 @@ def plot(argv: list[str]) -> int:
     parser.add_argument("--output_dir", help="Where the PNGs go (default: <first run>/plots).")
     options = parser.parse_args(argv)
 
-    from trl_replay_ppo.cli.plots import plot_runs
-
     for path in plot_runs(options.run_dirs, options.output_dir):
         print(path)
     return 0
@@ -192,9 +186,6 @@ def plot(argv: list[str]) -> int:
 
 def config_reference() -> str:
     """Markdown table of the fields `ReplayPPOConfig` adds to (or re-defaults from) TRL's `PPOConfig`."""
-    from trl_replay_ppo.trainer.base import PPOConfig
-    from trl_replay_ppo.trainer.config import ReplayPPOConfig
-
     inherited = {f.name: f for f in fields(PPOConfig)}
     lines = ["| field | default | help |", "|---|---|---|"]
     for f in fields(ReplayPPOConfig):

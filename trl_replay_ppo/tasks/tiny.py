@@ -19,6 +19,8 @@ from transformers import (
     Qwen3Config,
 )
 
+from trl_replay_ppo.trainer.driver import ReplayPPOTrainer
+
 PAD, EOS, BOS, UNK = "<pad>", "<eos>", "<bos>", "<unk>"
 SPECIAL_TOKENS = (PAD, EOS, BOS, UNK)
 CHARACTERS = string.digits + string.ascii_letters + string.punctuation + " \n"
@@ -104,8 +106,7 @@ def tiny_trainer(models: dict, args, train_dataset, trainer_cls: type | None = N
     arguments (``reward_funcs``, ``reward_model``, ``eval_dataset``, ``callbacks``...). ``trainer_cls``
     defaults to `trl_replay_ppo.ReplayPPOTrainer` (stock TRL's ``PPOTrainer`` takes the same arguments).
     """
-    if trainer_cls is None:
-        from trl_replay_ppo.trainer.driver import ReplayPPOTrainer as trainer_cls
+    trainer_cls = trainer_cls or ReplayPPOTrainer
     constructor = {"model": models["policy"], "ref_model": models["ref_policy"], "value_model": models["value_model"]}
     constructor.update(kwargs)
     return trainer_cls(args=args, processing_class=models["tokenizer"], train_dataset=train_dataset, **constructor)
