@@ -1,6 +1,6 @@
 """Fault injection: SIGKILL a training run at random moments, resume it each time, compare the result.
 
-    python benchmarks/fault_injection.py --kills 20      # results in benchmarks/results/fault_injection.md
+    python -m benchmarks.fault_injection --kills 20      # results in benchmarks/results/fault_injection.md
 
 A reference run trains uninterrupted. The faulted run is started, killed with SIGKILL at a random
 moment after training begins (some kills land inside checkpoint writes), and restarted with
@@ -71,9 +71,11 @@ def child(output_dir: str, models_dir: str, updates: int) -> None:
 
 
 def start(output_dir: Path, models_dir: Path, updates: int) -> subprocess.Popen:
-    command = [sys.executable, __file__, "--child", str(output_dir), str(models_dir), str(updates)]
+    command = [sys.executable, "-m", "benchmarks.fault_injection", "--child", str(output_dir), str(models_dir)]
+    command.append(str(updates))
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
-    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
+    root = Path(__file__).parent.parent
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env, cwd=root)
 
 
 def wait_for(process: subprocess.Popen, prefix: str) -> str:
@@ -153,7 +155,7 @@ def main() -> None:
     (results / "fault_injection.json").write_text(json.dumps(result, indent=1))
     summary = (
         "# Fault injection\n\n"
-        f"Command: `python benchmarks/fault_injection.py --kills {options.kills} --updates {options.updates} "
+        f"Command: `python -m benchmarks.fault_injection --kills {options.kills} --updates {options.updates} "
         f"--seed {options.seed}`.\n\n"
         f"- SIGKILLs: {result['kills']}, of which {result['kills_during_checkpoint_write']} during a checkpoint "
         "write (a `tmp-checkpoint-N` was left behind)\n"

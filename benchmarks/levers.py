@@ -67,17 +67,20 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--jobs", type=int, default=2, help="Runs in parallel (one thread each).")
     parser.add_argument("--output_dir", default=str(RESULTS))
     parser.add_argument("--tasks", nargs="+", default=list(LEVER_TASKS), choices=list(LEVER_TASKS))
+    parser.add_argument("--quick", action="store_true", help="Every arm on a tiny budget, one seed, no cache.")
     options = parser.parse_args(argv)
+    seeds = LEVER_SEEDS[:1] if options.quick else LEVER_SEEDS
     output = Path(options.output_dir)
     output.mkdir(parents=True, exist_ok=True)
     keys, specs = [], []
     for task in options.tasks:
         spec_task = lever_task(task)
         for arm, (family, overrides) in LEVER_TASKS[task][3].items():
-            for seed in LEVER_SEEDS:
+            for seed in seeds:
                 keys.append((task, arm, seed))
-                specs.append(arm_spec(task, family, overrides, seed, False, spec_task=spec_task))
-    records = dict(zip(keys, run_all(specs, RESULTS / "fairness_cache", options.jobs), strict=True))
+                specs.append(arm_spec(task, family, overrides, seed, options.quick, spec_task=spec_task))
+    cache = None if options.quick else RESULTS / "fairness_cache"
+    records = dict(zip(keys, run_all(specs, cache, options.jobs), strict=True))
     result: dict = {"command": "python -m benchmarks.levers", "seeds": list(LEVER_SEEDS), "tasks": {}}
     lines = [
         "# Replay levers (tuning seeds)",
@@ -87,7 +90,7 @@ def main(argv: list[str] | None = None) -> dict:
     ]
     for task in options.tasks:
         budget = LEVER_TASKS[task][1]
-        runs = {arm: [records[(task, arm, s)] for s in LEVER_SEEDS] for arm in LEVER_TASKS[task][3]}
+        runs = {arm: [records[(task, arm, s)] for s in seeds] for arm in LEVER_TASKS[task][3]}
         target = report.target_of([r for rs in runs.values() for r in rs], TARGET_FRACTION)
         summary = {arm: report.summarise(rs, target) for arm, rs in runs.items()}
         result["tasks"][task] = {"target": target, "budget": budget, "summary": summary}

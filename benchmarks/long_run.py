@@ -1,6 +1,6 @@
 """Process memory over a long run with replay: it must stay flat once the buffer is full.
 
-python benchmarks/long_run.py --updates 1500     # results in benchmarks/results/long_run.{md,png}
+python -m benchmarks.long_run --updates 1500     # results in benchmarks/results/long_run.{md,png}
 """
 
 from __future__ import annotations
@@ -18,11 +18,15 @@ def rss_bytes() -> int:
         return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:"))
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--updates", type=int, default=1500)
     parser.add_argument("--buffer", type=int, default=256, help="replay_buffer_size")
-    options = parser.parse_args()
+    parser.add_argument("--sample_every", type=int, default=25, help="Updates between memory samples.")
+    parser.add_argument("--output_dir", default=str(RESULTS))
+    parser.add_argument("--workdir", default="/tmp/long-run", help="Where the tiny models and the run go.")
+    options = parser.parse_args(argv)
+    output, workdir = Path(options.output_dir), Path(options.workdir)
 
     import matplotlib
 
@@ -36,9 +40,9 @@ def main() -> None:
     from trl_replay_ppo.tasks.tiny import build_tiny_models, load_tiny_models, tiny_trainer
 
     torch.set_num_threads(2)
-    models = load_tiny_models(build_tiny_models("/tmp/long-run/models"))
+    models = load_tiny_models(build_tiny_models(workdir / "models"))
     args = ReplayPPOConfig(
-        output_dir="/tmp/long-run/out",
+        output_dir=str(workdir / "out"),
         per_device_train_batch_size=16,
         num_ppo_epochs=1,
         total_episodes=16 * options.updates,
@@ -59,7 +63,7 @@ def main() -> None:
 
     class Sampler(TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):
-            if state.global_step % 25 == 0 or state.global_step == 1:
+            if state.global_step % options.sample_every == 0 or state.global_step == 1:
                 size = len(trainer.replay)
                 samples.append({"update": state.global_step, "rss_mib": rss_bytes() / 2**20, "buffer_size": size})
 
@@ -68,8 +72,9 @@ def main() -> None:
     trainer.train()
     full = [s for s in samples if s["buffer_size"] >= options.buffer]
     first, last = full[0], full[-1]
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "long_run.json").write_text(json.dumps({"options": vars(options), "samples": samples}, indent=1))
+    output.mkdir(parents=True, exist_ok=True)
+    result = {"options": vars(options), "samples": samples}
+    (output / "long_run.json").write_text(json.dumps(result, indent=1))
     fig, ax = plt.subplots(figsize=(7, 3.5))
     ax.plot([s["update"] for s in samples], [s["rss_mib"] for s in samples], label="process RSS")
     ax.axvline(first["update"], color="gray", linestyle=":", label="buffer full")
@@ -78,18 +83,19 @@ def main() -> None:
     ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(RESULTS / "long_run.png", dpi=110)
+    fig.savefig(output / "long_run.png", dpi=110)
     text = (
         "# Long run: memory stays bounded\n\n"
-        f"Command: `python benchmarks/long_run.py --updates {options.updates} --buffer {options.buffer}` "
+        f"Command: `python -m benchmarks.long_run --updates {options.updates} --buffer {options.buffer}` "
         f"({time.time() - started:.0f} s).\n\n"
         f"- buffer full (size {options.buffer}) from update {first['update']}; max size seen "
         f"{max(s['buffer_size'] for s in samples)}\n"
         f"- RSS when the buffer filled: {first['rss_mib']:.0f} MiB; at update {last['update']}: {last['rss_mib']:.0f} "
         f"MiB ({last['rss_mib'] - first['rss_mib']:+.0f} MiB over {last['update'] - first['update']} updates)\n"
     )
-    (RESULTS / "long_run.md").write_text(text)
+    (output / "long_run.md").write_text(text)
     print(text)
+    return result
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Memory of one PPO update on a Qwen3-0.6B-shaped model, and whether it fits a 16 GB GPU.
 
-    python benchmarks/memory.py              # all modes, results in benchmarks/results/memory.{json,md}
+    python -m benchmarks.memory              # all modes, results in benchmarks/results/memory.{json,md}
 
 Each mode runs in its own process (so peak RSS is its own): a Qwen3-0.6B-shaped model is built
 from its config (random init, no download), and ``ReplayPPOTrainer`` runs one update with a
@@ -154,33 +154,36 @@ def available_ram() -> int:
     return int(info["MemAvailable"].split()[0]) * 1024
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES))
     parser.add_argument("--batch", type=int, default=2, help="Episodes in the measured update.")
     parser.add_argument("--prompt_tokens", type=int, default=32)
     parser.add_argument("--response_tokens", type=int, default=16)
     parser.add_argument("--run", choices=list(MODES), help=argparse.SUPPRESS)
-    parser.add_argument("--layers", type=int, default=QWEN3_0_6B["num_hidden_layers"], help=argparse.SUPPRESS)
-    options = parser.parse_args()
+    layers = QWEN3_0_6B["num_hidden_layers"]
+    parser.add_argument("--layers", type=int, default=layers, help="Decoder layers run (at most: RAM caps it).")
+    parser.add_argument("--output_dir", default=str(RESULTS))
+    options = parser.parse_args(argv)
     if options.run:
         torch.set_num_threads(os.cpu_count() or 1)
         result = run_mode(options.run, options.layers, options.batch, options.prompt_tokens, options.response_tokens)
         print("RESULT " + json.dumps(result))
-        return
+        return []
 
     rows = []
     for mode in options.modes:
         budget = analytic_budget(mode)
-        layers = QWEN3_0_6B["num_hidden_layers"]
+        layers = options.layers
         cpu_need = (budget["weights"] + budget["gradients"] + budget["optimizer"]) * GIB * 1.15 + 2 * GIB
         if not torch.cuda.is_available() and cpu_need > 0.85 * available_ram():
             layers = max(1, int(layers * 0.85 * available_ram() / cpu_need))
-        command = [sys.executable, __file__, "--run", mode, "--layers", str(layers)]
+        command = [sys.executable, "-m", "benchmarks.memory", "--run", mode, "--layers", str(layers)]
         command += ["--batch", str(options.batch), "--prompt_tokens", str(options.prompt_tokens)]
         command += ["--response_tokens", str(options.response_tokens)]
         print(f"[{mode}] {MODES[mode]} ({layers} layers) ...", flush=True)
-        output = subprocess.run(command, capture_output=True, text=True, check=False)
+        root = Path(__file__).parent.parent
+        output = subprocess.run(command, capture_output=True, text=True, check=False, cwd=root)
         line = next((x for x in output.stdout.splitlines() if x.startswith("RESULT ")), None)
         if line is None:
             raise RuntimeError(f"mode {mode} failed:\n{output.stderr[-3000:]}")
@@ -188,16 +191,18 @@ def main() -> None:
         rows.append({"mode": mode, "description": MODES[mode], "measured": measured, "budget_16gb": budget})
         print(f"  peak RSS {measured['peak_rss_bytes'] / GIB:.2f} GiB, analytic GPU total {budget['total']:.2f} GiB")
     write_results(rows, options)
+    return rows
 
 
 def write_results(rows: list[dict], options) -> None:
-    RESULTS.mkdir(parents=True, exist_ok=True)
+    output = Path(options.output_dir)
+    output.mkdir(parents=True, exist_ok=True)
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU ({os.cpu_count()} cores)"
-    (RESULTS / "memory.json").write_text(json.dumps({"device": device, "rows": rows}, indent=2))
+    (output / "memory.json").write_text(json.dumps({"device": device, "rows": rows}, indent=2))
     lines = [
         "# Memory of one PPO update, Qwen3-0.6B-shaped model",
         "",
-        f"Command: `python benchmarks/memory.py` on {device}. Measured update: {options.batch} episodes, "
+        f"Command: `python -m benchmarks.memory` on {device}. Measured update: {options.batch} episodes, "
         f"{options.prompt_tokens} prompt + {options.response_tokens} response tokens, gradient checkpointing on.",
         "",
         "| mode | layers run | params | trainable | gradients | AdamW state | peak RSS (measured) |",
@@ -228,7 +233,7 @@ def write_results(rows: list[dict], options) -> None:
             f"{b['activations']:.2f} | {b['logits']:.2f} | {b['generation']:.2f} | {b['total']:.2f} | {verdict} |"
         )
     lines += ["", "'yes' means at most 80% of 16 GB (14.9 GiB): a margin for allocator fragmentation."]
-    (RESULTS / "memory.md").write_text("\n".join(lines) + "\n")
+    (output / "memory.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

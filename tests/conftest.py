@@ -40,6 +40,7 @@ def fresh_accelerate_state():
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "needs_trl_ppo: compares with stock TRL PPO, which only TRL <= 1.12 has")
+    config.addinivalue_line("markers", "trl112: also runs in CI's TRL 1.12 job (`make test-trl1.12`)")
 
 
 def pytest_collection_modifyitems(config, items):

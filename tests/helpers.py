@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -11,6 +12,8 @@ from transformers import TrainerCallback
 
 from trl_replay_ppo import ReplayPPOConfig, ReplayPPOTrainer
 from trl_replay_ppo.tasks.tiny import tiny_trainer
+
+ROOT = Path(__file__).parent.parent  # the repository
 
 
 def seed_everything(seed: int) -> None:

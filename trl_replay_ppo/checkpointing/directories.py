@@ -150,7 +150,8 @@ def rotate_checkpoints(output_dir: str, limit: int | None, best: str | None, run
     """Keep this run's newest ``limit`` checkpoints and its best one; never touch another run's checkpoints."""
     if not limit or limit <= 0:
         return
-    mine, foreign = [], []
+    mine: list[Path] = []
+    foreign: list[Path] = []
     for path in complete_checkpoints(output_dir):
         (mine if run_id_of(path) == run_id else foreign).append(path)
     if foreign and (output_dir, run_id) not in _WARNED_FOREIGN:

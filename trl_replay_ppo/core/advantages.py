@@ -40,15 +40,16 @@ def compute_gae(
     rewards: torch.Tensor, values: torch.Tensor, gamma: float, lam: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Generalised advantage estimation over the response axis; returns ``(advantages, returns)``, (B, R)."""
-    lastgaelam = 0
-    advantages_reversed = []
+    lastgaelam: torch.Tensor | float = 0
+    advantages_reversed: list[torch.Tensor] = []
     length = rewards.shape[1]
     for t in reversed(range(length)):
         nextvalues = values[:, t + 1] if t < length - 1 else 0.0
         delta = rewards[:, t] + gamma * nextvalues - values[:, t]
-        lastgaelam = delta + gamma * lam * lastgaelam
-        advantages_reversed.append(lastgaelam)
-    advantages = torch.stack(advantages_reversed[::-1], axis=1)
+        step = delta + gamma * lam * lastgaelam
+        advantages_reversed.append(step)
+        lastgaelam = step
+    advantages = torch.stack(advantages_reversed[::-1], dim=1)
     return advantages, advantages + values
 
 

@@ -119,8 +119,11 @@ def pad_episodes(batch: EpisodeBatch, context_length: int, response_length: int,
         return batch
     query_responses = torch.nn.functional.pad(batch.query_responses, (left, right), value=pad_token_id)
 
-    def per_token(t: torch.Tensor | None, value: float) -> torch.Tensor | None:
-        return None if t is None else torch.nn.functional.pad(t, (0, right), value=value)
+    def per_token(t: torch.Tensor, value: float) -> torch.Tensor:
+        return torch.nn.functional.pad(t, (0, right), value=value)
+
+    def optional(t: torch.Tensor | None, value: float) -> torch.Tensor | None:
+        return None if t is None else per_token(t, value)
 
     return replace(
         batch,
@@ -129,8 +132,8 @@ def pad_episodes(batch: EpisodeBatch, context_length: int, response_length: int,
         logprobs=per_token(batch.logprobs, INVALID_LOGPROB),
         ref_logprobs=per_token(batch.ref_logprobs, INVALID_LOGPROB),
         values=per_token(batch.values, 0.0),
-        proximal_logprobs=per_token(batch.proximal_logprobs, INVALID_LOGPROB),
-        token_weights=per_token(batch.token_weights, 0.0),
+        proximal_logprobs=optional(batch.proximal_logprobs, INVALID_LOGPROB),
+        token_weights=optional(batch.token_weights, 0.0),
     )
 
 
@@ -197,6 +200,9 @@ def append_replayed(fresh: EpisodeBatch, replayed: EpisodeBatch, pad_token_id: i
     def cat(name: str) -> torch.Tensor:
         return torch.cat([getattr(fresh, name), getattr(replayed, name)])
 
+    proximal, token_weights, row_weights = replayed.proximal_logprobs, replayed.token_weights, replayed.row_weights
+    if proximal is None or token_weights is None or row_weights is None:
+        raise ValueError("Replayed rows need their proximal log-probs, token weights and row weights.")
     return EpisodeBatch(
         query_responses=cat("query_responses"),
         context_length=context_length,
@@ -208,8 +214,8 @@ def append_replayed(fresh: EpisodeBatch, replayed: EpisodeBatch, pad_token_id: i
         sequence_lengths=cat("sequence_lengths"),
         score_index=cat("score_index"),
         num_fresh=len(fresh),
-        proximal_logprobs=torch.cat([fresh.logprobs, replayed.proximal_logprobs]),
-        token_weights=torch.cat([torch.ones_like(fresh.logprobs), replayed.token_weights]),
-        row_weights=torch.cat([torch.ones(len(fresh), device=replayed.row_weights.device), replayed.row_weights]),
+        proximal_logprobs=torch.cat([fresh.logprobs, proximal]),
+        token_weights=torch.cat([torch.ones_like(fresh.logprobs), token_weights]),
+        row_weights=torch.cat([torch.ones(len(fresh), device=row_weights.device), row_weights]),
         replay_ids=list(replayed.replay_ids),
     )

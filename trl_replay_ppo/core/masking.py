@@ -45,7 +45,7 @@ def masked_mean(values: torch.Tensor, padding_mask: torch.Tensor, axis: int | No
     """Mean of ``values`` where ``padding_mask`` is False (over ``axis``, or all); 0 where nothing is valid."""
     valid = ~padding_mask
     if axis is not None:
-        return (values * valid).sum(axis=axis) / valid.sum(axis=axis).clamp(min=1)
+        return (values * valid).sum(dim=axis) / valid.sum(dim=axis).clamp(min=1)
     return (values * valid).sum() / valid.sum().clamp(min=1)
 
 

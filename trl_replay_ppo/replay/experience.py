@@ -55,9 +55,12 @@ def episode_priorities(batch: EpisodeBatch) -> np.ndarray:
     An episode's priority is how far its return was from the critic's expectation at its last use:
     large for surprising successes and failures, near 0 for what the critic already predicts.
     """
-    mask = (~batch.padding_mask).float()
-    per_row = (batch.raw_advantages.abs() * mask).sum(1) / mask.sum(1).clamp(min=1)
-    return per_row.float().cpu().numpy()
+    if batch.raw_advantages is None:
+        raise ValueError("Priorities need the batch's advantages: compute them before recording the batch.")
+    valid = (~batch.padding_mask).float()
+    per_row = (batch.raw_advantages.abs() * valid).sum(1) / valid.sum(1).clamp(min=1)
+    priorities: np.ndarray = per_row.float().cpu().numpy()
+    return priorities
 
 
 def effective_sample_size(weights: np.ndarray | torch.Tensor) -> float:

@@ -99,7 +99,8 @@ class PrioritizedSampler(Sampler):
 
     def _keys(self, storage: EpisodeStorage, slots: np.ndarray) -> np.ndarray:
         age_factor = np.exp(self._growth * (storage.version[slots] - self.base))
-        return (self.priority[slots] + PRIORITY_EPS) ** self.alpha * age_factor
+        keys: np.ndarray = (self.priority[slots] + PRIORITY_EPS) ** self.alpha * age_factor
+        return keys
 
     def _maybe_rebase(self, storage: EpisodeStorage, version: int) -> None:
         if self._growth * (version - self.base) <= self.REBASE_LOG_FACTOR:

@@ -89,5 +89,5 @@ class EpisodeStorage:
         self.cursor = int(state["cursor"])
 
 
-def _clone(value):
+def _clone(value: Any) -> Any:
     return value.clone() if isinstance(value, torch.Tensor) else value

@@ -152,7 +152,12 @@ def preflight_reward_funcs(
     """
     chat = isinstance(prompts[0], list)
     completions = [[{"role": "assistant", "content": ""}] if chat else "" for _ in prompts]
-    kwargs = {**columns, "completion_ids": [[] for _ in prompts], "trainer_state": None, "log_metric": _ignore}
+    kwargs: dict[str, Any] = {
+        **columns,
+        "completion_ids": [[] for _ in prompts],
+        "trainer_state": None,
+        "log_metric": _ignore,
+    }
     for func in funcs:
         try:
             call_reward_func(func, prompts, completions, kwargs, nonfinite_value, timeout, rows)

@@ -14,7 +14,7 @@
 Each phase is a method a subclass can override, delegating to a part the trainer holds (`trl_replay_ppo.trainer.parts`:
 runner, scorer, collector, replay, advantages, loss, optimizer_steps, update_metrics, evaluator; resumable registers
 what checkpoints keep of them). The base is TRL's PPO, or this package's on TRL 1.13+ (`trl_replay_ppo.trainer.base`).
-With replay off and ``suppress_pad_token`` False, a run is bitwise TRL 1.12's ``train()`` (``tests/test_parity.py``).
+With replay off and ``suppress_pad_token`` False, a run is bitwise TRL 1.12's (``tests/trainer/test_parity.py``).
 """
 
 from __future__ import annotations

@@ -6,8 +6,8 @@ import asyncio
 import time
 
 import pytest
-from helpers import make_trainer, tiny_config, tokenized_prompts
 
+from tests.helpers import make_trainer, tiny_config, tokenized_prompts
 from trl_replay_ppo.rewards.calls import RewardFunctionError
 from trl_replay_ppo.tasks.digits import digits_reward, make_digits_dataset
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 from accelerate.state import AcceleratorState, PartialState
-from helpers import LogRecorder, digit_prompts, seed_everything, tiny_config, tokenized_prompts
 
+from tests.helpers import LogRecorder, digit_prompts, seed_everything, tiny_config, tokenized_prompts
 from trl_replay_ppo import ReplayPPOTrainer
 from trl_replay_ppo.integrations.compat import trl_ppo
 from trl_replay_ppo.tasks.tiny import load_tiny_models, tiny_trainer
 
-pytestmark = pytest.mark.needs_trl_ppo
+pytestmark = [pytest.mark.trl112, pytest.mark.needs_trl_ppo]  # stock TRL PPO: the TRL 1.12 job
 
 PARITY_ARGS = {
     "per_device_train_batch_size": 4,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 from datasets import Dataset
-from helpers import make_trainer, tiny_config
 
+from tests.helpers import make_trainer, tiny_config
 from trl_replay_ppo.tasks.digits import make_digits_dataset
 
 

@@ -1,4 +1,4 @@
-"""Run under `accelerate launch` with 2 CPU processes by tests/test_distributed.py."""
+"""Run under `accelerate launch` with 2 CPU processes by tests/distributed/test_two_processes.py."""
 
 from __future__ import annotations
 
@@ -8,9 +8,7 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
-from helpers import make_trainer, tiny_config
-
+from tests.helpers import make_trainer, tiny_config
 from trl_replay_ppo.tasks.digits import digits_reward, make_digits_dataset
 from trl_replay_ppo.tasks.tiny import load_tiny_models
 

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
-from helpers import changed, digit_prompts, make_trainer, snapshot, tiny_config, tokenized_prompts
 from peft import LoraConfig
 from transformers import AutoModelForCausalLM
+
+from tests.helpers import changed, digit_prompts, make_trainer, snapshot, tiny_config, tokenized_prompts
+
+pytestmark = pytest.mark.trl112  # also runs in the TRL 1.12 job
 
 
 def test_basic_training_updates_policy_and_critic(tmp_path, tiny):

@@ -12,7 +12,9 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).parent.parent
+from tests.helpers import ROOT
+
+pytestmark = pytest.mark.trl112  # also runs in the TRL 1.12 job
 
 
 def launch(models_dir: Path, output_dir: Path, mode: str) -> dict:
@@ -24,13 +26,15 @@ def launch(models_dir: Path, output_dir: Path, mode: str) -> dict:
         str(ROOT / "examples/accelerate/cpu_2proc.yaml"),
         "--main_process_port",
         "29517",
-        str(ROOT / "tests/distributed_run.py"),
+        "-m",
+        "tests.distributed.two_process_run",
         str(models_dir),
         str(output_dir),
         mode,
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)  # a hang fails fast
+    # A hang fails fast; the script runs as a module of the repository (`-m tests.distributed...`).
+    result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
     assert result.returncode == 0, result.stderr[-4000:]
     return json.loads((output_dir / f"summary-{mode}.json").read_text())
 

@@ -6,9 +6,9 @@ import math
 
 import pytest
 import torch
-from helpers import changed, digit_prompts, make_trainer, snapshot, tiny_config, tokenized_prompts
 from transformers import TrainerCallback
 
+from tests.helpers import changed, digit_prompts, make_trainer, snapshot, tiny_config, tokenized_prompts
 from trl_replay_ppo import ReplayPPOConfig
 from trl_replay_ppo.core.kl import AdaptiveKLController
 from trl_replay_ppo.core.losses import entropy_from_logits

@@ -20,6 +20,8 @@ from trl_replay_ppo.replay import (
 from trl_replay_ppo.replay.experience import effective_sample_size
 from trl_replay_ppo.replay.sampler import PRIORITY_EPS
 
+pytestmark = pytest.mark.trl112  # also runs in the TRL 1.12 job
+
 
 def episode(i: int) -> Episode:
     return Episode(

@@ -7,8 +7,8 @@ import logging
 import numpy as np
 import pytest
 import torch
-from helpers import make_trainer, tiny_config
 
+from tests.helpers import make_trainer, tiny_config
 from trl_replay_ppo.core.advantages import whiten_advantages
 from trl_replay_ppo.core.masking import masked_whiten
 from trl_replay_ppo.tasks.digits import digits_reward, make_digits_dataset

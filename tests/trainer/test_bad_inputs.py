@@ -5,12 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 from datasets import Dataset
-from helpers import make_trainer, tiny_config
 
 import trl_replay_ppo.models.runner as passes_module
+from tests.helpers import make_trainer, tiny_config
 from trl_replay_ppo import ReplayPPOConfig
 from trl_replay_ppo.tasks.digits import digits_reward, make_digits_dataset
 from trl_replay_ppo.trainer.base import PPOConfig
+
+pytestmark = pytest.mark.trl112  # also runs in the TRL 1.12 job
 
 CONFIG_CASES = [
     ({"num_mini_batches": 3}, "num_mini_batches"),

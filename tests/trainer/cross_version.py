@@ -1,7 +1,7 @@
 """Same training on both bases: run a fixed-seed training here and record it, or compare two records.
 
-    python tests/cross_version.py run OUT.json          # in each virtual environment (TRL 1.12, newest TRL)
-    python tests/cross_version.py compare A.json B.json # exit status 1 unless metrics and weights are identical
+    python -m tests.trainer.cross_version run OUT.json          # in each environment (TRL 1.12, newest TRL)
+    python -m tests.trainer.cross_version compare A.json B.json # exit 1 unless metrics and weights are identical
 
 `make test-trl1.12` runs it under both environments and compares them: TRL's PPO base on TRL 1.12,
 this package's own base on the newest TRL, must train bit for bit alike.
@@ -15,14 +15,12 @@ import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent))
-
 
 def run(out: str) -> None:
     import torch
     import trl
-    from helpers import LogRecorder, make_trainer, tiny_config
 
+    from tests.helpers import LogRecorder, make_trainer, tiny_config
     from trl_replay_ppo.tasks.digits import digits_reward, make_digits_dataset
     from trl_replay_ppo.tasks.tiny import build_tiny_models, load_tiny_models
     from trl_replay_ppo.trainer.base import BASE

@@ -6,11 +6,13 @@ import math
 
 import pytest
 import torch
-from helpers import make_trainer, snapshot, tiny_config, tokenized_prompts
 
+from tests.helpers import make_trainer, snapshot, tiny_config, tokenized_prompts
 from trl_replay_ppo.core.episodes import INVALID_LOGPROB, EpisodeBatch
 from trl_replay_ppo.core.kl import KLEarlyStop, k3_kl_sum
 from trl_replay_ppo.tasks.digits import digits_reward, make_digits_dataset
+
+pytestmark = pytest.mark.trl112  # also runs in the TRL 1.12 job
 
 
 def k3(delta: float) -> float:

@@ -8,11 +8,13 @@ import re
 
 import pytest
 import torch
-from helpers import LogRecorder, make_trainer, tiny_config
 
+from tests.helpers import ROOT, LogRecorder, make_trainer, tiny_config
 from trl_replay_ppo.checkpointing.directories import latest_checkpoint
 from trl_replay_ppo.tasks.digits import digits_reward, make_digits_dataset
 from trl_replay_ppo.tasks.tiny import load_tiny_models
+
+pytestmark = pytest.mark.trl112  # also runs in the TRL 1.12 job
 
 RESUME_ARGS = {
     "per_device_train_batch_size": 4,
@@ -95,9 +97,8 @@ def test_resume_is_exact(tmp_path, tiny_dirs):
 
 KILL_SCRIPT = """
 import os, sys, time
-sys.path.insert(0, {tests!r})
 from pathlib import Path
-from helpers import make_trainer, tiny_config
+from tests.helpers import make_trainer, tiny_config
 import trl_replay_ppo.checkpointing.writer as checkpoint
 from trl_replay_ppo.checkpointing.directories import latest_checkpoint
 from trl_replay_ppo.tasks.digits import digits_reward, make_digits_dataset
@@ -125,13 +126,11 @@ def test_kill_during_checkpoint_write_leaves_previous_checkpoint_usable(tmp_path
     import subprocess
     import sys
     import time
-    from pathlib import Path
 
     out, marker = tmp_path / "run", tmp_path / "marker"
-    script = KILL_SCRIPT.format(
-        tests=str(Path(__file__).parent), marker=str(marker), models=str(tiny_dirs["policy"].parent), out=str(out)
-    )
-    process = subprocess.Popen([sys.executable, "-c", script], env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    script = KILL_SCRIPT.format(marker=str(marker), models=str(tiny_dirs["policy"].parent), out=str(out))
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    process = subprocess.Popen([sys.executable, "-c", script], env=env, cwd=ROOT)
     deadline = time.time() + 120
     while not marker.exists() and time.time() < deadline and process.poll() is None:
         time.sleep(0.1)

@@ -15,6 +15,8 @@ from trl_replay_ppo.core.losses import value_loss
 from trl_replay_ppo.core.masking import masked_whiten
 from trl_replay_ppo.replay import ExperienceReplay
 
+pytestmark = pytest.mark.trl112  # also runs in the TRL 1.12 job
+
 PAD = 0
 
 

@@ -10,13 +10,15 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from helpers import make_trainer, tiny_config
 
 import trl_replay_ppo
+from tests.helpers import make_trainer, tiny_config
 from trl_replay_ppo.checkpointing.directories import CheckpointFormatError
 from trl_replay_ppo.checkpointing.state_files import StateFileError, load_state, save_state
 from trl_replay_ppo.tasks.digits import digits_reward, make_digits_dataset
 from trl_replay_ppo.tasks.tiny import load_tiny_models
+
+pytestmark = pytest.mark.trl112  # also runs in the TRL 1.12 job
 
 CHECKPOINT_FILES = (
     "optimizer.safetensors",

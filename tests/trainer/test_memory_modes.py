@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import make_trainer, snapshot, tiny_config
 from peft import LoraConfig
 
+from tests.helpers import make_trainer, snapshot, tiny_config
 from trl_replay_ppo.models.wrappers import SharedValueHead
 from trl_replay_ppo.tasks.digits import digits_reward, make_digits_dataset
 

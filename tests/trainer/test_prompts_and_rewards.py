@@ -7,8 +7,8 @@ import re
 
 import pytest
 from datasets import Dataset
-from helpers import changed, digit_prompts, make_trainer, snapshot, tiny_config, tokenized_prompts
 
+from tests.helpers import changed, digit_prompts, make_trainer, snapshot, tiny_config, tokenized_prompts
 from trl_replay_ppo.data.prompts import prepare_prompt_dataset
 from trl_replay_ppo.rewards.calls import RewardFunctionError
 from trl_replay_ppo.tasks.digits import digits_reward, make_digits_dataset

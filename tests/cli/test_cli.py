@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.helpers import ROOT
 from trl_replay_ppo.cli.main import config_reference, main, make_parser
 from trl_replay_ppo.trainer.memory import gpu_memory_budget, qwen3_0_6b_config
 
-ROOT = Path(__file__).parent.parent
 GSM8K_ROWS = [
     {"question": "Tom has 3 apples and buys 4 more. How many apples?", "answer": "3 + 4 = 7\n#### 7"},
     {"question": "A box holds 12 eggs. How many eggs in 2 boxes?", "answer": "12 * 2 = 24\n#### 24"},

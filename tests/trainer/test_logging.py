@@ -6,8 +6,8 @@ import json
 import os
 
 import pytest
-from helpers import make_trainer, tiny_config
 
+from tests.helpers import make_trainer, tiny_config
 from trl_replay_ppo import ReplayPPOConfig
 from trl_replay_ppo.cli.main import main as cli_main
 from trl_replay_ppo.tasks.digits import digits_reward, make_digits_dataset

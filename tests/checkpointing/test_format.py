@@ -6,15 +6,13 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
-from helpers import make_trainer, tiny_config
 
+from tests.helpers import ROOT, make_trainer, tiny_config
 from trl_replay_ppo import CheckpointFormatError
 from trl_replay_ppo.tasks.digits import digits_reward, make_digits_dataset
 
-ROOT = Path(__file__).parent.parent
 FORMAT_2_COMMIT = "d04d0ac9c329ff8d5e2bd10480f27fe25fad365f"  # the last commit that wrote format 2
 
 WRITE_WITH_OLD_CODE = """

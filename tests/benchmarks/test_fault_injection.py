@@ -2,12 +2,7 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).parent.parent / "benchmarks"))
-
-from fault_injection import run_with_kills
+from benchmarks.fault_injection import run_with_kills
 
 
 def test_random_kills_resume_to_identical_weights(tmp_path):

@@ -7,14 +7,16 @@ import math
 import numpy as np
 import pytest
 import torch
-from helpers import LogRecorder, make_trainer, tiny_config
 
+from tests.helpers import LogRecorder, make_trainer, tiny_config
 from trl_replay_ppo import ReplayPPOConfig
 from trl_replay_ppo.core.advantages import compute_gae, shaped_rewards
 from trl_replay_ppo.core.kl import kl_estimate
 from trl_replay_ppo.models.forwards import sequence_scores
 from trl_replay_ppo.tasks.digits import digits_reward, make_digits_dataset
 from trl_replay_ppo.tasks.tiny import load_tiny_models
+
+pytestmark = pytest.mark.trl112  # also runs in the TRL 1.12 job
 
 REPLAY = {"use_replay_buffer": True, "replay_buffer_size": 64, "min_replay_size": 8, "replay_sample_size": 4}
 
