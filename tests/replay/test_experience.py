@@ -197,10 +197,20 @@ def test_value_loss_weighted_by_hand():
     loss, _ = value_loss(vpred, vpred, returns, torch.zeros(2, 1, dtype=torch.bool), 10.0, torch.tensor([0.5, 1.5]))
     assert loss.item() == pytest.approx(0.5 * (0.5 * 1.0 + 1.5 * 0.0) / 2)
     # The minimiser of the weighted loss is the weighted mean of the returns: with prioritized-replay weights,
-    # the success rate of the population the rows were drawn from (1 of 10 here), not of the skewed sample.
-    sample_returns = torch.tensor([1.0] * 5 + [0.0] * 5)  # successes drawn 9x as often as their share
+    # the success rate of the population the rows were drawn from (1 of 10 here), not of the skewed sample (0.5).
+    sample_returns = torch.tensor([[1.0]] * 5 + [[0.0]] * 5)  # successes drawn 9x as often as their share
     weights = torch.tensor([1 / 9] * 5 + [1.0] * 5)
-    assert (weights * sample_returns).sum() / weights.sum() == pytest.approx(0.1)
+    no_padding = torch.zeros(10, 1, dtype=torch.bool)
+
+    def gradient_at(value: float) -> float:
+        v = torch.tensor(value, requires_grad=True)
+        vpred = v.expand(10, 1)
+        loss, _ = value_loss(vpred, vpred.detach(), sample_returns, no_padding, 1e6, weights)
+        loss.backward()
+        return v.grad.item()
+
+    assert gradient_at(0.1) == pytest.approx(0.0, abs=1e-7)
+    assert gradient_at(0.5) > 0.1  # the unweighted minimiser is not one
 
 
 def test_weighted_whitening_by_hand():

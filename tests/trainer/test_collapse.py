@@ -72,9 +72,17 @@ def test_the_first_minibatch_ratio_is_one_with_pad_suppression(tmp_path, tiny):
 def test_greedy_evaluation_still_stops_at_eos_when_pad_is_eos(tmp_path, tiny):
     tokenizer = tiny["tokenizer"]
     tokenizer.pad_token = tokenizer.eos_token
-    trainer = _trainer(tiny, tmp_path)
-    assert trainer.runner.suppressed_token_id is None
-    assert "suppress_tokens" not in trainer.runner.generation_kwargs(4, None)
+    _favour(tiny, tokenizer.eos_token_id, 8.0)  # greedy decoding picks eos first
+    trainer = _trainer(tiny, tmp_path, response_length=6, stop_token="eos")
+    evaluator = trainer.evaluator
+    prompts = next(iter(trainer.eval_dataloader))
+    queries = prompts["input_ids"]
+    query_responses, _ = trainer.runner.generate(queries, evaluator.generation_kwargs(), len(queries))
+    # eos stays a legal token when it is also the pad token: every row stops after one token, not six.
+    assert query_responses.shape[1] == queries.shape[1] + 1
+    assert (query_responses[:, -1] == tokenizer.eos_token_id).all()
+    metrics = trainer.evaluate()
+    assert metrics["eval_response_length"] == 0 and metrics["eval_prompts"] == 8
 
 
 @pytest.mark.parametrize(

@@ -49,8 +49,13 @@ def test_save_model_reloads_equal(tmp_path, tiny):
         assert torch.equal(param, reloaded.state_dict()[name]), name
 
 
-def test_generate_completions_runs(tmp_path, tiny, capsys):
-    dataset = tokenized_prompts(tiny["tokenizer"], digit_prompts(8))
+def test_generate_completions_scores_every_eval_prompt(tmp_path, tiny, capsys):
+    prompts = digit_prompts(8)
+    dataset = tokenized_prompts(tiny["tokenizer"], prompts)
     trainer = make_trainer(tiny, tiny_config(tmp_path, per_device_eval_batch_size=4), dataset, eval_dataset=dataset)
-    trainer.generate_completions()
-    assert "model response" in capsys.readouterr().out
+    table = trainer.evaluator.completions(trainer.state)
+    assert table["query"].tolist() == prompts  # both eval batches, in order, decoded
+    assert len(table) == 8 and table["score"].notna().all()
+    trainer.generate_completions(sampling=True)  # the periodic samples: the first batch, shown in the console
+    shown = capsys.readouterr().out
+    assert all(prompt in shown for prompt in prompts[:4])

@@ -154,10 +154,9 @@ class ReplayPPOConfig(PPOConfig):
         "Replayed episodes added to each update per fresh one: each update trains on its per-rank batch "
         "(`per_device_train_batch_size * gradient_accumulation_steps`) plus this many times as many replayed "
         "episodes, so an update costs (1 + ratio) times the optimizer steps of on-policy PPO and no extra "
-        "generation. 3 (with `self_imitation_coef` 1) was chosen on the benchmarks' tuning seeds: it needed as few "
-        "or fewer generated episodes to a target than 1 on a sparse and a dense task, with one and with four "
-        "completions per prompt. Lower it when training, not generation, dominates an update's time; "
-        "`replay_sample_size` overrides it.",
+        "generation. Raise it when generation is most of an update's time and rewards are sparse; lower it "
+        "when training dominates (1 with `self_imitation_coef=0` is the lightest replay). `replay_sample_size` "
+        "overrides it.",
     )
     replay_sample_size: int | None = help_field(
         None,
@@ -202,9 +201,9 @@ class ReplayPPOConfig(PPOConfig):
         1.0,
         "Weight of a self-imitation term on replayed episodes (Oh et al., 2018): -log pi(token) * max(A, 0) "
         "with A the unwhitened advantage under the current critic, so replayed tokens that did better than "
-        "expected are imitated without ratio clipping; tokens that did worse add nothing. 1 was chosen with "
-        "`replay_ratio` on the benchmarks' tuning seeds: it lets rare successes of sparse rewards be learned "
-        "from each time they are replayed. 0 disables; lower it if the policy's entropy collapses early.",
+        "expected are imitated without ratio clipping; tokens that did worse add nothing, so rare successes of "
+        "sparse rewards are learned from each time they are replayed. 0 disables; lower it if the policy's "
+        "entropy collapses early.",
     )
 
     reward_timeout: float | None = help_field(
