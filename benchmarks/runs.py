@@ -267,10 +267,11 @@ def _train(spec: dict, extra: dict) -> dict:
         )
     if curve.points[-1]["episode"] != episodes():
         curve.record(force=True)
+    trained_tokens = None  # stock TRL does not count them
     if spec["kind"] == "grpo":
         trained_tokens = reward.tokens * settings.get("num_iterations", 1)
-    else:
-        trained_tokens = getattr(trainer, "trained_tokens", None)  # stock TRL does not count them
+    elif spec["kind"] == "ours":
+        trained_tokens = trainer.update_metrics.trained_tokens
     return {
         "points": curve.points,
         "generated": episodes(),

@@ -21,6 +21,8 @@ def test_quick_benchmark_runs_every_arm(tmp_path):
     for arm, figures in summary.items():
         assert figures["runs"] == 1 and not figures["stopped"], (arm, figures["stopped"])
         assert figures["steps_per_episode"] > 0, arm
+        if figures["kind"] in ("ours", "grpo"):  # stock TRL does not count its trained tokens
+            assert figures["tokens_per_episode"] > 0, arm
     # The compute-matched arm trains the rows of replay's defaults: the fresh batch and `replay_ratio` times as many.
     assert (
         summary["compute_matched"]["settings"]["num_ppo_epochs"]
