@@ -6,7 +6,7 @@ import os
 
 import pytest
 import torch
-from accelerate.state import AcceleratorState, PartialState
+from accelerate.state import AcceleratorState, GradientState, PartialState
 
 from trl_replay_ppo.integrations.compat import trl_ppo
 from trl_replay_ppo.tasks.tiny import build_tiny_models, load_tiny_models
@@ -30,12 +30,17 @@ def tiny(tiny_dirs):
 
 @pytest.fixture(autouse=True)
 def fresh_accelerate_state():
-    """Each test builds its own trainer; accelerate's process-wide state must not leak between them."""
-    AcceleratorState._reset_state(reset_partial_state=True)
-    PartialState._reset_state()
+    """Each test builds its own trainer; accelerate's process-wide state (gradient synchronisation included: a
+    dataloader left mid-iteration by one test would make every micro-batch a sync point in the next) must not leak."""
+    _reset_accelerate()
     yield
+    _reset_accelerate()
+
+
+def _reset_accelerate() -> None:
     AcceleratorState._reset_state(reset_partial_state=True)
     PartialState._reset_state()
+    GradientState._reset_state()
 
 
 def pytest_configure(config):

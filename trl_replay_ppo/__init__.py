@@ -5,6 +5,7 @@ from __future__ import annotations
 import warnings
 
 from trl_replay_ppo.checkpointing.directories import CheckpointFormatError
+from trl_replay_ppo.checkpointing.ownership import OutputDirInUseError
 from trl_replay_ppo.checkpointing.state_files import StateFileError
 from trl_replay_ppo.checkpointing.writer import CheckpointWriteError
 from trl_replay_ppo.rewards.calls import RewardFunctionError
@@ -15,6 +16,7 @@ PPOTrainerWithReplay = ReplayPPOTrainer  # the name users of the three-tier PPO 
 __all__ = [
     "CheckpointFormatError",
     "CheckpointWriteError",
+    "OutputDirInUseError",
     "PPOTrainerWithReplay",
     "ReplayPPOConfig",
     "ReplayPPOTrainer",

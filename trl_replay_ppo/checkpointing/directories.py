@@ -8,6 +8,8 @@ checkpoint either: resuming skips it, says why, and leaves it for inspection.
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import json
 import logging
 import os
@@ -144,6 +146,43 @@ def _newest_intact(output_dir: Path, read: Callable, exclude: Path) -> Path | No
             continue
         return path
     return None
+
+
+RENAME_EXCHANGE = 2  # renameat2(2) flag: swap two paths in one step
+AT_FDCWD = -100
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap the directories ``a`` and ``b`` atomically (Linux ``renameat2``); False where unsupported."""
+    renameat2 = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
+    if renameat2 is None:
+        return False
+    if renameat2(AT_FDCWD, os.fsencode(a), AT_FDCWD, os.fsencode(b), RENAME_EXCHANGE) == 0:
+        return True
+    error = ctypes.get_errno()
+    if error in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):  # a filesystem without exchange
+        return False
+    raise OSError(error, os.strerror(error), str(b))
+
+
+def replace_directory(new: Path, target: Path) -> None:
+    """Put the complete directory ``new`` at ``target``; an existing ``target`` stays whole until it is replaced.
+
+    With an existing ``target`` the two are exchanged in one step (so at every instant a complete
+    ``target`` exists) and the old copy, now at ``new``, is removed. Where the filesystem cannot
+    exchange, the old copy is moved aside to ``old-<name>`` first and removed last.
+    """
+    if not target.exists():
+        os.replace(new, target)
+        return
+    if _exchange(new, target):
+        shutil.rmtree(new)
+        return
+    aside = target.with_name("old-" + target.name)
+    shutil.rmtree(aside, ignore_errors=True)
+    os.replace(target, aside)
+    os.replace(new, target)
+    shutil.rmtree(aside)
 
 
 def rotate_checkpoints(output_dir: str, limit: int | None, best: str | None, run_id: str) -> None:

@@ -8,7 +8,6 @@ checkpoint and is cleared by the next save.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,7 @@ import torch
 from safetensors.torch import save_file
 from transformers.trainer_callback import ExportableState
 
-from trl_replay_ppo.checkpointing.directories import checkpoint_dir, rotate_checkpoints
+from trl_replay_ppo.checkpointing.directories import checkpoint_dir, replace_directory, rotate_checkpoints
 from trl_replay_ppo.checkpointing.format import CHECKPOINT_FORMAT, Checkpointable
 from trl_replay_ppo.checkpointing.state_files import save_state
 
@@ -84,9 +83,7 @@ def save_checkpoint(trainer: Checkpointable) -> Path:
         if state.best_global_step == state.global_step:
             state.best_model_checkpoint = str(final)
         state.save_to_json(str(staging / "trainer_state.json"))
-        if final.exists():  # re-saving the same step: replace the old copy only once the new one is complete
-            shutil.rmtree(final)
-        os.replace(staging, final)
+        replace_directory(staging, final)  # a re-save (after a rollback) swaps, so one complete copy always exists
         rotate_checkpoints(args.output_dir, args.save_total_limit, state.best_model_checkpoint, ppo_state["run_id"])
 
     collectively(prepare)

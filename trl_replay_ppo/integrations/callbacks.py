@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import time
 import warnings
 from pathlib import Path
@@ -16,6 +17,7 @@ PROGRESS_KEYS = {"objective/scores": "score", "objective/kl": "kl", "eval_reward
 METRICS_FILE = "metrics.jsonl"
 TEXT_LOG_FILE = "train.log"
 LOGGERS = ("trl_replay_ppo", "transformers", "trl", "accelerate")
+logger = logging.getLogger(__name__)
 
 
 class RewardProgressCallback(ProgressCallback):
@@ -39,6 +41,30 @@ def is_eval_log(logs: dict) -> bool:
     return any(key.startswith("eval_") for key in logs)
 
 
+def _unused_name(path: Path) -> Path:
+    """``path``, or ``path`` with ``.1``, ``.2``... before its suffix: the first that does not exist."""
+    candidate, number = path, 0
+    while candidate.exists():
+        number += 1
+        candidate = path.with_name(f"{path.stem}.{number}{path.suffix}")
+    return candidate
+
+
+def _read_records(path: Path) -> tuple[list[tuple[str, dict]], list[str]]:
+    """``([(line, record)], unreadable lines)`` of a metrics file: a record is a JSON object with a ``step``."""
+    records, unreadable = [], []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            record = None
+        if isinstance(record, dict) and isinstance(record.get("step"), int):
+            records.append((line, record))
+        elif line.strip():
+            unreadable.append(line)
+    return records, unreadable
+
+
 def _finite_or_none(value):
     return None if isinstance(value, float) and not math.isfinite(value) else value
 
@@ -49,8 +75,10 @@ class MetricsFileCallback(TrainerCallback):
     Each line has ``step``, ``episode``, ``time`` (unix seconds), ``elapsed`` (training seconds,
     continued across resumes), ``kind`` ("train" or "eval") and every logged metric; non-finite
     values are written as null. A fresh run into a directory that already has a metrics file first
-    renames it to ``metrics.<unix time>.jsonl``; a resumed run moves the lines logged after its
-    checkpoint to ``metrics.superseded.jsonl`` (it logs those steps again).
+    renames it to ``metrics.<unix time>.jsonl`` (``.1``, ``.2``... when that name is taken); a resumed
+    run moves the lines logged after its checkpoint to ``metrics.superseded.jsonl`` (it logs those
+    steps again) and rewrites the file atomically. A line that is not a record (torn by a kill
+    mid-write) is moved to ``metrics.unreadable.jsonl`` with a warning.
     """
 
     def __init__(self):
@@ -67,15 +95,25 @@ class MetricsFileCallback(TrainerCallback):
         if not self.path.exists():
             return
         if state.global_step == 0:
-            self.path.rename(self.path.with_name(f"metrics.{int(self.start)}.jsonl"))
+            os.rename(self.path, _unused_name(self.path.with_name(f"metrics.{int(self.start)}.jsonl")))
             return
-        lines = self.path.read_text().splitlines()
-        kept = [line for line in lines if json.loads(line)["step"] <= state.global_step]
-        superseded = [line for line in lines if json.loads(line)["step"] > state.global_step]
-        if superseded:
-            with self.path.with_name("metrics.superseded.jsonl").open("a") as f:
-                f.write("".join(line + "\n" for line in superseded))
-        self.path.write_text("".join(line + "\n" for line in kept))
+        records, unreadable = _read_records(self.path)
+        kept = [line for line, record in records if record["step"] <= state.global_step]
+        superseded = [line for line, record in records if record["step"] > state.global_step]
+        for name, lines in (("metrics.superseded.jsonl", superseded), ("metrics.unreadable.jsonl", unreadable)):
+            if lines:
+                with self.path.with_name(name).open("a") as f:
+                    f.write("".join(line + "\n" for line in lines))
+        if unreadable:
+            logger.warning(
+                "%s held %d line(s) that are not metric records (a write cut short by a kill?): moved to %s.",
+                self.path,
+                len(unreadable),
+                self.path.with_name("metrics.unreadable.jsonl"),
+            )
+        rewritten = self.path.with_name(METRICS_FILE + ".tmp")
+        rewritten.write_text("".join(line + "\n" for line in kept))
+        os.replace(rewritten, self.path)  # a kill leaves the old file or the new one, never a partial one
         if kept:
             self.offset = json.loads(kept[-1])["elapsed"]
 

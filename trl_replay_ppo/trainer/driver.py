@@ -11,9 +11,8 @@
     advance_clock(batch)                        global step, epoch, KL controller
     log_update(batch, stats); end_update(...)   metrics; LR schedule, callbacks, evaluation, checkpoint
 
-Each phase is a method a subclass can override, delegating to a part the trainer holds (`trl_replay_ppo.trainer.parts`:
-runner, scorer, collector, replay, advantages, loss, optimizer_steps, update_metrics, evaluator; resumable registers
-what checkpoints keep of them). The base is TRL's PPO, or this package's on TRL 1.13+ (`trl_replay_ppo.trainer.base`).
+Each phase is a method a subclass can override, delegating to a part the trainer holds (`trl_replay_ppo.trainer.parts`;
+``resumable`` registers what checkpoints keep of them). The base is TRL's PPO, or this package's on TRL 1.13+.
 With replay off and ``suppress_pad_token`` False, a run is bitwise TRL 1.12's (``tests/trainer/test_parity.py``).
 """
 
@@ -33,6 +32,7 @@ from datasets import Dataset
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer, TrainerCallback
 from transformers.trainer_utils import TrainOutput
 
+from trl_replay_ppo.checkpointing.ownership import claim_output_dir
 from trl_replay_ppo.checkpointing.reader import load_trainable_params, resume
 from trl_replay_ppo.checkpointing.writer import save_checkpoint
 from trl_replay_ppo.core.episodes import EpisodeBatch
@@ -59,10 +59,7 @@ class ReplayPPOTrainer(PPOTrainer):
     """PPO with staleness-aware (optionally prioritized) experience replay; a drop-in for TRL's ``PPOTrainer``.
 
     Same constructor as ``trl.experimental.ppo.PPOTrainer`` plus ``reward_funcs``, configured by
-    `ReplayPPOConfig`. Beyond TRL: reward functions (GRPO's contract), ``prompt`` datasets (text or
-    chat), several samples per prompt, gradient clipping, entropy bonus, adaptive KL, a non-finite
-    step guard, bf16 autocast, LoRA on the value model or a shared value head, checkpoints with exact
-    resume, evaluation and early stopping, and replay (on by default; ``use_replay_buffer``).
+    `ReplayPPOConfig` (replay is on by default; ``use_replay_buffer``). What it adds to TRL: the README.
 
     Args:
         reward_model: optional when ``reward_funcs`` are given; both may be combined.
@@ -148,28 +145,32 @@ class ReplayPPOTrainer(PPOTrainer):
     # ------------------------------------------------------------------ driver
 
     def train(self, resume_from_checkpoint: bool | str | None = None, **kwargs) -> TrainOutput:
-        """Run the updates: rollout -> advantages -> PPO update -> log / evaluate / save.
+        """Run the updates, holding ``output_dir`` (`claim_output_dir`): rollout -> advantages -> PPO update -> log.
 
         ``resume_from_checkpoint``: a ``checkpoint-N`` directory, or True for the newest complete one
         in ``output_dir``; training then continues exactly where that checkpoint left off.
         """
-        args = self.args
-        self.begin_training(resume_from_checkpoint)
-        for update in range(self.state.global_step + 1, args.num_total_batches + 1):
-            self.state.episode += args.batch_size
-            epoch = self.prompt_stream.epoch
-            prompts = self.next_prompts()
-            batch = self.rollout(prompts)
-            batch = self.extend_batch(batch)
-            batch = self.compute_advantages(batch)
-            stats = self.ppo_update(batch)
-            self.after_ppo_update(batch)
-            self.advance_clock(batch)
-            self.log_update(batch, stats)
-            self.end_update(update, epoch_ended=self.prompt_stream.epoch > epoch)
-            if self.control.should_training_stop:
-                break
-        return self.end_training()
+        args, resuming = self.args, resume_from_checkpoint not in (None, False)
+        lock = claim_output_dir(self.accelerator, args.output_dir, resuming=resuming, saves=args.save_strategy != "no")
+        try:
+            self.begin_training(resume_from_checkpoint)
+            for update in range(self.state.global_step + 1, args.num_total_batches + 1):
+                self.state.episode += args.batch_size
+                epoch = self.prompt_stream.epoch
+                prompts = self.next_prompts()
+                batch = self.rollout(prompts)
+                batch = self.extend_batch(batch)
+                batch = self.compute_advantages(batch)
+                stats = self.ppo_update(batch)
+                self.after_ppo_update(batch)
+                self.advance_clock(batch)
+                self.log_update(batch, stats)
+                self.end_update(update, epoch_ended=self.prompt_stream.epoch > epoch)
+                if self.control.should_training_stop:
+                    break
+            return self.end_training()
+        finally:
+            lock.release()
 
     def begin_training(self, resume_from_checkpoint: bool | str | None = None) -> None:
         """Initialise (or restore from a checkpoint) the trainer state and fire ``on_train_begin``."""
@@ -183,8 +184,7 @@ class ReplayPPOTrainer(PPOTrainer):
             load_callback_state(self)
             logger.info("Resumed from %s at update %d.", checkpoint, self.state.global_step)
         else:
-            self.state.global_step = 0
-            self.state.episode = 0
+            self.state.global_step, self.state.episode = 0, 0
         self.state.max_steps = args.num_total_batches
         self.state.num_train_epochs = args.total_episodes / self.train_dataset_len
         for name in ("logging_steps", "eval_steps", "save_steps"):
