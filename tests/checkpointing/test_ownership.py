@@ -37,6 +37,7 @@ def _no_generation(trainer):
 def test_a_second_run_on_a_held_output_dir_is_refused_naming_the_holder(tmp_path, tiny):
     holder = OutputDirLock(tmp_path / "out")
     assert holder.acquire() is None
+    holder.announce()
     trainer = _trainer(tiny, tmp_path)
     _no_generation(trainer)
     with pytest.raises(OutputDirInUseError, match=r"out is in use by another run \(host .*, pid \d+, since"):

@@ -34,7 +34,7 @@ class OutputDirLock:
         self.handle: IO[str] | None = None
 
     def acquire(self) -> str | None:
-        """Take the lock: None when taken, else the holder's line."""
+        """Take the lock (the file is not written yet: `announce`): None when taken, else the holder's line."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         handle = self.path.open("a+")
         try:
@@ -44,12 +44,19 @@ class OutputDirLock:
             holder = handle.read().strip() or "a process that has not written its name yet"
             handle.close()
             return holder
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"host {socket.gethostname()}, pid {os.getpid()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
-        handle.flush()
         self.handle = handle
         return None
+
+    def announce(self) -> None:
+        """Write this process as the holder (host, pid, start time) into the held lock file."""
+        if self.handle is None:
+            raise RuntimeError("OutputDirLock.announce() needs the lock: call acquire() first.")
+        self.handle.seek(0)
+        self.handle.truncate()
+        self.handle.write(
+            f"host {socket.gethostname()}, pid {os.getpid()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}\n"
+        )
+        self.handle.flush()
 
     def release(self) -> None:
         if self.handle is not None:
@@ -80,6 +87,8 @@ def claim_output_dir(accelerator: Accelerator, output_dir: str, *, resuming: boo
                 f"{output_dir} holds checkpoints of another run ({names}); this run would overwrite or rotate them "
                 "away. Continue that run with `resume_from_checkpoint=True`, or choose another `output_dir`."
             )
+        else:
+            lock.announce()
     decision = broadcast_object_list([problem]) if accelerator.num_processes > 1 else [problem]
     if decision[0] is not None:
         raise OutputDirInUseError(decision[0])
