@@ -4,16 +4,19 @@ a re-saved checkpoint always whole, a metrics file rewritten atomically and torn
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
 
 import pytest
 
 import trl_replay_ppo.checkpointing.directories as directories
 from tests.helpers import make_trainer, tiny_config
-from trl_replay_ppo import OutputDirInUseError
+from trl_replay_ppo import CheckpointWriteError, OutputDirInUseError, StateFileError
 from trl_replay_ppo.checkpointing.directories import replace_directory
 from trl_replay_ppo.checkpointing.ownership import LOCK_FILE, OutputDirLock
 from trl_replay_ppo.tasks.digits import digits_reward, make_digits_dataset
+from trl_replay_ppo.tasks.tiny import load_tiny_models
 
 pytestmark = pytest.mark.trl112  # also runs in the TRL 1.12 job
 
@@ -139,3 +142,53 @@ def test_archived_metrics_files_never_overwrite_each_other(tmp_path, tiny):
     (tmp_path / "metrics.7.jsonl").touch()
     (tmp_path / "metrics.7.1.jsonl").touch()
     assert _unused_name(tmp_path / "metrics.7.jsonl").name == "metrics.7.2.jsonl"
+
+
+def _directory_bytes(directory) -> int:
+    return sum(p.stat().st_size for p in directory.rglob("*") if p.is_file())
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root (CI runs as root)")
+def test_a_really_full_disk_is_a_checkpoint_write_error_and_the_earlier_checkpoint_stays(tmp_path, tiny, tiny_dirs):
+    _trainer(tiny, tmp_path / "sizing").train()
+    one_checkpoint = _directory_bytes(tmp_path / "sizing" / "out" / "checkpoint-1")
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    size_kib = (one_checkpoint * 3 // 2) // 1024 + 64  # room for one checkpoint and the logs, not for two
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_kib}k", "tmpfs", str(disk)], check=True)
+    try:
+        trainer = _trainer(load_tiny_models(tiny_dirs), tmp_path, output_dir=str(disk / "out"))
+        with pytest.raises(CheckpointWriteError, match=r"checkpoint-2 \(\w+Error: .*No space left on device"):
+            trainer.train()
+        out = disk / "out"
+        assert sorted(p.name for p in out.iterdir() if "checkpoint" in p.name) == ["checkpoint-1"]  # no partial left
+        shutil.copytree(out / "checkpoint-1", tmp_path / "copy" / "checkpoint-1")
+    finally:
+        subprocess.run(["umount", "--lazy", str(disk)], check=True)
+    resumed = _trainer(load_tiny_models(tiny_dirs), tmp_path, output_dir=str(tmp_path / "copy"), save_strategy="no")
+    resumed.train(resume_from_checkpoint=True)  # the earlier checkpoint is whole
+    assert resumed.state.global_step == 2
+
+
+def test_damage_a_parser_cannot_reach_and_a_renamed_step_are_named(tmp_path, tiny, tiny_dirs):
+    _trainer(tiny, tmp_path).train()
+    out = tmp_path / "out"
+    (out / "checkpoint-2" / "ppo_state.json").write_text("[" * 100_000 + "]" * 100_000)  # past the parser's depth
+    shutil.copytree(out / "checkpoint-1", out / "checkpoint-3")  # a step-1 checkpoint under step 3's name
+    resumed = _trainer(load_tiny_models(tiny_dirs), tmp_path, total_episodes=12)
+    with pytest.raises(StateFileError, match=r"checkpoint-3/trainer_state.json is at update 1, not the directory"):
+        resumed.train(resume_from_checkpoint=str(out / "checkpoint-3"))
+    with pytest.raises(StateFileError, match=r"checkpoint-2/ppo_state.json is not a valid checkpoint file"):
+        resumed.train(resume_from_checkpoint=str(out / "checkpoint-2"))
+    shutil.rmtree(out / "checkpoint-3")
+    resumed.train(resume_from_checkpoint=True)  # the newest intact one: checkpoint-1, checkpoint-2 skipped
+    assert resumed.state.global_step == 3
+
+
+def test_a_symlinked_checkpoint_still_resumes(tmp_path, tiny, tiny_dirs):
+    _trainer(tiny, tmp_path).train()
+    link = tmp_path / "latest"
+    link.symlink_to(tmp_path / "out" / "checkpoint-2", target_is_directory=True)
+    resumed = _trainer(load_tiny_models(tiny_dirs), tmp_path, total_episodes=12)
+    resumed.train(resume_from_checkpoint=str(link))
+    assert resumed.state.global_step == 3

@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import TrainerState
 
-from trl_replay_ppo.checkpointing.directories import check_not_pickle_format, resolve_checkpoint
+from trl_replay_ppo.checkpointing.directories import CHECKPOINT_PATTERN, check_not_pickle_format, resolve_checkpoint
 from trl_replay_ppo.checkpointing.format import Checkpointable, check_format
 from trl_replay_ppo.checkpointing.state_files import StateFileError, load_state
 
@@ -26,7 +26,7 @@ def read_json(file: Path) -> dict[str, Any]:
     """A checkpoint's JSON file; `StateFileError` naming it when it is not valid JSON."""
     try:
         return json.loads(file.read_text())
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError, RecursionError) as error:  # RecursionError: JSON nested past the parser's depth
         raise StateFileError(f"{file} is not a valid checkpoint file of trl_replay_ppo ({error}).") from error
 
 
@@ -114,6 +114,12 @@ def read_checkpoint(trainer: Checkpointable, path: Path) -> CheckpointContents:
         trainer_state = type(trainer.state)(**read_json(path / "trainer_state.json"))
     except TypeError as error:
         raise StateFileError(f"{path / 'trainer_state.json'} is not a valid trainer state ({error}).") from error
+    named = CHECKPOINT_PATTERN.match(path.resolve().name)  # a symlink or a copy under another name is not checked
+    if named is not None and int(named.group(1)) != trainer_state.global_step:
+        raise StateFileError(
+            f"{path / 'trainer_state.json'} is at update {trainer_state.global_step!r}, not the directory's: "
+            "the checkpoint was renamed or its files mixed with another's."
+        )
     return CheckpointContents(
         path=path,
         ppo_state=ppo_state,

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import save_file
 from transformers.trainer_callback import ExportableState
 
@@ -44,7 +45,7 @@ def save_checkpoint(trainer: Checkpointable) -> Path:
         error = None
         try:
             step()
-        except OSError as raised:
+        except (OSError, SafetensorError) as raised:  # a full disk reaches safetensors' writer as SafetensorError
             error = raised
         failed = accelerator.gather(torch.tensor([int(error is not None)], device=accelerator.device)).sum() > 0
         if failed:

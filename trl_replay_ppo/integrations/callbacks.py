@@ -133,6 +133,24 @@ class MetricsFileCallback(TrainerCallback):
             f.write(json.dumps(record) + "\n")
 
 
+class AppendingFileHandler(logging.Handler):
+    """Appends each record to a file opened for that write alone, so no file of ``output_dir`` stays open."""
+
+    def __init__(self, path: Path):
+        super().__init__()
+        self.path = path
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            with self.path.open("a") as f:
+                f.write(self.format(record) + "\n")
+        except Exception:
+            self.handleError(record)
+
+
+_OPEN_TEXT_LOGS: set[TextLogCallback] = set()  # text logs whose run has not reached on_train_end
+
+
 class TextLogCallback(TrainerCallback):
     """A human-readable ``output_dir/train.log`` (main process): the config, warnings, one line per log.
 
@@ -150,7 +168,10 @@ class TextLogCallback(TrainerCallback):
         if not state.is_world_process_zero or self.handler is not None:
             return
         Path(args.output_dir).mkdir(parents=True, exist_ok=True)
-        self.handler = logging.FileHandler(Path(args.output_dir) / TEXT_LOG_FILE)
+        for stale in list(_OPEN_TEXT_LOGS):  # a run that raised never reached on_train_end: undo what it changed
+            stale.on_train_end(args, state, control)
+        self.handler = AppendingFileHandler(Path(args.output_dir) / TEXT_LOG_FILE)
+        _OPEN_TEXT_LOGS.add(self)
         self.handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         self.handler.setLevel(logging.INFO)
         self._showwarning = warnings.showwarning
@@ -183,6 +204,7 @@ class TextLogCallback(TrainerCallback):
             logging.getLogger(name).removeHandler(self.handler)
         self.handler.close()
         self.handler = None
+        _OPEN_TEXT_LOGS.discard(self)
         warnings.showwarning = self._showwarning
         logging.getLogger("trl_replay_ppo").setLevel(self._level)
 
