@@ -72,3 +72,12 @@ def test_two_processes_train_checkpoint_and_resume(tmp_path, tiny_dirs):
     resumed = launch(models, resumed_dir, "resume")
     assert resumed["ranks_equal"] and resumed["global_step"] == 12
     assert resumed["weights_sum"] == straight["weights_sum"]  # exact resume across both ranks
+
+    # Rank 1's file of the newest checkpoint is damaged: both ranks fall back to checkpoint-4 together.
+    damaged_dir = tmp_path / "damaged"
+    for step in (4, 8):
+        shutil.copytree(tmp_path / "straight" / f"checkpoint-{step}", damaged_dir / f"checkpoint-{step}")
+    (damaged_dir / "checkpoint-8" / "rank_1.safetensors").write_bytes(b"not a safetensors file")
+    fallback = launch(models, damaged_dir, "resume")
+    assert fallback["ranks_equal"] and fallback["global_step"] == 12
+    assert fallback["weights_sum"] == straight["weights_sum"]

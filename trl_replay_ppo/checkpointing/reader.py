@@ -152,10 +152,32 @@ def apply_checkpoint(trainer: Checkpointable, contents: CheckpointContents) -> N
     trainer.resumable.load("rank", contents.rank_state)
 
 
+def read_agreed(trainer: Checkpointable, path: Path) -> CheckpointContents:
+    """`read_checkpoint` on every rank, with one outcome for all: read, damaged, or refused.
+
+    Each rank checks its own files; the worst outcome over the ranks (one all-gather) is raised on
+    every rank, so all resume the same checkpoint, fall back past it together, or all fail.
+    """
+    accelerator = trainer.accelerator
+    outcome, error = 0, None
+    try:
+        contents = read_checkpoint(trainer, path)
+    except StateFileError as damaged:
+        outcome, error = 1, damaged
+    except ValueError as refused:
+        outcome, error = 2, refused
+    worst = int(accelerator.gather(torch.tensor([outcome], device=accelerator.device)).max())
+    if worst == 0:
+        return contents
+    if outcome == worst and error is not None:
+        raise error
+    if worst == 1:
+        raise StateFileError(f"{path}: another rank's files of this checkpoint are damaged (see that rank's error).")
+    raise ValueError(f"{path}: another rank refused this checkpoint (see that rank's error).")
+
+
 def resume(trainer: Checkpointable, resume_from_checkpoint: bool | str | os.PathLike) -> Path:
     """Find (skipping damaged ones when asked for the newest), read and restore a checkpoint; returns its path."""
-    contents = resolve_checkpoint(
-        resume_from_checkpoint, trainer.args.output_dir, lambda p: read_checkpoint(trainer, p)
-    )
+    contents = resolve_checkpoint(resume_from_checkpoint, trainer.args.output_dir, lambda p: read_agreed(trainer, p))
     apply_checkpoint(trainer, contents)
     return contents.path
