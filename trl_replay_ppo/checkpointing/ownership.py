@@ -89,7 +89,7 @@ def claim_output_dir(accelerator: Accelerator, output_dir: str, *, resuming: boo
             )
         else:
             lock.announce()
-    decision = broadcast_object_list([problem]) if accelerator.num_processes > 1 else [problem]
+    decision = broadcast_object_list([problem])  # a no-op on one process
     if decision[0] is not None:
         raise OutputDirInUseError(decision[0])
     return lock
