@@ -1,4 +1,5 @@
-# Entry points: `make test` and `make demo` (newest TRL), `make test-trl1.12` (the oldest TRL tested).
+# Entry points: `make test` and `make demo` (newest TRL), `make test-trl1.12` (the oldest TRL tested),
+# `make test-faults` (processes killed while they write).
 # Each creates or reuses a virtual environment and installs the package with its dev extra. TORCH_SPEC is
 # what gets installed when torch is missing: the default is the CPU build available on this kind of
 # machine; GPU users can override it, e.g.
@@ -13,7 +14,7 @@ STAMP := $(VENV)/.installed
 OLD_STAMP := $(OLD_VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install test test-trl1.12 demo lint typecheck bench clean
+.PHONY: install test test-trl1.12 test-faults demo lint typecheck bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -35,7 +36,11 @@ install: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -c "import trl; print('TRL', trl.__version__)"
-	$(PY) -m pytest -m "not needs_trl_ppo" $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not needs_trl_ppo and not faults" $(PYTEST_ARGS)
+
+# Real SIGKILLs at every write step, random kills, two processes on one output_dir (a few minutes).
+test-faults: $(STAMP)
+	$(PY) -m pytest -m faults $(PYTEST_ARGS)
 
 test-trl1.12: $(OLD_STAMP) $(STAMP)
 	$(OLD_PY) -c "import trl; print('TRL', trl.__version__)"

@@ -46,6 +46,9 @@ def _reset_accelerate() -> None:
 def pytest_configure(config):
     config.addinivalue_line("markers", "needs_trl_ppo: compares with stock TRL PPO, which only TRL <= 1.12 has")
     config.addinivalue_line("markers", "trl112: also runs in CI's TRL 1.12 job (`make test-trl1.12`)")
+    config.addinivalue_line(
+        "markers", "faults: real kills and concurrent processes, CI's fault job (`make test-faults`)"
+    )
 
 
 def pytest_collection_modifyitems(config, items):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import re
 
@@ -38,7 +37,7 @@ RESUME_ARGS = {
 }
 
 
-def _trainer(tiny_dirs, tmp_path, output, recorder=None, **overrides):
+def _trainer(tiny_dirs, tmp_path, output, recorder=None, reward_funcs=digits_reward, **overrides):
     tiny = load_tiny_models(tiny_dirs)
     args = tiny_config(tmp_path, **{**RESUME_ARGS, "output_dir": str(output), **overrides})
     trainer = make_trainer(
@@ -46,7 +45,7 @@ def _trainer(tiny_dirs, tmp_path, output, recorder=None, **overrides):
         args,
         make_digits_dataset(24, seed=3),
         reward_model=None,
-        reward_funcs=digits_reward,
+        reward_funcs=reward_funcs,
         eval_dataset=make_digits_dataset(6, seed=4),
     )
     if recorder is not None:
@@ -254,32 +253,6 @@ def test_unwritable_output_dir_fails_before_training(tmp_path, tiny):
         make_trainer(tiny, args, make_digits_dataset(8))
 
 
-def _fake_checkpoint(path, run_id):
-    from trl_replay_ppo.checkpointing.directories import REQUIRED_FILES
-
-    path.mkdir()
-    for name in REQUIRED_FILES:
-        (path / name).write_text("{}")
-    (path / "ppo_state.json").write_text(json.dumps({"run_id": run_id}))
-
-
-def test_rotation_keeps_the_newest_and_the_best_of_this_run_only(tmp_path, caplog):
-    from trl_replay_ppo.checkpointing.directories import rotate_checkpoints
-
-    for step in (2, 4, 6, 8, 10):
-        _fake_checkpoint(tmp_path / f"checkpoint-{step}", "this run")
-    _fake_checkpoint(tmp_path / "checkpoint-100", "an older run")  # its step is larger than any of this run's
-    (tmp_path / "tmp-checkpoint-12").mkdir()  # a partial write is not rotation's business
-    rotate_checkpoints(str(tmp_path), limit=1, best=str(tmp_path / "checkpoint-4"), run_id="this run")
-    assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "checkpoint-10",
-        "checkpoint-100",
-        "checkpoint-4",
-        "tmp-checkpoint-12",
-    ]
-    assert "checkpoints of another run (checkpoint-100)" in caplog.text
-
-
 def test_save_total_limit_never_deletes_what_this_run_wrote(tmp_path, tiny):
     args = tiny_config(tmp_path, total_episodes=16, save_strategy="steps", save_steps=1, save_total_limit=1)
     trainer = make_trainer(tiny, args, make_digits_dataset(16), reward_model=None, reward_funcs=digits_reward)
@@ -311,8 +284,13 @@ def test_resuming_with_other_batch_arithmetic_is_refused(tmp_path, tiny_dirs, ov
 
 def test_resuming_with_another_reward_source_or_model_shape_is_refused(tmp_path, tiny_dirs):
     output = _saved_run(tiny_dirs, tmp_path, tmp_path / "run")
-    trainer = _trainer(tiny_dirs, tmp_path, output, save_steps=2, eval_strategy="no")
-    trainer.scorer.names = [*trainer.scorer.names, "format_reward"]
+
+    def format_reward(prompts, completions, **kwargs):
+        return [0.0] * len(completions)
+
+    trainer = _trainer(
+        tiny_dirs, tmp_path, output, reward_funcs=[digits_reward, format_reward], save_steps=2, eval_strategy="no"
+    )
     with pytest.raises(ValueError, match=r"reward sources=\['digits_reward'\] but this run has reward sources="):
         trainer.train(resume_from_checkpoint=True)
     trainer = _trainer(tiny_dirs, tmp_path, output, save_steps=2, eval_strategy="no")

@@ -18,6 +18,7 @@ from trl_replay_ppo.replay import ExperienceReplay
 pytestmark = pytest.mark.trl112  # also runs in the TRL 1.12 job
 
 PAD = 0
+VOCAB = 100  # token ids of the episodes built here lie below it
 
 
 def config(**overrides):
@@ -86,7 +87,7 @@ class FakeForwards:
 
 
 def test_augment_weights_and_recomputed_values():
-    replay = ExperienceReplay.from_config(config(), seed=0, pad_token_id=PAD)
+    replay = ExperienceReplay.from_config(config(), seed=0, pad_token_id=PAD, vocab_size=VOCAB)
     replay.record(fresh_batch([2, 3], width=3), version=0)
     forwards = FakeForwards()
     batch = replay.augment(fresh_batch([1, 1], width=1), forwards, version=1, fewest_over_ranks=len(replay))
@@ -106,7 +107,9 @@ def test_importance_weights_are_truncated_at_the_cap():
     # Every replayed token has ratio e^0.5 = 1.65: kept at 1.65 under a cap of 2, truncated to 1.5 under 1.5.
     weights = {}
     for cap in (2.0, 1.5):
-        replay = ExperienceReplay.from_config(config(replay_importance_cap=cap), seed=0, pad_token_id=PAD)
+        replay = ExperienceReplay.from_config(
+            config(replay_importance_cap=cap), seed=0, pad_token_id=PAD, vocab_size=VOCAB
+        )
         replay.record(fresh_batch([2, 3], width=3), version=0)
         batch = replay.augment(fresh_batch([1, 1], width=1), FakeForwards(), version=1, fewest_over_ranks=2)
         weights[cap] = batch.token_weights[2:][~batch.padding_mask[2:]]
@@ -115,7 +118,7 @@ def test_importance_weights_are_truncated_at_the_cap():
 
 
 def test_low_ess_on_any_rank_skips_the_replayed_rows_on_every_rank():
-    replay = ExperienceReplay.from_config(config(replay_min_ess=0.5), seed=0, pad_token_id=PAD)
+    replay = ExperienceReplay.from_config(config(replay_min_ess=0.5), seed=0, pad_token_id=PAD, vocab_size=VOCAB)
     replay.record(fresh_batch([2, 3], width=3), version=0)
     # This rank's weights are all equal (ESS 1); another rank's ESS is 0.2 < 0.5: nobody replays.
     forwards = FakeForwards(other_rank_ess=0.2)
@@ -128,13 +131,13 @@ def test_low_ess_on_any_rank_skips_the_replayed_rows_on_every_rank():
     batch = replay.augment(fresh_batch([1, 1], width=1), FakeForwards(0.9), version=1, fewest_over_ranks=2)
     assert len(batch) == 4 and replay.metrics(2)["replay/low_ess_skips"] == 1
     state = replay.state_dict()
-    restored = ExperienceReplay.from_config(config(replay_min_ess=0.5), seed=0, pad_token_id=PAD)
+    restored = ExperienceReplay.from_config(config(replay_min_ess=0.5), seed=0, pad_token_id=PAD, vocab_size=VOCAB)
     restored.load_state_dict(state)
     assert restored.low_ess_skips == 1
 
 
 def test_a_fresh_row_filling_its_width_keeps_its_score_when_padded_wider():
-    replay = ExperienceReplay.from_config(config(), seed=0, pad_token_id=PAD)
+    replay = ExperienceReplay.from_config(config(), seed=0, pad_token_id=PAD, vocab_size=VOCAB)
     replay.record(fresh_batch([3, 3], width=3), version=0)
     batch = replay.augment(fresh_batch([1, 1], width=1), FakeForwards(), version=1, fewest_over_ranks=2)
     # The fresh rows filled their width of 1: the score stays on their only token, nothing after it is valid.
@@ -162,7 +165,7 @@ def test_terminal_value_by_hand():
 
 
 def test_replay_waits_for_every_rank():
-    replay = ExperienceReplay.from_config(config(), seed=0, pad_token_id=PAD)
+    replay = ExperienceReplay.from_config(config(), seed=0, pad_token_id=PAD, vocab_size=VOCAB)
     replay.record(fresh_batch([2, 2], width=2), version=0)
     forwards = FakeForwards()
     batch = replay.augment(fresh_batch([1, 1], width=1), forwards, version=1, fewest_over_ranks=1)
@@ -170,7 +173,9 @@ def test_replay_waits_for_every_rank():
 
 
 def test_record_marks_updates_and_stores():
-    replay = ExperienceReplay.from_config(config(use_priority_sampling=True), seed=0, pad_token_id=PAD)
+    replay = ExperienceReplay.from_config(
+        config(use_priority_sampling=True), seed=0, pad_token_id=PAD, vocab_size=VOCAB
+    )
     replay.record(fresh_batch([2, 3], width=3), version=0)
     batch = replay.augment(fresh_batch([1, 1], width=1), FakeForwards(), version=1, fewest_over_ranks=2)
     batch.raw_advantages = torch.cat([torch.ones(2, 4), torch.full((2, 4), 3.0)])
@@ -182,7 +187,7 @@ def test_record_marks_updates_and_stores():
 
 
 def test_idle_replay_is_warned_once(caplog):
-    replay = ExperienceReplay.from_config(config(min_replay_size=8), seed=0, pad_token_id=PAD)
+    replay = ExperienceReplay.from_config(config(min_replay_size=8), seed=0, pad_token_id=PAD, vocab_size=VOCAB)
     assert replay.warmup_updates == 4  # 8 episodes at 2 per update
     with caplog.at_level(logging.WARNING, logger="trl_replay_ppo"):
         for version in range(20):

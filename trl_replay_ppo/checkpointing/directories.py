@@ -1,9 +1,9 @@
-"""Checkpoint directories in ``output_dir``: finding them, choosing the one to resume from, rotating them.
+"""Checkpoint directories in ``output_dir``: finding them, choosing the one to resume from, replacing one whole.
 
-A run stamps its checkpoints with a ``run_id`` (in ``ppo_state.json``; a resumed run keeps its
-checkpoint's), so rotation only ever deletes the current run's own checkpoints: those of another
-run in the same ``output_dir`` are warned about and left alone. Nothing here deletes a damaged
-checkpoint either: resuming skips it, says why, and leaves it for inspection.
+Every checkpoint is stamped (`Stamp`, from ``ppo_state.json``) with the run and the line of training
+that wrote it; which checkpoints a run may rotate away is `trl_replay_ppo.checkpointing.lineage`'s
+business. Nothing here deletes a damaged checkpoint: resuming skips it, says why, and leaves it for
+inspection.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import os
 import re
 import shutil
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,6 @@ REQUIRED_FILES = (
     "rank_0.safetensors",
 )
 PICKLE_FORMAT_FILES = ("optimizer.pt", "scheduler.pt", "rank_0.pt")
-_WARNED_FOREIGN: set[tuple[str, str]] = set()  # (output_dir, run_id) already warned about another run's checkpoints
 
 
 class CheckpointFormatError(ValueError):
@@ -58,8 +58,8 @@ def complete_checkpoints(output_dir: str | Path) -> list[Path]:
 
 
 def latest_checkpoint(output_dir: str | Path) -> Path | None:
-    """The complete ``checkpoint-N`` with the largest N in ``output_dir``, or None."""
-    found = complete_checkpoints(output_dir)
+    """The checkpoint ``resume_from_checkpoint=True`` tries first (`resume_order`), or None."""
+    found = resume_order(output_dir)
     return found[0] if found else None
 
 
@@ -74,12 +74,33 @@ def check_not_pickle_format(path: Path) -> None:
         )
 
 
-def run_id_of(path: Path) -> str | None:
-    """The run that wrote a checkpoint (None when its ``ppo_state.json`` cannot be read)."""
+@dataclass(frozen=True)
+class Stamp:
+    """Who wrote a checkpoint (``ppo_state.json``): the run, its line of training and that line's generation."""
+
+    run_id: str
+    lineage: str
+    generation: int
+    step: int
+
+
+def stamp_of(path: Path) -> Stamp | None:
+    """The stamp of a checkpoint directory (None when its ``ppo_state.json`` cannot be read)."""
+    named = CHECKPOINT_PATTERN.match(path.name)
     try:
-        return json.loads((path / "ppo_state.json").read_text()).get("run_id")
-    except (OSError, ValueError, AttributeError):
+        state = json.loads((path / "ppo_state.json").read_text())
+        lineage = state["lineage"]
+        return Stamp(str(state["run_id"]), str(lineage["id"]), int(lineage["generation"]), int(named.group(1)))
+    except (OSError, ValueError, RecursionError, KeyError, TypeError, AttributeError):
         return None
+
+
+def resume_order(output_dir: str | Path) -> list[Path]:
+    """Complete checkpoints in the order ``resume_from_checkpoint=True`` tries them: the newest line of training
+    (`trl_replay_ppo.checkpointing.lineage`) first, newest update first within it; unreadable ones last."""
+    stamps = {path: stamp_of(path) for path in complete_checkpoints(output_dir)}
+    rank = {path: (1, s.generation, s.step) if s else (0, 0, 0) for path, s in stamps.items()}
+    return sorted(stamps, key=lambda path: rank[path], reverse=True)
 
 
 def resolve_checkpoint(resume_from_checkpoint: bool | str | os.PathLike, output_dir: str, read: Callable) -> Any:
@@ -90,7 +111,7 @@ def resolve_checkpoint(resume_from_checkpoint: bool | str | os.PathLike, output_
     naming the damaged file and the newest intact checkpoint of its directory.
     """
     if resume_from_checkpoint is True:
-        candidates = complete_checkpoints(output_dir)
+        candidates = resume_order(output_dir)
         if not candidates:
             root = Path(output_dir)
             for candidate in sorted(root.glob("checkpoint-*")) if root.is_dir() else []:
@@ -137,7 +158,7 @@ def _is_damage(error: ValueError) -> bool:
 
 
 def _newest_intact(output_dir: Path, read: Callable, exclude: Path) -> Path | None:
-    for path in complete_checkpoints(output_dir):
+    for path in resume_order(output_dir):
         if path == exclude:
             continue
         try:
@@ -183,25 +204,3 @@ def replace_directory(new: Path, target: Path) -> None:
     os.replace(target, aside)
     os.replace(new, target)
     shutil.rmtree(aside)
-
-
-def rotate_checkpoints(output_dir: str, limit: int | None, best: str | None, run_id: str) -> None:
-    """Keep this run's newest ``limit`` checkpoints and its best one; never touch another run's checkpoints."""
-    if not limit or limit <= 0:
-        return
-    mine: list[Path] = []
-    foreign: list[Path] = []
-    for path in complete_checkpoints(output_dir):
-        (mine if run_id_of(path) == run_id else foreign).append(path)
-    if foreign and (output_dir, run_id) not in _WARNED_FOREIGN:
-        _WARNED_FOREIGN.add((output_dir, run_id))
-        logger.warning(
-            "%s also holds checkpoints of another run (%s); `save_total_limit` leaves them alone, delete them if they "
-            "are not needed.",
-            output_dir,
-            ", ".join(p.name for p in foreign),
-        )
-    keep = set(mine[:limit]) | ({Path(best)} if best else set())
-    for path in mine:
-        if path not in keep:
-            shutil.rmtree(path, ignore_errors=True)

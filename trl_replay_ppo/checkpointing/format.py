@@ -9,6 +9,7 @@
     trainer_state.json             transformers' TrainerState: step, episode, log history, best metric,
                                    callbacks' state
     ppo_state.json                 {"checkpoint_format": 3, "world_size": W, "run_id": "...",
+                                    "lineage": {"id": "...", "generation": G, "ancestors": {id: update}},
                                     "fingerprint": {settings a resume must share},
                                     "state": {name: state of each shared entry of the `StateRegistry`}}
     rank_<i>.safetensors           {name: state of each per-rank entry} for rank i (RNG states, prompt-stream
@@ -34,6 +35,7 @@ from accelerate import Accelerator
 from transformers import TrainerState
 
 from trl_replay_ppo.checkpointing.directories import CheckpointFormatError
+from trl_replay_ppo.checkpointing.lineage import Lineage
 from trl_replay_ppo.checkpointing.registry import StateRegistry
 
 CHECKPOINT_FORMAT = 3
@@ -50,6 +52,7 @@ class Checkpointable(Protocol):
     callback_handler: Any
     control: Any
     run_id: str  # stamps this run's checkpoints (rotation only deletes its own)
+    lineage: Lineage  # the line of training within the run (`trl_replay_ppo.checkpointing.lineage`)
     resumable: StateRegistry
 
     def trainable_parameters(self) -> dict[str, torch.nn.Parameter]: ...

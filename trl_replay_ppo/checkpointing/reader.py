@@ -8,7 +8,9 @@ The layout is `trl_replay_ppo.checkpointing.format`; which checkpoint to resume 
 from __future__ import annotations
 
 import json
+import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,15 +21,29 @@ from transformers import TrainerState
 
 from trl_replay_ppo.checkpointing.directories import CHECKPOINT_PATTERN, check_not_pickle_format, resolve_checkpoint
 from trl_replay_ppo.checkpointing.format import Checkpointable, check_format
+from trl_replay_ppo.checkpointing.lineage import Lineage, continue_or_fork
 from trl_replay_ppo.checkpointing.state_files import StateFileError, load_state
+from trl_replay_ppo.checkpointing.validation import (
+    check_optimizer,
+    check_ppo_state,
+    check_scheduler,
+    check_trainable,
+    check_trainer_state,
+)
+from trl_replay_ppo.integrations.compat import rebase_learning_rate
+
+logger = logging.getLogger(__name__)
 
 
 def read_json(file: Path) -> dict[str, Any]:
-    """A checkpoint's JSON file; `StateFileError` naming it when it is not valid JSON."""
+    """A checkpoint's JSON object; `StateFileError` naming the file when it is not one."""
     try:
-        return json.loads(file.read_text())
+        content = json.loads(file.read_text())
     except (OSError, ValueError, RecursionError) as error:  # RecursionError: JSON nested past the parser's depth
         raise StateFileError(f"{file} is not a valid checkpoint file of trl_replay_ppo ({error}).") from error
+    if not isinstance(content, dict):
+        raise StateFileError(f"{file} is not a valid checkpoint file of trl_replay_ppo (not a JSON object).")
+    return content
 
 
 def read_trainable_params(trainer: Checkpointable, path: Path) -> dict[str, torch.Tensor]:
@@ -53,6 +69,7 @@ def read_trainable_params(trainer: Checkpointable, path: Path) -> dict[str, torc
         raise ValueError(
             f"{path} does not match this model's shapes ({'; '.join(shapes[:3])}); resume with the same model."
         )
+    check_trainable(saved, trainable, str(file))
     return saved
 
 
@@ -82,53 +99,79 @@ class CheckpointContents:
 
 
 def read_checkpoint(trainer: Checkpointable, path: Path) -> CheckpointContents:
-    """Read and check every file of ``path`` for this rank, without changing anything of the trainer.
+    """Read and check every file of ``path`` for this rank (`trl_replay_ppo.checkpointing.validation`), without
+    changing anything of the trainer.
 
-    A damaged file is a `StateFileError` naming it; another format is a `CheckpointFormatError`; a
-    checkpoint written with other batch arithmetic, reward sources or model shapes than this run's is
-    a ``ValueError`` naming the field.
+    A damaged file is a `StateFileError` naming it and what is wrong; another format is a
+    `CheckpointFormatError`; a checkpoint written with other batch arithmetic, reward sources, tokenizer
+    or model shapes than this run's is a ``ValueError`` naming the field.
     """
     accelerator, resumable = trainer.accelerator, trainer.resumable
     check_not_pickle_format(path)
-    ppo_state = read_json(path / "ppo_state.json")
+    ppo_file = path / "ppo_state.json"
+    ppo_state = read_json(ppo_file)
     check_format(path, ppo_state)
-    missing = [key for key in ("world_size", "run_id", "fingerprint", "state") if key not in ppo_state]
-    if missing:
-        raise StateFileError(
-            f"{path / 'ppo_state.json'} is not a valid checkpoint file of trl_replay_ppo (no {missing})."
-        )
+    fingerprint = trainer.resume_fingerprint()
+    check_ppo_state(ppo_state, fingerprint, str(ppo_file))
     if ppo_state["world_size"] != accelerator.num_processes:
         raise ValueError(
             f"{path} was written by {ppo_state['world_size']} processes but this run has "
             f"{accelerator.num_processes}; resume with the same number of processes (each rank's replay buffer "
             "and data position are its own)."
         )
-    _check_fingerprint(path, ppo_state["fingerprint"], trainer.resume_fingerprint())
-    resumable.check("shared", ppo_state["state"], str(path / "ppo_state.json"))
+    _check_fingerprint(path, ppo_state["fingerprint"], fingerprint)
+    resumable.check("shared", ppo_state["state"], str(ppo_file))
     rank_file = path / f"rank_{accelerator.process_index}.safetensors"
     if not rank_file.is_file():
         raise ValueError(f"{path} has no state for rank {accelerator.process_index} ({rank_file.name}).")
     rank_state = load_state(rank_file)
     resumable.check("rank", rank_state, str(rank_file))
-    try:
-        trainer_state = type(trainer.state)(**read_json(path / "trainer_state.json"))
-    except TypeError as error:
-        raise StateFileError(f"{path / 'trainer_state.json'} is not a valid trainer state ({error}).") from error
-    named = CHECKPOINT_PATTERN.match(path.resolve().name)  # a symlink or a copy under another name is not checked
-    if named is not None and int(named.group(1)) != trainer_state.global_step:
-        raise StateFileError(
-            f"{path / 'trainer_state.json'} is at update {trainer_state.global_step!r}, not the directory's: "
-            "the checkpoint was renamed or its files mixed with another's."
+    scheduler = _read_state(path / "scheduler.safetensors", check_scheduler, trainer.lr_scheduler)
+    if scheduler["base_lrs"] != trainer.lr_scheduler.state_dict()["base_lrs"] and not hasattr(
+        trainer.lr_scheduler, "lr_lambdas"
+    ):
+        raise ValueError(
+            f"{path} was written with another `learning_rate`, and this run's scheduler "
+            f"({type(trainer.lr_scheduler).__name__}) cannot take a new base rate mid-schedule; resume with the "
+            "checkpoint's `learning_rate`."
         )
     return CheckpointContents(
         path=path,
         ppo_state=ppo_state,
         trainable=read_trainable_params(trainer, path),
-        optimizer=load_state(path / "optimizer.safetensors"),
-        scheduler=load_state(path / "scheduler.safetensors"),
-        trainer_state=trainer_state,
+        optimizer=_read_state(path / "optimizer.safetensors", check_optimizer, trainer.optimizer),
+        scheduler=scheduler,
+        trainer_state=_read_trainer_state(trainer, path),
         rank_state=rank_state,
     )
+
+
+def _read_state(file: Path, check: Callable[[Any, Any, str], None], receiver: Any) -> Any:
+    state = load_state(file)
+    check(state, receiver, str(file))
+    return state
+
+
+def _read_trainer_state(trainer: Checkpointable, path: Path) -> TrainerState:
+    file = path / "trainer_state.json"
+    saved = read_json(file)
+    check_trainer_state(saved, str(file))
+    try:
+        state = type(trainer.state)(**saved)
+    except TypeError as error:
+        raise StateFileError(f"{file} is not a valid trainer state ({error}).") from error
+    named = CHECKPOINT_PATTERN.match(path.resolve().name)  # a symlink or a copy under another name is not checked
+    if named is not None and int(named.group(1)) != state.global_step:
+        raise StateFileError(
+            f"{file} is at update {state.global_step!r}, not the directory's: the checkpoint was renamed or its "
+            "files mixed with another's."
+        )
+    if state.episode != state.global_step * trainer.args.batch_size:
+        raise StateFileError(
+            f"{file} is damaged: {state.episode} episodes after {state.global_step} updates of "
+            f"{trainer.args.batch_size} episodes each."
+        )
+    return state
 
 
 def _check_fingerprint(path: Path, saved: dict[str, Any], current: dict[str, Any]) -> None:
@@ -142,12 +185,35 @@ def _check_fingerprint(path: Path, saved: dict[str, Any], current: dict[str, Any
 
 
 def apply_checkpoint(trainer: Checkpointable, contents: CheckpointContents) -> None:
-    """Restore what `read_checkpoint` read, on this rank; the registry's entries in their order (RNG last)."""
+    """Restore what `read_checkpoint` read, on this rank; the registry's entries in their order (RNG last).
+
+    A changed ``learning_rate`` is applied: the schedule continues from the checkpoint's update with
+    this run's base rate (`rebase_learning_rate`), and a warning says so. The run continues the
+    checkpoint's line of training, or forks a new one from an earlier checkpoint (`continue_or_fork`).
+    """
+    base_lrs = list(trainer.lr_scheduler.state_dict()["base_lrs"])
     copy_trainable_params(trainer, contents.trainable)
     trainer.optimizer.load_state_dict(contents.optimizer)
     trainer.lr_scheduler.load_state_dict(contents.scheduler)
+    if contents.scheduler["base_lrs"] != base_lrs:
+        logger.warning(
+            "learning_rate changed since %s (base rates %s, now %s): the schedule continues from update %d with "
+            "the new rate.",
+            contents.path,
+            contents.scheduler["base_lrs"],
+            base_lrs,
+            contents.trainer_state.global_step,
+        )
+        rebase_learning_rate(trainer.lr_scheduler, base_lrs)
     trainer.state = contents.trainer_state
     trainer.run_id = contents.ppo_state["run_id"]
+    trainer.lineage = continue_or_fork(
+        Lineage.from_state(contents.ppo_state["lineage"]),
+        trainer.run_id,
+        contents.path,
+        trainer.args.output_dir,
+        contents.trainer_state.global_step,
+    )
     trainer.resumable.load("shared", contents.ppo_state["state"])
     trainer.resumable.load("rank", contents.rank_state)
 

@@ -17,8 +17,9 @@ from safetensors import SafetensorError
 from safetensors.torch import save_file
 from transformers.trainer_callback import ExportableState
 
-from trl_replay_ppo.checkpointing.directories import checkpoint_dir, replace_directory, rotate_checkpoints
+from trl_replay_ppo.checkpointing.directories import checkpoint_dir, replace_directory, stamp_of
 from trl_replay_ppo.checkpointing.format import CHECKPOINT_FORMAT, Checkpointable
+from trl_replay_ppo.checkpointing.lineage import move_aside, rotate_checkpoints
 from trl_replay_ppo.checkpointing.state_files import save_state
 
 
@@ -76,6 +77,7 @@ def save_checkpoint(trainer: Checkpointable) -> Path:
             "checkpoint_format": CHECKPOINT_FORMAT,
             "world_size": accelerator.num_processes,
             "run_id": trainer.run_id,
+            "lineage": trainer.lineage.state_dict(),
             "fingerprint": trainer.resume_fingerprint(),
             "state": trainer.resumable.state("shared"),
         }
@@ -84,13 +86,24 @@ def save_checkpoint(trainer: Checkpointable) -> Path:
         if state.best_global_step == state.global_step:
             state.best_model_checkpoint = str(final)
         state.save_to_json(str(staging / "trainer_state.json"))
-        replace_directory(staging, final)  # a re-save (after a rollback) swaps, so one complete copy always exists
-        rotate_checkpoints(args.output_dir, args.save_total_limit, state.best_model_checkpoint, ppo_state["run_id"])
+        commit(trainer, staging, final)
+        keep = [str(final), state.best_model_checkpoint]
+        rotate_checkpoints(args.output_dir, args.save_total_limit, keep, trainer.lineage, trainer.run_id)
 
     collectively(prepare)
     collectively(write_rank_state)
     collectively(write_shared_state_and_commit)
     return final
+
+
+def commit(trainer: Checkpointable, staging: Path, final: Path) -> None:
+    """Put the written ``staging`` at ``final``. A checkpoint already there of this line is swapped out in one
+    step (one complete copy exists at every instant); one of another line or run is moved aside, never lost."""
+    if final.exists():
+        stamp = stamp_of(final)
+        if stamp is None or not trainer.lineage.holds(stamp, trainer.run_id):
+            move_aside(final, trainer.args.output_dir)
+    replace_directory(staging, final)
 
 
 def callback_states(trainer: Checkpointable) -> dict[str, Any]:

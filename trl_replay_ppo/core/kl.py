@@ -45,6 +45,10 @@ class FixedKLController:
     def state_dict(self) -> dict[str, Any]:
         return {"value": self.value}
 
+    def check_state_dict(self, state: dict[str, Any]) -> None:
+        if state["value"] < 0:
+            raise ValueError(f"a negative KL coefficient {state['value']}")
+
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.value = float(state["value"])
 

@@ -194,6 +194,28 @@ class PromptStream:
         """Epoch, batches consumed in it, and the RNG states its shuffle was drawn from."""
         return {"epoch": self.epoch, "position": self.position, "epoch_rng": self._epoch_rng}
 
+    def check_state_dict(self, state: dict[str, Any]) -> None:
+        """The position lies inside an epoch of this dataloader; the epoch's RNG states are ones it can replay."""
+        if state["position"] > len(self.dataloader):
+            raise ValueError(
+                f"prompt position {state['position']} is past the {len(self.dataloader)} batches of an epoch of this "
+                "dataset (was the dataset changed?)"
+            )
+        saved = state["epoch_rng"]
+        if saved is None:
+            return
+        if not isinstance(saved, dict) or set(saved) != {"torch", "generator", "iteration"}:
+            raise ValueError("the epoch's RNG states are not {torch, generator, iteration}")
+        rng_size = torch.random.get_rng_state().shape
+        for key in ("torch", "generator"):
+            value = saved[key]
+            if key == "generator" and value is None:
+                continue
+            if not isinstance(value, torch.Tensor) or value.dtype != torch.uint8 or value.shape != rng_size:
+                raise ValueError(f"the epoch's {key} RNG state is not a torch RNG state")
+        if not isinstance(saved["iteration"], int) or saved["iteration"] < 0:
+            raise ValueError(f"dataloader iteration {saved['iteration']!r}")
+
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Replay the saved epoch's shuffle and skip the batches already consumed.
 

@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
+from transformers import Trainer
 from trl.models.utils import prepare_deepspeed, unwrap_model_for_generation
 from trl.trainer.utils import log_table_to_comet_experiment
 
@@ -83,3 +84,30 @@ def accumulation_step(accelerator: Accelerator) -> int:
 
 def set_accumulation_step(accelerator: Accelerator, step: int) -> None:
     accelerator.step = step
+
+
+def rebase_learning_rate(scheduler: Any, base_lrs: list[float]) -> None:
+    """Give a resumed schedule (a ``LambdaLR``, as transformers builds) new base rates, keeping its position.
+
+    Each group's rate becomes ``base * lr_lambda(last_epoch)``, what the schedule would have reached with
+    this base; torch has no public way to change the base of a live schedule.
+    """
+    scheduler.base_lrs = list(base_lrs)
+    for group, base, lr_lambda in zip(scheduler.optimizer.param_groups, base_lrs, scheduler.lr_lambdas, strict=True):
+        group["initial_lr"] = base
+        group["lr"] = base * lr_lambda(scheduler.last_epoch)
+    scheduler._last_lr = [group["lr"] for group in scheduler.optimizer.param_groups]
+
+
+def save_policy_with_deepspeed(trainer: Any, output_dir: str | None, internal_call: bool) -> None:
+    """Save the (sharded) policy with transformers' ``Trainer.save_model``, which gathers DeepSpeed shards.
+
+    That method saves ``trainer.model`` and reads ``trainer.deepspeed``: the policy stands in for both
+    while it runs (the critic is not saved there).
+    """
+    wrapped, engine = trainer.model, trainer.deepspeed
+    trainer.model = trainer.deepspeed = trainer.model.policy
+    try:
+        Trainer.save_model(trainer, output_dir, internal_call)
+    finally:
+        trainer.model, trainer.deepspeed = wrapped, engine

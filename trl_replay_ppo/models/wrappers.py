@@ -47,6 +47,12 @@ class PolicyAndValueWrapper(torch.nn.Module):
         return self.policy(**kwargs), values
 
 
+def embedding_rows(model: torch.nn.Module) -> int:
+    """Rows of the input embedding of ``model`` (or of its ``policy``): every token id it can generate lies below."""
+    policy = getattr(model, "policy", model)
+    return int(policy.get_input_embeddings().num_embeddings)
+
+
 class NoRewardModel(torch.nn.Module):
     """Stands in for ``reward_model`` while the PPO base's constructor runs, when only reward functions are given."""
 

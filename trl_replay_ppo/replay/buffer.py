@@ -97,6 +97,18 @@ class ReplayBuffer:
             "nonfinite_priorities": self.nonfinite_priorities,
         }
 
+    def check_state_dict(self, state: dict[str, Any], vocab_size: int) -> None:
+        """Refuse an inconsistent saved buffer (``vocab_size``: token ids must lie below it)."""
+        check_schema(state, "ReplayBuffer")
+        if state["sampler_type"] != type(self.sampler).__name__:
+            raise ValueError(f"the saved buffer used {state['sampler_type']}, this one {type(self.sampler).__name__}")
+        self.storage.check_state_dict(state["storage"], vocab_size)
+        self.sampler.check_state_dict(state["sampler"], state["storage"]["valid"])
+        try:
+            np.random.PCG64().state = state["rng"]
+        except (TypeError, ValueError, KeyError) as error:
+            raise ValueError(f"the sampling RNG state is not a PCG64 state ({error})") from error
+
     def load_state_dict(self, state: dict[str, Any]) -> None:
         check_schema(state, "ReplayBuffer")
         if state["sampler_type"] != type(self.sampler).__name__:

@@ -85,6 +85,7 @@ class ExperienceReplay:
         beta: LinearSchedule,
         pad_token_id: int,
         fresh_per_update: int,
+        vocab_size: int,
         min_ess: float = 0.0,
     ):
         self.buffer = buffer
@@ -94,6 +95,7 @@ class ExperienceReplay:
         self.min_ess = min_ess
         self.beta = beta
         self.pad_token_id = pad_token_id
+        self.vocab_size = vocab_size  # stored token ids lie below it (a checkpoint's are checked against it)
         self.warmup_updates = math.ceil(max(min_size, sample_size) / fresh_per_update)
         self.idle_updates = 0
         self.low_ess_skips = 0
@@ -101,7 +103,7 @@ class ExperienceReplay:
         self._last: dict[str, float] = {}
 
     @classmethod
-    def from_config(cls, args: Any, seed: int, pad_token_id: int) -> ExperienceReplay:
+    def from_config(cls, args: Any, seed: int, pad_token_id: int, vocab_size: int) -> ExperienceReplay:
         """The replay described by a `ReplayPPOConfig`; errors name the config field and the fix."""
         capacity = args.replay_buffer_size
         try:
@@ -124,6 +126,7 @@ class ExperienceReplay:
             min_ess=args.replay_min_ess,
             pad_token_id=pad_token_id,
             fresh_per_update=args.local_batch_size,
+            vocab_size=vocab_size,
         )
 
     def __len__(self) -> int:
@@ -195,6 +198,9 @@ class ExperienceReplay:
             "low_ess_skips": self.low_ess_skips,
             "warned_idle": self.warned_idle,
         }
+
+    def check_state_dict(self, state: dict[str, Any]) -> None:
+        self.buffer.check_state_dict(state["buffer"], self.vocab_size)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.buffer.load_state_dict(state["buffer"])

@@ -50,6 +50,9 @@ class Sampler(ABC):
     def state_dict(self) -> dict[str, Any]:
         return {"schema_version": SCHEMA_VERSION}
 
+    def check_state_dict(self, state: dict[str, Any], valid: np.ndarray) -> None:  # noqa: B027
+        """Refuse an inconsistent saved state (``valid``: the saved storage's occupied slots); default: none kept."""
+
     def load_state_dict(self, state: dict[str, Any]) -> None:
         check_schema(state, type(self).__name__)
 
@@ -157,6 +160,12 @@ class PrioritizedSampler(Sampler):
             "base": self.base,
             "leaves": self.tree.leaves().copy(),
         }
+
+    def check_state_dict(self, state: dict[str, Any], valid: np.ndarray) -> None:
+        """Priorities and sampling keys non-negative, and zero exactly where no episode is stored."""
+        for name in ("priority", "leaves"):
+            if (state[name] < 0).any() or (state[name][~valid] != 0).any():
+                raise ValueError(f"sampler {name} negative, or set for empty slots")
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         check_schema(state, type(self).__name__)

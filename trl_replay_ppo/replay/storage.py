@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from typing import Any
 
 import numpy as np
@@ -76,6 +78,20 @@ class EpisodeStorage:
             "cursor": self.cursor,
         }
 
+    def check_state_dict(self, state: dict[str, Any], vocab_size: int) -> None:
+        """A consistent saved ring: cursor inside it, ``valid`` exactly where episodes are, each episode whole."""
+        check_schema(state, "EpisodeStorage")
+        if state["capacity"] != self.capacity or len(state["episodes"]) != self.capacity:
+            raise ValueError(f"the saved storage holds {len(state['episodes'])} slots, this one {self.capacity}")
+        if not 0 <= state["cursor"] < self.capacity:
+            raise ValueError(f"write position {state['cursor']} outside a ring of {self.capacity}")
+        present = np.array([episode is not None for episode in state["episodes"]])
+        if not np.array_equal(present, state["valid"]):
+            raise ValueError("`valid` does not mark exactly the slots holding an episode")
+        for slot, fields in enumerate(state["episodes"]):
+            if fields is not None:
+                check_episode(fields, vocab_size, f"episode in slot {slot}")
+
     def load_state_dict(self, state: dict[str, Any]) -> None:
         check_schema(state, "EpisodeStorage")
         if state["capacity"] != self.capacity:
@@ -87,6 +103,33 @@ class EpisodeStorage:
         self.replays = state["replays"].copy()
         self.valid = state["valid"].copy()
         self.cursor = int(state["cursor"])
+
+
+def check_episode(fields: Any, vocab_size: int, where: str) -> None:
+    """A saved episode (its fields as a dict): token ids inside the vocabulary, per-token tensors of the
+    response's length, every number finite."""
+    names = [f.name for f in dataclasses.fields(Episode)]
+    if not isinstance(fields, dict) or sorted(fields) != sorted(names):
+        raise ValueError(f"{where} does not have the fields {names}")
+    for name in names:
+        value = fields[name]
+        if name == "score":
+            if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+                raise ValueError(f"{where}: score {value!r} is not a finite number")
+            continue
+        if not isinstance(value, torch.Tensor) or value.dim() != 1:
+            raise ValueError(f"{where}: {name} is not a 1-D tensor")
+        if name in ("query", "response"):
+            if value.is_floating_point() or (
+                len(value) and not (0 <= int(value.min()) <= int(value.max()) < vocab_size)
+            ):
+                raise ValueError(f"{where}: {name} holds token ids outside the vocabulary of {vocab_size}")
+        elif not value.is_floating_point() or not bool(torch.isfinite(value).all()):
+            raise ValueError(f"{where}: {name} is not finite floating point")
+    length = len(fields["response"])
+    for name in ("logprobs", "ref_logprobs"):
+        if len(fields[name]) != length:
+            raise ValueError(f"{where}: {len(fields[name])} {name} for a response of {length} tokens")
 
 
 def _clone(value: Any) -> Any:

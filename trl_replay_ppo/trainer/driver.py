@@ -11,6 +11,9 @@
     advance_clock(batch)                        global step, epoch, KL controller
     log_update(batch, stats); end_update(...)   metrics; LR schedule, callbacks, evaluation, checkpoint
 
+Callbacks fire in ``Trainer``'s order, an update being its step (``on_step_begin``, ``on_substep_end`` per micro-batch
+that does not step, ``on_pre_optimizer_step``/``on_optimizer_step`` per optimizer step, ``on_step_end``).
+
 Each phase is a method a subclass can override, delegating to a part the trainer holds (`trl_replay_ppo.trainer.parts`;
 ``resumable`` registers what checkpoints keep of them). The base is TRL's PPO, or this package's on TRL 1.13+.
 With replay off and ``suppress_pad_token`` False, a run is bitwise TRL 1.12's (``tests/trainer/test_parity.py``).
@@ -29,7 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 from datasets import Dataset
-from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer, TrainerCallback
+from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainerCallback
 from transformers.trainer_utils import TrainOutput
 
 from trl_replay_ppo.checkpointing.ownership import claim_output_dir
@@ -39,7 +42,7 @@ from trl_replay_ppo.core.episodes import EpisodeBatch
 from trl_replay_ppo.core.kl import KLEarlyStop
 from trl_replay_ppo.data.prompts import PromptCollator, repeat_prompts
 from trl_replay_ppo.integrations.callbacks import add_package_callbacks
-from trl_replay_ppo.integrations.compat import determine_best_metric, load_callback_state
+from trl_replay_ppo.integrations.compat import determine_best_metric, load_callback_state, save_policy_with_deepspeed
 from trl_replay_ppo.models.wrappers import NoRewardModel, save_pretrained_policy
 from trl_replay_ppo.rewards.calls import RewardFunc, validate_reward_funcs
 from trl_replay_ppo.trainer.base import PPOTrainer
@@ -48,7 +51,6 @@ from trl_replay_ppo.trainer.epochs import UpdateProgress, micro_batch_rows
 from trl_replay_ppo.trainer.inputs import prepare_inputs
 from trl_replay_ppo.trainer.metrics import mean_sequence_kl
 from trl_replay_ppo.trainer.parts import build_parts
-from trl_replay_ppo.trainer.state import resume_fingerprint
 
 logger = logging.getLogger(__name__)
 
@@ -129,18 +131,13 @@ class ReplayPPOTrainer(PPOTrainer):
             trained_weights=list(self.trainable_parameters().values()),
             deepspeed=self.is_deepspeed_enabled,
         )
-        self.runner, self.scorer, self.kl_ctl, self.collector = (
-            parts.runner,
-            parts.scorer,
-            parts.kl_ctl,
-            parts.collector,
-        )
-        self.prompt_stream, self.replay, self.advantages = parts.prompt_stream, parts.replay, parts.advantages
-        self.loss, self.optimizer_steps, self.update_metrics = parts.loss, parts.optimizer_steps, parts.update_metrics
-        self.evaluator, self.resumable = parts.evaluator, parts.resumable
+        self.runner, self.scorer, self.kl_ctl = parts.runner, parts.scorer, parts.kl_ctl
+        self.collector, self.prompt_stream, self.replay = parts.collector, parts.prompt_stream, parts.replay
+        self.advantages, self.loss, self.optimizer_steps = parts.advantages, parts.loss, parts.optimizer_steps
+        self.update_metrics, self.evaluator, self.resumable = parts.update_metrics, parts.evaluator, parts.resumable
         self.dataloader = self.prompt_stream.dataloader
         self.update_progress = UpdateProgress(micro_batches_per_epoch=1)
-        self.run_id = parts.run_id  # stamps this run's checkpoints; a resumed run takes its checkpoint's
+        self.run_id, self.lineage, self.fingerprint = parts.run_id, parts.lineage, parts.fingerprint  # see checkpoints
 
     # ------------------------------------------------------------------ driver
 
@@ -155,6 +152,7 @@ class ReplayPPOTrainer(PPOTrainer):
         try:
             self.begin_training(resume_from_checkpoint)
             for update in range(self.state.global_step + 1, args.num_total_batches + 1):
+                self.control = self.callback_handler.on_step_begin(args, self.state, self.control)
                 self.state.episode += args.batch_size
                 epoch = self.prompt_stream.epoch
                 prompts = self.next_prompts()
@@ -192,6 +190,7 @@ class ReplayPPOTrainer(PPOTrainer):
             if value is not None:
                 setattr(self.state, name, math.ceil(self.state.max_steps * value) if value < 1 else value)
         self.control = self.callback_handler.on_train_begin(args, self.state, self.control)
+        self.control = self.callback_handler.on_epoch_begin(args, self.state, self.control)
         if self.is_deepspeed_enabled:
             self.deepspeed = self.model
             self.model_wrapped = self.model
@@ -218,6 +217,7 @@ class ReplayPPOTrainer(PPOTrainer):
         self.control = self.callback_handler.on_step_end(args, self.state, self.control)
         if epoch_ended:
             self.control = self.callback_handler.on_epoch_end(args, self.state, self.control)
+            self.control = self.callback_handler.on_epoch_begin(args, self.state, self.control)
         if args.num_sample_generations > 0 and (update - 1) % self.sample_generations_freq == 0:
             self.generate_completions(sampling=True)
         if self.control.should_evaluate:
@@ -299,7 +299,9 @@ class ReplayPPOTrainer(PPOTrainer):
                 for name, value in micro_stats.items():
                     stats.setdefault(name, torch.zeros(shape, device=accelerator.device))
                     stats[name][epoch, minibatch, micro] = value
-                if accelerator.sync_gradients:
+                if not accelerator.sync_gradients:
+                    self.control = self.callback_handler.on_substep_end(args, self.state, self.control)
+                else:
                     if kl_stop is not None and kl_stop.exceeded():
                         self.optimizer.zero_grad()  # DeepSpeed's engine steps inside backward: there it is taken
                         progress.drop()
@@ -317,7 +319,9 @@ class ReplayPPOTrainer(PPOTrainer):
 
     def optimizer_step(self) -> None:
         """At a gradient-sync point: clip, skip a non-finite step, else step (`OptimizerStep`)."""
+        self.control = self.callback_handler.on_pre_optimizer_step(self.args, self.state, self.control)
         self.optimizer_steps(self.state.global_step + 1)
+        self.control = self.callback_handler.on_optimizer_step(self.args, self.state, self.control)
 
     def after_ppo_update(self, batch: EpisodeBatch) -> None:
         """Store what replay needs of this update (priorities, fresh episodes) and evict."""
@@ -372,7 +376,7 @@ class ReplayPPOTrainer(PPOTrainer):
 
     def resume_fingerprint(self) -> dict[str, Any]:
         """Settings a checkpoint can only be resumed with (`trl_replay_ppo.trainer.state.resume_fingerprint`)."""
-        return resume_fingerprint(self.args, self.scorer.names)
+        return dict(self.fingerprint)
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
         """Save the policy (or its LoRA adapters) and the tokenizer with ``save_pretrained``.
@@ -382,13 +386,7 @@ class ReplayPPOTrainer(PPOTrainer):
         transformers' ``Trainer.save_model`` gathers the sharded policy (the critic is not saved there).
         """
         if self.is_deepspeed_enabled:
-            # Transformers saves `self.model` (and reads `self.deepspeed`): the policy stands in for both.
-            wrapped, engine = self.model, self.deepspeed
-            self.model = self.deepspeed = self.model.policy
-            try:
-                Trainer.save_model(self, output_dir, _internal_call)
-            finally:
-                self.model, self.deepspeed = wrapped, engine
+            save_policy_with_deepspeed(self, output_dir, _internal_call)
             return
         if self.accelerator.is_main_process:
             save_pretrained_policy(

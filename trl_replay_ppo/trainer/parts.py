@@ -19,10 +19,12 @@ from datasets import Dataset
 from torch.utils.data import DataLoader
 from transformers import PreTrainedTokenizerBase
 
+from trl_replay_ppo.checkpointing.lineage import Lineage
 from trl_replay_ppo.checkpointing.registry import RNGState, StateRegistry
 from trl_replay_ppo.core.kl import FixedKLController, make_kl_controller
 from trl_replay_ppo.data.prompts import PromptStream, seeded_preparation
 from trl_replay_ppo.models.runner import ModelRunner, suppressed_token
+from trl_replay_ppo.models.wrappers import embedding_rows
 from trl_replay_ppo.replay import ExperienceReplay
 from trl_replay_ppo.rewards.calls import RewardFunc
 from trl_replay_ppo.rewards.scorer import Scorer
@@ -33,7 +35,7 @@ from trl_replay_ppo.trainer.loss import PPOLoss
 from trl_replay_ppo.trainer.metrics import UpdateMetrics
 from trl_replay_ppo.trainer.optimizer_step import OptimizerStep
 from trl_replay_ppo.trainer.rollout import RolloutCollector
-from trl_replay_ppo.trainer.state import AccumulationState, DataloaderTags
+from trl_replay_ppo.trainer.state import AccumulationState, DataloaderTags, resume_fingerprint
 
 
 @dataclass
@@ -51,6 +53,8 @@ class TrainerParts:
     evaluator: Evaluator
     resumable: StateRegistry
     run_id: str
+    lineage: Lineage
+    fingerprint: dict[str, Any]  # settings a checkpoint can only be resumed with (`resume_fingerprint`)
 
 
 def prompt_dataloader(
@@ -123,7 +127,10 @@ def build_parts(
         generation_kwargs=runner.generation_kwargs(args.response_length, args.temperature),
         missing_eos_penalty=args.missing_eos_penalty,
     )
-    replay = ExperienceReplay.from_config(args, local_seed, tokenizer.pad_token_id) if args.use_replay_buffer else None
+    replay = None
+    if args.use_replay_buffer:
+        vocab_size = max(len(tokenizer), embedding_rows(accelerator.unwrap_model(model)))
+        replay = ExperienceReplay.from_config(args, local_seed, tokenizer.pad_token_id, vocab_size)
     advantages = AdvantageEstimator(
         gamma=args.gamma, lam=args.lam, kl_estimator=args.kl_estimator, whiten_rewards=args.whiten_rewards
     )
@@ -163,6 +170,7 @@ def build_parts(
         chat_template_kwargs=args.chat_template_kwargs,
         report_to=args.report_to,
     )
+    run_id = uuid.uuid4().hex
     resumable = StateRegistry()
     resumable.register("kl_controller", kl_ctl)
     resumable.register("optimizer_steps", optimizer_steps)
@@ -188,5 +196,7 @@ def build_parts(
         update_metrics=update_metrics,
         evaluator=evaluator,
         resumable=resumable,
-        run_id=uuid.uuid4().hex,
+        run_id=run_id,
+        lineage=Lineage(run_id),
+        fingerprint=resume_fingerprint(args, scorer.names, tokenizer),
     )

@@ -6,10 +6,13 @@ replay) are registered in the trainer's `trl_replay_ppo.checkpointing.registry.S
 
 from __future__ import annotations
 
+import hashlib
+import json
 from typing import Any
 
 from accelerate import Accelerator
 from torch.utils.data import DataLoader
+from transformers import PreTrainedTokenizerBase
 
 from trl_replay_ppo.integrations.compat import (
     accumulation_step,
@@ -29,9 +32,18 @@ RESUME_FIELDS = (
 )
 
 
-def resume_fingerprint(args: Any, source_names: list[str]) -> dict[str, Any]:
-    """Settings a checkpoint can only be resumed with: they fix the data order or the saved state's meaning."""
-    return {**{name: getattr(args, name) for name in RESUME_FIELDS}, "reward sources": list(source_names)}
+def resume_fingerprint(args: Any, source_names: list[str], tokenizer: PreTrainedTokenizerBase) -> dict[str, Any]:
+    """Settings a checkpoint can only be resumed with: they fix the data order or the saved state's meaning.
+
+    ``tokenizer`` is a digest of the vocabulary (every token and its id): stored token ids mean
+    something else under a tokenizer of the same size with its tokens permuted.
+    """
+    vocabulary = json.dumps(sorted(tokenizer.get_vocab().items()), ensure_ascii=False).encode()
+    return {
+        **{name: getattr(args, name) for name in RESUME_FIELDS},
+        "reward sources": list(source_names),
+        "tokenizer": hashlib.sha256(vocabulary).hexdigest()[:16],
+    }
 
 
 class AccumulationState:

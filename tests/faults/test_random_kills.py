@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
+
 from benchmarks.fault_injection import run_with_kills
+
+pytestmark = pytest.mark.faults  # CI's fault job (`make test-faults`)
 
 
 def test_random_kills_resume_to_identical_weights(tmp_path):
