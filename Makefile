@@ -14,7 +14,7 @@ STAMP := $(VENV)/.installed
 OLD_STAMP := $(OLD_VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install test test-trl1.12 test-faults demo lint typecheck bench clean
+.PHONY: install install-bench test test-trl1.12 test-faults demo lint typecheck bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -60,10 +60,14 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy
 
-bench: $(OLD_STAMP)
-	$(OLD_PY) -m benchmarks.fairness
-	$(OLD_PY) -m benchmarks.buffer_ops
-	$(OLD_PY) -m benchmarks.memory
+# The fair benchmark runs each family in its environment: stock TRL PPO in $(OLD_VENV) (TRL 1.12, the last
+# with it), TRL's GRPOTrainer and this package in $(VENV) (the newest TRL).
+install-bench: $(STAMP) $(OLD_STAMP)
+
+bench: install-bench
+	$(PY) -m benchmarks.fairness
+	$(PY) -m benchmarks.buffer_ops
+	$(PY) -m benchmarks.memory
 
 clean:
 	rm -rf $(VENV) $(OLD_VENV) outputs .pytest_cache .ruff_cache

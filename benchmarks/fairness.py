@@ -1,57 +1,66 @@
-"""The fair sample-efficiency benchmark: replay against the best on-policy PPO and GRPO a user could tune.
+"""The fair sample-efficiency benchmark (protocol 2): replay against the best on-policy PPO and GRPO a user could tune.
 
-    python -m benchmarks.fairness            # full mode, results in benchmarks/results/fairness.*
-    python -m benchmarks.fairness --quick    # a smoke check of every arm on a tiny budget
+    python -m benchmarks.fairness                         # every section; results in benchmarks/results/fairness.*
+    python -m benchmarks.fairness --sections tasks --tasks digits   # one section, one task: finishes on its own
+    python -m benchmarks.fairness --quick                 # a smoke check of every arm on a tiny budget
 
 Tasks (`TASKS`): ``digits`` (dense reward), ``sparse`` (the GSM8K-shaped arithmetic task, one
-completion per prompt), ``sparse_g4`` (four per prompt) and ``held_out`` (the arithmetic task's
-subtraction variant, run with the settings chosen on ``sparse`` and never used for tuning).
+completion per prompt), ``sparse_g4`` (four per prompt) and ``held_out`` (three-digit additions:
+other numbers and longer answers than ``sparse``, its base model as rarely right; run with the
+settings chosen on ``sparse``, never used for tuning, and chosen with on-policy runs only).
 
-Arms, every one at the same budget of generated episodes and scored by the same evaluator:
-stock TRL PPO (only where TRL <= 1.12 provides it), this package with replay off, the
-compute-matched on-policy arm (replay off with ``num_ppo_epochs`` scaled so optimizer steps and
-trained episodes per generated episode equal replay's defaults), tuned PPO (best of a grid over
-learning rate x epochs), TRL's GRPOTrainer tuned over learning rate x ``num_iterations``
-(4 completions per prompt), replay with its defaults at the learning rate of the best tuned
-on-policy arm (what a user switching replay on keeps), and tuned replay (learning rate x its
-defaults or the previous ones). Every family's grid has `len(LR_MULTIPLIERS) x 2` settings, and the
-top of every family's knob trains as many optimizer steps per generated episode as replay's defaults.
+Arms, every one at the same budget of generated episodes and scored by the same evaluator: stock
+TRL PPO (TRL 1.12, the last with it), this package with replay off, the compute-matched on-policy
+arm (replay off with ``num_ppo_epochs`` scaled to replay's optimizer steps per generated episode),
+tuned PPO, TRL's GRPOTrainer tuned as its users tune it (on the newest TRL), replay with its
+defaults at the learning rate of the best tuned on-policy arm (what a user switching replay on
+keeps), and tuned replay. Each family runs in its own virtual environment
+(`benchmarks.fairness_runner`); the records say which.
 
-Protocol, fixed before any arm runs: the grids are tuned on `TUNING_SEED`, results are reported on
-`REPORT_SEEDS`. A task's target is its start score plus `TARGET_FRACTION` of the way to the best
-final score any tuning run reaches; a run reaches it at the first evaluation where the mean of that
-evaluation and the previous one is at least the target. The best setting of a family is the one
-reaching the target with the fewest generated episodes on the tuning seed (ties: higher final
-score). Headline per task: generated episodes to target of the best on-policy arm (PPO or GRPO) /
-the best replay arm, medians over the reporting seeds; when the on-policy arm's median is not
-reached within the budget, the ratio is a lower bound and marked ">=".
+Protocol, fixed before any arm runs:
+- Grids (`grid`), learning rate x1/x3/x10 (constant schedule, for every arm) times each family's
+  knobs: PPO epochs 4/8/16 x minibatches 1/2 (18), GRPO ``num_generations`` 4/8/16 at the same
+  completions per step x ``num_iterations`` 1/4 (18), replay its defaults / the previous defaults /
+  prioritized sampling (9: half the others', which can only favour the baselines).
+- Tuning on `TUNING_SEED`, reporting on `REPORT_SEEDS`. The best setting of a family reaches the
+  target with the fewest generated episodes on the tuning seed (ties: higher final score).
+- Targets are frozen (`TARGETS`): computed once per protocol version (start score + `TARGET_FRACTION`
+  of the way to the best tuning final; the held-out task's from its on-policy runs alone) and stored
+  in the repository, so a later arm never moves them. A run reaches the target at the first
+  evaluation whose mean with the previous one is at least the target.
+- Headline per task: episodes to target of the best on-policy arm / the best replay arm, medians over
+  the reporting seeds, counted only where both reach the target on at least 2 of 3 seeds; otherwise
+  "not measurable" with the reach counts. The ratio's resolution (one evaluation later) is stated.
 
-Run time (2 cores, full mode, ``--jobs 2``): 54 tuning and about 80 reporting runs (tasks, about
-60 minutes with the GRPO and stock TRL runs cached, which do not depend on this package's code), 12
-generation-heavy runs (about 26) and 36 robustness runs (about 25). Runs are cached under
-``benchmarks/results/fairness_cache/`` (keyed by spec and by the code they ran), so a re-run only
-trains what changed.
+Sections (``--sections``): ``tasks`` (tuning and reporting, the headline), ``lr`` (each family's best
+setting started at the base rate x1/3, x1, x3, x10: the spread worst/best), ``long`` (the
+generation-heavy profile: an on-policy grid re-tuned on it, runs one at a time on both cores, wall
+time side by side) and ``robustness`` (collapse-prone settings). Records are committed under
+``results/fairness_runs/``; a re-run only trains what changed, and the run-time table says what each
+section cost.
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
-import multiprocessing
-import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from benchmarks.fairness_runner import ENVIRONMENTS, RECORDS, missing_environment, parse_environments, run_all
 from trl_replay_ppo.trainer.config import ReplayPPOConfig
 
 RESULTS = Path(__file__).parent / "results"
-ROOT = Path(__file__).parent.parent
+PROTOCOL = 2
+TARGETS = Path(__file__).parent / "fairness_targets.json"
 TUNING_SEED = 0
 REPORT_SEEDS = (1, 2, 3)
+MIN_REACHED = 2  # of the 3 reporting seeds, for a ratio to count
 TARGET_FRACTION = 0.8  # at 0.5, digits arms stuck on a one-answer policy (eval 0.51) counted as reached
 LR_MULTIPLIERS = (1, 3, 10)
+LR_STARTS = (1 / 3, 1, 3, 10)  # the learning-rate section: each family's best setting at these x the base
 REPLAY_RATIO = ReplayPPOConfig.replay_ratio  # replayed episodes per fresh one in replay's defaults
 
 _DIGITS = {
@@ -82,15 +91,20 @@ TASKS = {
     "held_out": Task(_SPARSE, budget=6400, eval_every=320, tuned_on="sparse"),
 }
 QUICK = {"budget": 64, "eval_every": 32}
-# Generation-heavy profile: the digits task with 64-token responses generated 4 sequences at a time, as
-# memory-bound decoding on a GPU, so that generation is most of an on-policy update. TRL's GRPOTrainer
-# cannot generate in such chunks, so the profile compares the PPO-family arms.
+# Generation-heavy profile: digits with 64-token responses generated 4 sequences at a time, as memory-bound
+# decoding on a GPU, so that generation is most of an on-policy update. TRL's GRPOTrainer cannot generate in
+# such chunks, so the profile compares the PPO family; its grid is tuned on the profile itself.
 LONG = Task(
     {**_DIGITS, "response_length": 64, "local_rollout_forward_batch_size": 4},
     budget=4800,
     eval_every=320,
     data="digits",
 )
+LONG_GRID = {
+    "ppo": [{"learning_rate": _DIGITS["learning_rate"] * m, "num_ppo_epochs": e} for m in (1, 3) for e in (4, 16)],
+    "replay": [{"learning_rate": _DIGITS["learning_rate"] * m} for m in (1, 3)],
+}
+LONG_THREADS = 2  # every run of the profile alone on both cores
 # Settings that made on-policy PPO and replay collapse before pad suppression, on the sparse task.
 ROBUSTNESS = {
     "ppo, 8 epochs": ("ppo", {"num_ppo_epochs": 8}),
@@ -105,18 +119,20 @@ ROBUSTNESS_BUDGET = 6400
 
 
 def grid(family: str, settings: dict) -> list[dict]:
-    """The settings a family is tuned over: `LR_MULTIPLIERS` x two values of its own knob.
+    """The settings a family is tuned over: `LR_MULTIPLIERS` x the family's own knobs (see the module docstring).
 
     The top of every family's knob trains as many optimizer steps per generated episode as replay's
-    defaults (the fresh batch plus `REPLAY_RATIO` times as many replayed episodes): PPO 8 or
-    (1 + ratio) x 4 = 16 epochs, GRPO 4 or 16 iterations; replay its defaults or the previous ones
-    (as many replayed episodes as fresh ones, no self-imitation).
+    defaults or more: PPO (1 + ratio) x 4 = 16 epochs, GRPO 4 iterations at up to 16 completions per prompt.
     """
     epochs = settings["num_ppo_epochs"]
     knobs = {
-        "ppo": ({"num_ppo_epochs": 2 * epochs}, {"num_ppo_epochs": (1 + REPLAY_RATIO) * epochs}),
-        "grpo": ({"num_iterations": 4}, {"num_iterations": (1 + REPLAY_RATIO) * epochs}),
-        "replay": ({}, {"replay_ratio": 1, "self_imitation_coef": 0.0}),
+        "ppo": [
+            {"num_ppo_epochs": e, "num_mini_batches": m}
+            for e in (epochs, 2 * epochs, (1 + REPLAY_RATIO) * epochs)
+            for m in (1, 2)
+        ],
+        "grpo": [{"num_generations": g, "num_iterations": i} for g in (4, 8, 16) for i in (1, 4)],
+        "replay": [{}, {"replay_ratio": 1, "self_imitation_coef": 0.0}, {"use_priority_sampling": True}],
     }[family]
     return [{"learning_rate": settings["learning_rate"] * m, **knob} for m in LR_MULTIPLIERS for knob in knobs]
 
@@ -128,8 +144,8 @@ def arm_spec(task: str, family: str, overrides: dict, seed: int, quick: bool, sp
     if family == "grpo":
         kind = "grpo"
         settings = {
-            "per_device_train_batch_size": settings["per_device_train_batch_size"],
-            "num_generations": 4,
+            "per_device_train_batch_size": settings["per_device_train_batch_size"],  # completions per step
+            "num_generations": settings.get("num_generations", 4),
             "response_length": settings["response_length"],
             "temperature": settings["temperature"],
             "learning_rate": settings["learning_rate"],
@@ -145,92 +161,6 @@ def arm_spec(task: str, family: str, overrides: dict, seed: int, quick: bool, sp
     return {"task": spec_task.data or task, "kind": kind, "settings": settings, "seed": seed, **budget}
 
 
-def code_hash(kind: str) -> str:
-    """Hash of the code a run of ``kind`` depends on (the whole package for this package's trainer)."""
-    package = ROOT / "trl_replay_ppo"
-    files = sorted(package.rglob("*.py")) if kind == "ours" else sorted((package / "tasks").rglob("*.py"))
-    digest = hashlib.sha256()
-    for path in [*files, Path(__file__).parent / "runs.py"]:
-        digest.update(path.read_bytes())
-    import trl
-
-    digest.update(trl.__version__.encode())
-    return digest.hexdigest()[:16]
-
-
-def run_key(spec: dict) -> str:
-    """Cache key of a run: its spec and the code it runs."""
-    return hashlib.sha256((json.dumps(spec, sort_keys=True) + code_hash(spec["kind"])).encode()).hexdigest()[:24]
-
-
-def run_all(specs: list[dict], cache: Path | None, jobs: int) -> list[dict]:
-    """Run ``specs`` (in parallel processes, one per run), reusing cached results."""
-    from benchmarks import fairness_report as report
-    from benchmarks.runs import model_dirs
-
-    model_dirs("tiny"), model_dirs("arithmetic")
-    keys = [run_key(spec) for spec in specs]
-    results: dict[str, dict] = {}
-    todo = []
-    for key, spec in dict(zip(keys, specs, strict=True)).items():  # identical specs run once
-        path = cache / f"{key}.json" if cache is not None else None
-        if path is not None and path.is_file():
-            results[key] = json.loads(path.read_text())
-        else:
-            todo.append((key, spec, path))
-    started = time.time()
-    context = multiprocessing.get_context("spawn")
-    with context.Pool(max(jobs, 1), maxtasksperchild=1) as pool:
-        if jobs > 0:
-            pending = {key: (pool.apply_async(_run_one, (spec,)), path) for key, spec, path in todo}
-        else:  # in this process, one after another (what the smoke test does: no start-up cost per run)
-            pending = {key: (_Done(_run_one(spec)), path) for key, spec, path in todo}
-        for done, (key, (handle, path)) in enumerate(pending.items(), 1):
-            record = handle.get()
-            results[key] = record
-            if path is not None:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                path.write_text(json.dumps(record))
-            spec = record["spec"]
-            final = record["points"][-1]["eval"] if record["points"] else float("nan")
-            knobs = {k: v for k, v in spec["settings"].items() if k in report.KNOBS}
-            stopped = f"  STOPPED: {record['stopped']}" if record["stopped"] else ""
-            print(
-                f"[{time.time() - started:6.0f}s {done}/{len(todo)}] {spec['task']} {spec['kind']} seed "
-                f"{spec['seed']} {json.dumps(knobs)}: final eval {final:.3f}{stopped}",
-                flush=True,
-            )
-    return [results[key] for key in keys]
-
-
-class _Done:
-    """A finished result with the interface of a pool's pending one."""
-
-    def __init__(self, value):
-        self.value = value
-
-    def get(self):
-        return self.value
-
-
-def _run_one(spec: dict) -> dict:
-    sys.path.insert(0, str(ROOT))
-    from benchmarks.runs import run
-
-    return run(spec)
-
-
-def stock_available() -> str | None:
-    """None when stock TRL PPO can run here, else why not."""
-    try:
-        import trl.experimental.ppo
-    except ImportError:
-        import trl
-
-        return f"TRL {trl.__version__} has no PPOTrainer (removed in TRL 1.13)"
-    return None
-
-
 def fixed_arms(task: str) -> dict[str, tuple[str, dict]]:
     """The arms that are not tuned: ``{name: (family, overrides)}``."""
     epochs = TASKS[task].settings["num_ppo_epochs"]
@@ -242,12 +172,8 @@ def fixed_arms(task: str) -> dict[str, tuple[str, dict]]:
 
 
 def default_replay_arm(chosen: dict[str, tuple[str, dict]], tuned: dict[str, dict], target: float) -> tuple:
-    """Replay with every replay field at its default and the learning rate of the best tuned on-policy arm.
-
-    What a user who turns replay on keeps from their on-policy run; the best on-policy arm (tuned PPO or
-    tuned GRPO, whose tuning-seed records are in ``tuned``) is the one reaching the target with the
-    fewest episodes on the tuning seed.
-    """
+    """Replay with every replay field at its default and the learning rate of the best tuned on-policy arm
+    (tuned PPO or tuned GRPO, whose tuning-seed records are in ``tuned``): what a user switching replay on keeps."""
     from benchmarks import fairness_report as report
 
     best = report.best_of([tuned["tuned_ppo"], tuned["tuned_grpo"]], target)
@@ -255,198 +181,299 @@ def default_replay_arm(chosen: dict[str, tuple[str, dict]], tuned: dict[str, dic
     return ("replay", {"learning_rate": chosen[arm][1]["learning_rate"]})
 
 
+def frozen_target(task: str, records: list[dict], source: str, targets_file: Path) -> float:
+    """The task's target under this protocol: read from ``targets_file``, or computed from ``records`` once and
+    stored there (``source`` says which runs it came from)."""
+    from benchmarks import fairness_report as report
+
+    stored = json.loads(targets_file.read_text()) if targets_file.is_file() else {"protocol": PROTOCOL, "targets": {}}
+    if stored["protocol"] != PROTOCOL:
+        raise SystemExit(
+            f"{targets_file} holds the targets of protocol {stored['protocol']}, this is protocol {PROTOCOL}: a new "
+            "protocol is a deliberate change; move the old file aside to freeze new targets."
+        )
+    if task not in stored["targets"]:
+        start = report.median([r["points"][0]["eval"] for r in records if r["points"]])
+        stored["targets"][task] = {
+            "target": report.target_of(records, TARGET_FRACTION),
+            "start_score": round(start, 4),
+            "from": source,
+            "frozen": time.strftime("%Y-%m-%d"),
+        }
+        targets_file.write_text(json.dumps(stored, indent=1) + "\n")
+    return stored["targets"][task]["target"]
+
+
+@dataclass
+class Context:
+    """What every section needs: how to run specs, the mode, the seeds, where targets are frozen."""
+
+    run: Callable[[list[dict], int | None], list[dict]]  # (specs, jobs or None for the default) -> records
+    quick: bool
+    seeds: tuple[int, ...]
+    targets_file: Path
+    families: tuple[str, ...]  # the families whose environment is available
+    used: dict[str, list[dict]] = field(default_factory=dict)  # section -> the records it used (for its cost)
+
+    def records(self, section: str, specs: list[dict], jobs: int | None = None) -> list[dict]:
+        records = self.run(specs, jobs)
+        self.used.setdefault(section, []).extend(records)
+        return records
+
+
+def tune(task: str, ctx: Context) -> tuple[float, dict[str, tuple[str, dict]]]:
+    """Every family's grid on the tuning seed: the task's (frozen) target and each family's best setting."""
+    from benchmarks import fairness_report as report
+
+    families = [f for f in TASKS[task].families if f in ctx.families]
+    specs = {
+        (family, json.dumps(overrides)): arm_spec(task, family, overrides, TUNING_SEED, ctx.quick)
+        for family in families
+        for overrides in grid(family, TASKS[task].settings)[: 1 if ctx.quick else None]
+    }
+    tuning = dict(zip(specs, ctx.records("tasks", list(specs.values())), strict=True))
+    target = frozen_target(
+        task, list(tuning.values()), f"{len(tuning)} tuning runs, seed {TUNING_SEED}", ctx.targets_file
+    )
+    chosen, tuned = {}, {}
+    for family, arm in (("ppo", "tuned_ppo"), ("grpo", "tuned_grpo"), ("replay", "tuned_replay")):
+        runs = {overrides: record for (f, overrides), record in tuning.items() if f == family}
+        if runs:
+            tuned[arm] = report.best_of(list(runs.values()), target)
+            chosen[arm] = (family, json.loads(next(o for o, r in runs.items() if r is tuned[arm])))
+    on_policy = [tuned[a] for a in ("tuned_ppo", "tuned_grpo") if a in tuned]
+    best = report.best_of(on_policy, target)
+    arm = next(a for a in ("tuned_ppo", "tuned_grpo") if tuned.get(a) is best)
+    chosen["replay_default"] = ("replay", {"learning_rate": chosen[arm][1]["learning_rate"]})
+    return target, chosen
+
+
+def task_section(task: str, ctx: Context, skipped: dict[str, str]) -> dict:
+    """Tuning (or the settings of the task it borrows them from), then every arm on the reporting seeds."""
+    from benchmarks import fairness_report as report
+
+    spec = TASKS[task]
+    source = spec.tuned_on or task
+    target, chosen = tune(source, ctx) if spec.tuned_on is None else (None, tune(source, ctx)[1])
+    arms = {**fixed_arms(task), **chosen}
+    if "stock" not in ctx.families:
+        arms.pop("stock_trl")
+    on_policy = [a for a in arms if a in report.ON_POLICY]
+    seeds = ctx.seeds if spec.tuned_on is None else tuple(dict.fromkeys((TUNING_SEED, *ctx.seeds)))
+
+    def run_arms(names: list[str]) -> dict[tuple[str, int], dict]:
+        keys = [(arm, seed) for arm in names for seed in seeds]
+        specs = [arm_spec(task, *arms[arm], seed, ctx.quick) for arm, seed in keys]
+        return dict(zip(keys, ctx.records("tasks", specs), strict=True))
+
+    records = run_arms(on_policy)  # a borrowing task: its on-policy runs fix its target before any replay run
+    selection = None
+    if target is None:
+        tuning_seed = [r for (_, s), r in records.items() if s == TUNING_SEED]
+        target = frozen_target(task, tuning_seed, "its on-policy arms, seed 0", ctx.targets_file)
+        selection = {
+            "start_accuracy": report.median([r["points"][0].get("accuracy", float("nan")) for r in tuning_seed]),
+            "start_score": report.median([r["points"][0]["eval"] for r in tuning_seed]),
+            "on_policy_reached": {
+                arm: sum(report.reached(records[(arm, s)], target) for s in ctx.seeds) for arm in on_policy
+            },
+        }
+    records.update(run_arms([a for a in arms if a not in on_policy]))
+    curves = {arm: [records[(arm, s)] for s in ctx.seeds] for arm in arms}
+    summary = {arm: report.summarise(runs, target) for arm, runs in curves.items()}
+    budget = QUICK if ctx.quick else {"budget": spec.budget, "eval_every": spec.eval_every}
+    return {
+        "target": target,
+        **budget,
+        "summary": summary,
+        "headline": report.headline(summary, budget["eval_every"], MIN_REACHED),
+        "grids": {f: grid(f, TASKS[source].settings) for f in TASKS[source].families},
+        "chosen": {arm: overrides for arm, (_, overrides) in chosen.items()},
+        "skipped": {
+            arm: skipped[kind] for arm, kind in (("stock_trl", "stock"), ("tuned_grpo", "grpo")) if kind in skipped
+        },
+        "selection": selection,
+        "curves": curves,
+    }
+
+
+def lr_section(task: str, ctx: Context) -> dict:
+    """Each family's best setting started at `LR_STARTS` x the base rate: episodes to target per start, and the
+    spread (worst start / best start) a user who starts at the wrong rate pays."""
+    from benchmarks import fairness_report as report
+
+    target, chosen = tune(TASKS[task].tuned_on or task, ctx)
+    target = json.loads(ctx.targets_file.read_text())["targets"].get(task, {}).get("target", target)
+    base = TASKS[task].settings["learning_rate"]
+    rows = {}
+    for arm in ("tuned_ppo", "tuned_grpo", "tuned_replay"):
+        if arm not in chosen:
+            continue
+        family, overrides = chosen[arm]
+        keys = [(m, seed) for m in LR_STARTS for seed in ctx.seeds]
+        specs = [arm_spec(task, family, {**overrides, "learning_rate": base * m}, s, ctx.quick) for m, s in keys]
+        runs = dict(zip(keys, ctx.records("lr", specs), strict=True))
+        per_start = {m: report.summarise([runs[(m, s)] for s in ctx.seeds], target) for m in LR_STARTS}
+        rows[arm] = {"per_start": per_start, "spread": report.spread(per_start, MIN_REACHED)}
+    return {"target": target, "base_learning_rate": base, "rows": rows}
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="Every arm on a tiny budget, one seed, grids of one.")
     parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
     parser.add_argument("--output_dir", default=str(RESULTS), help="Where fairness.{json,md,png} go.")
-    parser.add_argument("--jobs", type=int, default=2, help="Runs in parallel (one thread each); 0 runs them here.")
+    parser.add_argument("--jobs", type=int, default=2, help="Runs in parallel (one process each); 0 runs them here.")
     parser.add_argument("--no_cache", action="store_true", help="Train every run again.")
-    parser.add_argument("--tune_only", action="store_true", help="Stop after the tuning runs; print their table.")
+    parser.add_argument("--env", nargs="*", default=[], help="kind=python: the interpreter of a kind of run.")
     parser.add_argument(
         "--sections",
         nargs="+",
-        default=["tasks", "long", "robustness"],
-        choices=["tasks", "long", "robustness"],
-        help="tasks: the headline; long: the generation-heavy profile; robustness: collapse-prone settings.",
+        default=["tasks", "lr", "long", "robustness"],
+        choices=["tasks", "lr", "long", "robustness"],
+        help="tasks: the headline; lr: learning-rate starts; long: the generation-heavy profile; robustness.",
     )
     options = parser.parse_args(argv)
     from benchmarks import fairness_report as report
+    from benchmarks.fairness_runner import versions
 
     output = Path(options.output_dir)
     output.mkdir(parents=True, exist_ok=True)
-    cache = None if options.no_cache or options.quick else RESULTS / "fairness_cache"
-    seeds = (TUNING_SEED,) if options.quick else REPORT_SEEDS
-    skip_stock = stock_available()
-    tasks = [t for t in options.tasks if TASKS[t].tuned_on is None or TASKS[t].tuned_on in options.tasks]
-
-    # 1. Tuning: every family's grid on the tuning seed (tasks that borrow settings run their arms there instead).
-    tuning_specs = {}
-    for task in tasks:
-        if TASKS[task].tuned_on is None:
-            for family in TASKS[task].families:
-                settings = grid(family, TASKS[task].settings)[: 1 if options.quick else None]
-                for overrides in settings:
-                    tuning_specs[(task, family, json.dumps(overrides))] = arm_spec(
-                        task, family, overrides, TUNING_SEED, options.quick
-                    )
-    tuning = dict(zip(tuning_specs, run_all(list(tuning_specs.values()), cache, options.jobs), strict=True))
-    if options.tune_only:
-        for (task, family, overrides), record in tuning.items():
-            print(
-                f"{task} {family} {overrides}: final eval {report.final_score(record):.3f}, "
-                f"stopped {record['stopped']}"
-            )
-        return {"tuning": {str(k): r for k, r in tuning.items()}}
-    chosen: dict[str, dict[str, tuple[str, dict]]] = {}
-    targets: dict[str, float] = {}
-    for task in tasks:
-        if TASKS[task].tuned_on is not None:
-            continue
-        records = [r for (t, _, _), r in tuning.items() if t == task]
-        targets[task] = report.target_of(records, TARGET_FRACTION)
-        chosen[task], tuned = {}, {}
-        for family, arm in (("ppo", "tuned_ppo"), ("grpo", "tuned_grpo"), ("replay", "tuned_replay")):
-            family_records = {k: r for k, r in tuning.items() if k[0] == task and k[1] == family}
-            tuned[arm] = report.best_of(list(family_records.values()), targets[task])
-            overrides = json.loads(next(k[2] for k, r in family_records.items() if r is tuned[arm]))
-            chosen[task][arm] = (family, overrides)
-        chosen[task]["replay_default"] = default_replay_arm(chosen[task], tuned, targets[task])
-
-    # 2. Reporting: every arm on the reporting seeds (borrowing tasks also on the tuning seed, for their target).
-    arms_of = {}
-    for task in tasks:
-        source = TASKS[task].tuned_on or task
-        arms_of[task] = {**fixed_arms(task), **chosen[source]}
-        if skip_stock:
-            arms_of[task].pop("stock_trl")
-    report_keys, report_specs = [], []
-    for task in tasks:
-        task_seeds = seeds if TASKS[task].tuned_on is None else (TUNING_SEED, *seeds)
-        for arm, (family, overrides) in arms_of[task].items():
-            for seed in dict.fromkeys(task_seeds):
-                report_keys.append((task, arm, seed))
-                report_specs.append(arm_spec(task, family, overrides, seed, options.quick))
-    reported = dict(zip(report_keys, run_all(report_specs, cache, options.jobs), strict=True))
-    result = {
-        "command": "python -m benchmarks.fairness" + (" --quick" if options.quick else ""),
-        "tuning_seed": TUNING_SEED,
-        "report_seeds": list(seeds),
-        "target_fraction": TARGET_FRACTION,
-        "lr_multipliers": list(LR_MULTIPLIERS),
-        "trl": __import__("trl").__version__,
-        "tasks": {},
-    }
-    curves: dict[str, dict[str, list[dict]]] = {}
-    for task in tasks:
-        if TASKS[task].tuned_on is not None:
-            targets[task] = report.target_of(
-                [r for (t, _, s), r in reported.items() if t == task and s == TUNING_SEED], TARGET_FRACTION
-            )
-        curves[task] = {arm: [reported[(task, arm, s)] for s in seeds] for arm in arms_of[task]}
-        summary = {arm: report.summarise(records, targets[task]) for arm, records in curves[task].items()}
-        result["tasks"][task] = {
-            "target": targets[task],
-            "budget": QUICK["budget"] if options.quick else TASKS[task].budget,
-            "summary": summary,
-            "headline": report.headline(summary, TASKS[task].budget),
-            "grids": {f: grid(f, TASKS[task].settings) for f in TASKS[task].families},
-            "chosen": {arm: overrides for arm, (_, overrides) in chosen[TASKS[task].tuned_on or task].items()},
-            "skipped": {"stock_trl": skip_stock} if skip_stock else {},
+    environments = parse_environments(options.env)
+    records = None if options.no_cache or options.quick else RECORDS
+    skipped = {k: why for k in ENVIRONMENTS if (why := missing_environment(k, environments, options.jobs == 0))}
+    if "ours" in skipped:
+        raise SystemExit(f"this package's runs cannot start: {skipped['ours']}")
+    ctx = Context(
+        run=lambda specs, jobs: run_all(
+            specs, records, options.jobs if jobs is None or not options.jobs else jobs, environments
+        ),
+        quick=options.quick,
+        seeds=(TUNING_SEED,) if options.quick else REPORT_SEEDS,
+        targets_file=output / "fairness_targets.json" if options.quick else TARGETS,
+        families=tuple(
+            f
+            for f, kind in (("stock", "stock"), ("ppo", "ours"), ("grpo", "grpo"), ("replay", "ours"))
+            if kind not in skipped
+        ),
+    )
+    previous = output / "fairness.json"
+    result = json.loads(previous.read_text()) if previous.is_file() and not options.quick else {}
+    if result.get("protocol") != PROTOCOL:
+        result = {}
+    result.update(
+        {
+            "command": "python -m benchmarks.fairness" + (" --quick" if options.quick else ""),
+            "protocol": PROTOCOL,
+            "tuning_seed": TUNING_SEED,
+            "report_seeds": list(ctx.seeds),
+            "target_fraction": TARGET_FRACTION,
+            "lr_multipliers": list(LR_MULTIPLIERS),
+            "environments": {
+                kind: (
+                    "in this process"
+                    if options.jobs == 0
+                    else {"python": str(environments[kind]), **versions(str(environments[kind]))}
+                )
+                for kind in ENVIRONMENTS
+                if kind not in skipped
+            },
+            "skipped": skipped,
         }
-    if "long" in options.sections and "digits" in tasks:
-        result["long"] = long_profile(result["tasks"]["digits"], arms_of["digits"], seeds, options, cache)
+    )
+    for section in ("tasks", "lr", "costs"):
+        result.setdefault(section, {})
+    curves = {}
+    tasks = [t for t in options.tasks if TASKS[t].tuned_on is None or TASKS[t].tuned_on in TASKS]
+    if "tasks" in options.sections:
+        for task in tasks:
+            section = task_section(task, ctx, skipped)
+            curves[task] = section.pop("curves")
+            result["tasks"][task] = section
+    if "lr" in options.sections:
+        for task in tasks:
+            result["lr"][task] = lr_section(task, ctx)
+    if "long" in options.sections:
+        result["long"] = long_profile(ctx)
     if "robustness" in options.sections:
-        result["robustness"] = robustness(seeds, options, cache)
+        result["robustness"] = robustness(ctx)
+    for section, used in ctx.used.items():
+        result["costs"][section] = report.cost(used)
     (output / "fairness.json").write_text(json.dumps(result, indent=1, default=str))
     (output / "fairness.md").write_text(report.markdown(result))
-    report.plot(result, curves, output / "fairness.png")
+    if curves:
+        report.plot(result, curves, output / "fairness.png")
     print(report.markdown(result))
     return result
 
 
-def long_profile(digits: dict, arms: dict, seeds: tuple[int, ...], options, cache: Path | None) -> dict:
-    """Wall time to target with 64-token responses: replay off (generation share), best on-policy, best replay."""
+def long_profile(ctx: Context) -> dict:
+    """Wall time to target with 64-token responses: a small grid tuned on the profile itself, then each family's
+    best on the reporting seeds; every run alone, on `LONG_THREADS` threads."""
     from benchmarks import fairness_report as report
 
-    head = digits["headline"]
-    ppo_family = {a: s for a, s in digits["summary"].items() if a in report.ON_POLICY and s["kind"] != "grpo"}
-    best_on_policy = min(ppo_family, key=lambda a: ppo_family[a]["episodes_to_target"])
-    names = list(dict.fromkeys(["replay_off", best_on_policy, head["best_replay"]]))
-    keys, specs = [], []
-    for arm in names:
-        for seed in dict.fromkeys((TUNING_SEED, *seeds)):
-            keys.append((arm, seed))
-            specs.append(arm_spec("digits_long", *arms[arm], seed, options.quick, spec_task=LONG))
-    records = dict(zip(keys, run_all(specs, cache, options.jobs), strict=True))
-    target = report.target_of([r for (_, s), r in records.items() if s == TUNING_SEED], TARGET_FRACTION)
-    summary = {arm: report.summarise([records[(arm, s)] for s in seeds], target) for arm in names}
-    shares = [r["generation_seconds"] / r["train_seconds"] for (arm, _), r in records.items() if arm == "replay_off"]
-    share = float(sorted(shares)[len(shares) // 2])
-    # The arms chosen on short responses need not stay best here: compare with whichever on-policy arm was faster.
-    fastest_on_policy = min(
-        (a for a in names if a != head["best_replay"]), key=lambda a: summary[a]["seconds_to_target"]
-    )
-    ratio = summary[head["best_replay"]]["seconds_to_target"] / summary[fastest_on_policy]["seconds_to_target"]
-    lines = [
-        f"Digits with {LONG.settings['response_length']}-token responses, budget {specs[0]['budget']:,} generated "
-        f"episodes, target {target:.3f}; generation takes {100 * share:.0f}% of an on-policy update (replay off, "
-        "median).",
-        "",
-        "| arm | episodes to target | wall s to target (median, per seed) | final eval |",
-        "|---|---|---|---|",
-    ]
-    for arm, s in summary.items():
-        per_seed = ", ".join(f"{t:.1f}" for t in [report.reach(records[(arm, x)], target)[1] for x in seeds])
-        episodes = report.format_episodes(s["episodes_to_target"])
-        lines.append(f"| {arm} | {episodes} | {s['seconds_to_target']:.1f} ({per_seed}) | {s['final_eval']:.3f} |")
-    lines += [
-        "",
-        f"Wall time to target, {head['best_replay']} / {fastest_on_policy} (the faster on-policy arm): {ratio:.2f}.",
-    ]
+    def specs_of(family: str, overrides: dict, seeds: tuple[int, ...]) -> list[dict]:
+        return [{**arm_spec("digits", family, overrides, s, ctx.quick, LONG), "threads": LONG_THREADS} for s in seeds]
+
+    grid_runs = [(family, o) for family, settings in LONG_GRID.items() for o in settings[: 1 if ctx.quick else None]]
+    tuning = ctx.records("long", [spec for f, o in grid_runs for spec in specs_of(f, o, (TUNING_SEED,))], jobs=1)
+    target = frozen_target("digits_long", tuning, f"{len(tuning)} tuning runs of the profile", ctx.targets_file)
+    best = {}
+    for family in LONG_GRID:
+        runs = [(o, r) for (f, o), r in zip(grid_runs, tuning, strict=True) if f == family]
+        record = report.best_of([r for _, r in runs], target)
+        best[family] = next(o for o, r in runs if r is record)
+    records = {
+        family: ctx.records("long", specs_of(family, overrides, ctx.seeds), jobs=1)
+        for family, overrides in best.items()
+    }
+    summary = {family: report.summarise(runs, target) for family, runs in records.items()}
+    shares = [r["generation_seconds"] / r["train_seconds"] for r in records["ppo"] if r.get("generation_seconds")]
+    measurable = all(s["reached"] >= min(MIN_REACHED, len(ctx.seeds)) for s in summary.values())
+    ratio = summary["replay"]["seconds_to_target"] / summary["ppo"]["seconds_to_target"] if measurable else None
     return {
         "target": target,
-        "generation_share": share,
+        "chosen": best,
+        "generation_share": report.median(shares),
         "summary": summary,
         "time_ratio": ratio,
-        "fastest_on_policy": fastest_on_policy,
-        "lines": lines,
+        "threads": LONG_THREADS,
+        "budget": specs_of("ppo", {}, (0,))[0]["budget"],
     }
 
 
-def robustness(seeds: tuple[int, ...], options, cache: Path | None) -> dict:
+def robustness(ctx: Context) -> dict:
     """Collapse-prone settings on the sparse task: does every run reach its budget, and how empty do responses get?"""
-    from benchmarks import fairness_report as report
-
     keys, specs = [], []
     for length in ROBUSTNESS_LENGTHS:
         task = Task(
             {**_SPARSE, "response_length": length}, budget=ROBUSTNESS_BUDGET, eval_every=ROBUSTNESS_BUDGET // 4
         )
         for name, (family, overrides) in ROBUSTNESS.items():
-            for seed in seeds:
+            for seed in ctx.seeds:
                 keys.append((length, name, seed))
-                specs.append(arm_spec("sparse", family, overrides, seed, options.quick, spec_task=task))
-    records = dict(zip(keys, run_all(specs, cache, options.jobs), strict=True))
-    lines = [
-        f"Sparse task, budget {specs[0]['budget']:,} generated episodes, seeds {', '.join(map(str, seeds))}; "
-        "the stop guards are unchanged (all-empty error, `max_skipped_steps`).",
-        "",
-        "| setting | response length | ran to budget | final eval (per seed) | max `rollout/empty_fraction` | "
-        "skipped steps | stopped |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for length in ROBUSTNESS_LENGTHS:
-        for name in ROBUSTNESS:
-            runs = [records[(length, name, s)] for s in seeds]
-            finals = ", ".join(f"{report.final_score(r):.3f}" for r in runs)
-            stopped = "; ".join(r["stopped"] for r in runs if r["stopped"]) or "-"
-            lines.append(
-                f"| {name} | {length} | {sum(not r['stopped'] for r in runs)}/{len(runs)} | {finals} | "
-                f"{max(r.get('max_empty_fraction') or 0.0 for r in runs):.3f} | "
-                f"{sum(r.get('skipped_steps') or 0 for r in runs)} | {stopped} |"
-            )
-    return {"lines": lines, "all_ran": all(not r["stopped"] for r in records.values())}
+                specs.append(arm_spec("sparse", family, overrides, seed, ctx.quick, spec_task=task))
+    records = dict(zip(keys, ctx.records("robustness", specs), strict=True))
+    rows = {
+        f"{name} @ {length}": [records[(length, name, s)] for s in ctx.seeds]
+        for length in ROBUSTNESS_LENGTHS
+        for name in ROBUSTNESS
+    }
+    return {
+        "budget": specs[0]["budget"],
+        "rows": {
+            row: {
+                "ran_to_budget": sum(not r["stopped"] for r in runs),
+                "runs": len(runs),
+                "finals": [r["points"][-1]["eval"] if r["points"] else None for r in runs],
+                "max_empty_fraction": max(r.get("max_empty_fraction") or 0.0 for r in runs),
+                "skipped_steps": sum(r.get("skipped_steps") or 0 for r in runs),
+                "stopped": [r["stopped"] for r in runs if r["stopped"]],
+            }
+            for row, runs in rows.items()
+        },
+        "all_ran": all(not r["stopped"] for r in records.values()),
+    }
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import math
 from pathlib import Path
 
@@ -11,6 +12,8 @@ import numpy as np
 KNOBS = (
     "learning_rate",
     "num_ppo_epochs",
+    "num_mini_batches",
+    "num_generations",
     "num_iterations",
     "use_priority_sampling",
     "replay_ratio",
@@ -34,6 +37,10 @@ def reach(record: dict, target: float) -> tuple[float, float]:
         if score >= target:
             return point["episode"], point["time"]
     return math.inf, math.inf
+
+
+def reached(record: dict, target: float) -> bool:
+    return math.isfinite(reach(record, target)[0])
 
 
 def final_score(record: dict, key: str = "eval") -> float:
@@ -81,24 +88,40 @@ def summarise(records: list[dict], target: float) -> dict:
     }
 
 
-def headline(summary: dict[str, dict], budget: int) -> dict:
-    """Best on-policy arm / best replay arm, in generated episodes to target (a lower bound when not reached)."""
-    on_policy = {a: s for a, s in summary.items() if a in ON_POLICY}
-    replay = {a: s for a, s in summary.items() if a in REPLAY}
-    best_on = min(on_policy, key=lambda a: on_policy[a]["episodes_to_target"])
-    best_replay = min(replay, key=lambda a: replay[a]["episodes_to_target"])
-    ratio, lower_bound = episodes_ratio(
-        on_policy[best_on]["episodes_to_target"], replay[best_replay]["episodes_to_target"], budget
-    )
-    return {"best_on_policy": best_on, "best_replay": best_replay, "ratio": ratio, "lower_bound": lower_bound}
+def headline(summary: dict[str, dict], eval_every: int, min_reached: int) -> dict:
+    """Best on-policy arm / best replay arm in generated episodes to target, where both reach it on at least
+    ``min_reached`` seeds (all of them when fewer); otherwise not measurable, with every arm's reach count."""
+    reach_counts = {arm: f"{s['reached']}/{s['runs']}" for arm, s in summary.items()}
+    need = min(min_reached, max(s["runs"] for s in summary.values()))
+    on_policy = {a: s for a, s in summary.items() if a in ON_POLICY and s["reached"] >= need}
+    replay = {a: s for a, s in summary.items() if a in REPLAY and s["reached"] >= need}
+    best_on = min(on_policy, key=lambda a: on_policy[a]["episodes_to_target"]) if on_policy else None
+    best_replay = min(replay, key=lambda a: replay[a]["episodes_to_target"]) if replay else None
+    result = {"best_on_policy": best_on, "best_replay": best_replay, "reach": reach_counts, "measurable": False}
+    if best_on is None or best_replay is None:
+        return {**result, "ratio": None, "ratio_one_eval_later": None}
+    on, rep = on_policy[best_on]["episodes_to_target"], replay[best_replay]["episodes_to_target"]
+    return {**result, "measurable": True, "ratio": on / rep, "ratio_one_eval_later": on / (rep + eval_every)}
 
 
-def episodes_ratio(on_policy: float, replay: float, budget: int) -> tuple[float, bool]:
-    """On-policy / replay episodes to target, and whether it is a lower bound (on-policy never reached it:
-    the budget stands in); NaN when replay never reached it."""
-    lower_bound = not math.isfinite(on_policy)
-    numerator = budget if lower_bound else on_policy
-    return (numerator / max(replay, 1) if math.isfinite(replay) else math.nan), lower_bound
+def spread(per_start: dict[float, dict], min_reached: int) -> dict:
+    """Over learning-rate starts: the best and worst start, and worst / best episodes to target (inf when a
+    start does not reach the target on ``min_reached`` seeds)."""
+    need = min(min_reached, max(s["runs"] for s in per_start.values()))
+    episodes = {m: s["episodes_to_target"] if s["reached"] >= need else math.inf for m, s in per_start.items()}
+    best, worst = min(episodes, key=episodes.get), max(episodes, key=episodes.get)
+    return {
+        "best_start": best,
+        "worst_start": worst,
+        "ratio": episodes[worst] / episodes[best] if math.isfinite(episodes[best]) else math.nan,
+        "starts_reached": sum(math.isfinite(e) for e in episodes.values()),
+    }
+
+
+def cost(records: list[dict]) -> dict:
+    """Runs a section used and their summed run time (one core each, whether run now or read from records)."""
+    unique = {json.dumps(r["spec"], sort_keys=True): r for r in records}.values()
+    return {"runs": len(unique), "run_hours": round(sum(r.get("wall_time", 0.0) for r in unique) / 3600, 2)}
 
 
 def format_episodes(value: float) -> str:
@@ -110,10 +133,8 @@ def format_per_seed(summary: dict) -> str:
     return ", ".join(format_episodes(e) for e in summary["episodes_to_target_per_seed"])
 
 
-def format_ratio(ratio: float, lower_bound: bool) -> str:
-    if math.isnan(ratio):
-        return "n/a (replay did not reach it)"
-    return f"{'>=' if lower_bound else ''}{ratio:.2f}x"
+def format_ratio(ratio: float | None) -> str:
+    return "not measurable" if ratio is None else f"{ratio:.2f}x"
 
 
 def format_settings(settings: dict) -> str:
@@ -123,49 +144,130 @@ def format_settings(settings: dict) -> str:
 def markdown(result: dict) -> str:
     """The benchmark's tables, as quoted in the README."""
     lines = [
-        "# Fair sample-efficiency benchmark",
+        f"# Fair sample-efficiency benchmark (protocol {result['protocol']})",
         "",
         f"Command: `{result['command']}`. Tuning seed {result['tuning_seed']}, reporting seeds "
-        f"{', '.join(map(str, result['report_seeds']))}; medians over the reporting seeds. TRL {result['trl']}.",
-        "",
-        "## Headline: generated episodes to target, best on-policy arm / best replay arm",
-        "",
-        "| task | target (eval score) | best on-policy arm | episodes | best replay arm | episodes | ratio |",
-        "|---|---|---|---|---|---|---|",
+        f"{', '.join(map(str, result['report_seeds']))}; medians over the reporting seeds. Targets are frozen per "
+        "protocol (`benchmarks/fairness_targets.json`). Environments: "
+        + "; ".join(
+            f"{kind}: {env if isinstance(env, str) else 'TRL ' + env['trl']}"
+            for kind, env in result["environments"].items()
+        )
+        + "".join(f"; {kind} skipped: {why}" for kind, why in result.get("skipped", {}).items())
+        + ".",
     ]
+    if result["tasks"]:
+        lines += [
+            "",
+            "## Headline: generated episodes to target, best on-policy arm / best replay arm",
+            "",
+            "A ratio counts only where both arms reach the target on at least 2 of 3 reporting seeds. Resolution: "
+            "the ratio if replay had reached the target one evaluation later.",
+            "",
+            "| task | target | eval every | best on-policy arm | episodes | best replay arm | episodes | ratio | "
+            "one evaluation later | reached (on-policy; replay) |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
     for task, data in result["tasks"].items():
         head, summary = data["headline"], data["summary"]
-        ratio = format_ratio(head["ratio"], head["lower_bound"])
+
+        def episodes(arm, summary=summary):
+            return format_episodes(summary[arm]["episodes_to_target"]) if arm else "-"
+
+        later = head["ratio_one_eval_later"]
+        reach_on = ", ".join(f"{a} {c}" for a, c in head["reach"].items() if a in ON_POLICY)
+        reach_replay = ", ".join(f"{a} {c}" for a, c in head["reach"].items() if a in REPLAY)
         lines.append(
-            f"| {task} | {data['target']:.3f} | {head['best_on_policy']} | "
-            f"{format_episodes(summary[head['best_on_policy']]['episodes_to_target'])} | {head['best_replay']} | "
-            f"{format_episodes(summary[head['best_replay']]['episodes_to_target'])} | {ratio} |"
+            f"| {task} | {data['target']:.3f} | {data['eval_every']:,} | {head['best_on_policy'] or '-'} | "
+            f"{episodes(head['best_on_policy'])} | {head['best_replay'] or '-'} | {episodes(head['best_replay'])} | "
+            f"{format_ratio(head['ratio'])} | {format_ratio(later)} | {reach_on}; {reach_replay} |"
         )
     for task, data in result["tasks"].items():
         lines += [
             "",
             f"## {task}: budget {data['budget']:,} generated episodes, target {data['target']:.3f}",
             "",
+        ]
+        if data.get("selection"):
+            sel = data["selection"]
+            reached_by = ", ".join(
+                f"{a} {n}/{len(result['report_seeds'])}" for a, n in sel["on_policy_reached"].items()
+            )
+            lines += [
+                f"Held out: start accuracy {sel['start_accuracy']:.3f} (score {sel['start_score']:.3f}); target fixed "
+                f"from its on-policy runs before any replay run; on-policy arms reaching it: {reached_by}.",
+                "",
+            ]
+        lines += [
             "| arm | settings | episodes to target (median, per seed) | reached | wall s to target | final eval | "
             "final train | optimizer steps / episode | trained tokens / episode | peak RSS GiB | stopped |",
             "|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for arm, s in data["summary"].items():
             knobs = format_settings({k: v for k, v in s["settings"].items() if k in KNOBS})
-            episodes = f"{format_episodes(s['episodes_to_target'])} ({format_per_seed(s)})"
+            per_seed = f"{format_episodes(s['episodes_to_target'])} ({format_per_seed(s)})"
             tokens = f"{s['tokens_per_episode']:.1f}" if math.isfinite(s["tokens_per_episode"]) else "-"
             lines.append(
-                f"| {arm} | {knobs} | {episodes} | "
-                f"{s['reached']}/{s['runs']} | {s['seconds_to_target']:.1f} | {s['final_eval']:.3f} | "
-                f"{s['final_train']:.3f} | {s['steps_per_episode']:.3f} | {tokens} | {s['peak_rss_gib']:.2f} | "
-                f"{len(s['stopped'])} |"
+                f"| {arm} | {knobs} | {per_seed} | {s['reached']}/{s['runs']} | {s['seconds_to_target']:.1f} | "
+                f"{s['final_eval']:.3f} | {s['final_train']:.3f} | {s['steps_per_episode']:.3f} | {tokens} | "
+                f"{s['peak_rss_gib']:.2f} | {len(s['stopped'])} |"
             )
-        if data.get("skipped"):
-            lines.append("")
-            lines += [f"- {arm} skipped: {why}" for arm, why in data["skipped"].items()]
-    for title, section in (("Generation-heavy profile", "long"), ("Robustness", "robustness")):
-        if result.get(section):
-            lines += ["", f"## {title}", "", *result[section]["lines"]]
+        lines += [f"- {arm} skipped: {why}" for arm, why in data.get("skipped", {}).items()]
+    if result.get("lr"):
+        lines += [
+            "",
+            "## Learning-rate starts: each family's best setting at x1/3, x1, x3, x10 its task's base rate",
+            "",
+            "| task | arm | episodes to target per start (reached) | worst / best start |",
+            "|---|---|---|---|",
+        ]
+        for task, data in result["lr"].items():
+            for arm, row in data["rows"].items():
+                starts = ", ".join(
+                    f"x{float(m):.3g}: {format_episodes(s['episodes_to_target'])} ({s['reached']}/{s['runs']})"
+                    for m, s in row["per_start"].items()
+                )
+                spread_ = row["spread"]
+                ratio = "-" if math.isnan(spread_["ratio"]) else f"{spread_['ratio']:.2f}"
+                lines.append(f"| {task} | {arm} | {starts} | {ratio} |")
+    if result.get("long"):
+        long = result["long"]
+        lines += [
+            "",
+            "## Generation-heavy profile (64-token responses; grid tuned on the profile; every run alone on "
+            f"{long['threads']} threads)",
+            "",
+            f"Target {long['target']:.3f}; generation: {100 * long['generation_share']:.0f}% of an on-policy update.",
+            "",
+            "| family | chosen | episodes to target | wall s to target (median) | reached | final eval |",
+            "|---|---|---|---|---|---|",
+        ]
+        for family, s in long["summary"].items():
+            lines.append(
+                f"| {family} | {format_settings(long['chosen'][family])} | "
+                f"{format_episodes(s['episodes_to_target'])} | {s['seconds_to_target']:.1f} | "
+                f"{s['reached']}/{s['runs']} | {s['final_eval']:.3f} |"
+            )
+        lines += ["", f"Wall time to target, replay / PPO: {format_ratio(long['time_ratio'])}."]
+    if result.get("robustness"):
+        lines += [
+            "",
+            "## Robustness (collapse-prone settings on the sparse task)",
+            "",
+            "| setting @ response length | ran to budget | final eval (per seed) | max empty fraction | skipped steps "
+            "|",
+            "|---|---|---|---|---|",
+        ]
+        for row, r in result["robustness"]["rows"].items():
+            finals = ", ".join("-" if f is None else f"{f:.3f}" for f in r["finals"])
+            lines.append(
+                f"| {row} | {r['ran_to_budget']}/{r['runs']} | {finals} | {r['max_empty_fraction']:.3f} | "
+                f"{r['skipped_steps']} |"
+            )
+    if result.get("costs"):
+        lines += ["", "## Cost per section (summed run time, one core per run)", "", "| section | runs | run hours |"]
+        lines.append("|---|---|---|")
+        lines += [f"| {name} | {c['runs']} | {c['run_hours']:.2f} |" for name, c in result["costs"].items()]
     return "\n".join(lines) + "\n"
 
 
@@ -176,7 +278,7 @@ def plot(result: dict, records: dict[str, dict[str, list[dict]]], path: Path) ->
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    tasks = list(result["tasks"])
+    tasks = list(records)
     fig, axes = plt.subplots(1, len(tasks), figsize=(5.5 * len(tasks), 4.2), squeeze=False)
     for ax, task in zip(axes[0], tasks, strict=True):
         for arm, arm_records in records[task].items():

@@ -7,7 +7,7 @@ learning rate, on the sparse and digits tasks of `benchmarks.fairness` with one 
 prompt and (``*_g4``) four, with that benchmark's target rule (start + `TARGET_FRACTION` of the
 way to the best final score of the runs shown). It runs on `LEVER_SEEDS`, seeds that are not
 reporting seeds: this is where defaults are chosen (the row "96 replayed + self-imitation" became
-them); whether replay wins is the fair benchmark's question. Runs share the fair benchmark's cache.
+them); whether replay wins is the fair benchmark's question. Runs share the fair benchmark's records.
 Run time (2 cores, ``--jobs 2``): 64 runs, about 28 minutes.
 """
 
@@ -18,7 +18,8 @@ import json
 from pathlib import Path
 
 from benchmarks import fairness_report as report
-from benchmarks.fairness import RESULTS, TARGET_FRACTION, TASKS, Task, arm_spec, run_all
+from benchmarks.fairness import RESULTS, TARGET_FRACTION, TASKS, Task, arm_spec
+from benchmarks.fairness_runner import RECORDS, run_all
 
 LEVER_SEEDS = (0, 4)
 # The replay settings the rows were measured against ("defaults" in their names): replay's defaults before
@@ -79,8 +80,7 @@ def main(argv: list[str] | None = None) -> dict:
             for seed in seeds:
                 keys.append((task, arm, seed))
                 specs.append(arm_spec(task, family, overrides, seed, options.quick, spec_task=spec_task))
-    cache = None if options.quick else RESULTS / "fairness_cache"
-    records = dict(zip(keys, run_all(specs, cache, options.jobs), strict=True))
+    records = dict(zip(keys, run_all(specs, None if options.quick else RECORDS, options.jobs), strict=True))
     result: dict = {"command": "python -m benchmarks.levers", "seeds": list(LEVER_SEEDS), "tasks": {}}
     lines = [
         "# Replay levers (tuning seeds)",

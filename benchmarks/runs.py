@@ -1,20 +1,25 @@
 """One benchmark run: a trainer (this package's, stock TRL PPO, or TRL's GRPOTrainer) on one task and seed.
 
 `run(spec)` trains for a budget of generated episodes and returns a record: the learning curve
-(held-out evaluation score and training-rollout score against generated episodes and wall time),
+(held-out evaluation score, its exact-answer accuracy, and training-rollout score against generated
+episodes and wall time),
 optimizer steps and trained tokens, peak memory, and how the run ended. Every arm is evaluated by
 the same `Evaluator` (greedy completions of the held-out prompts, scored by the task's reward),
 whose cost is counted in the wall time.
 
 A spec is plain JSON: ``{"task", "kind" ("ours" | "stock" | "grpo"), "settings", "seed",
-"budget", "eval_every"}``; ``settings`` are the config fields of the arm.
+"budget", "eval_every"}`` and optionally ``"threads"`` (torch threads, default 1); ``settings`` are
+the config fields of the arm. ``python -m benchmarks.runs SPEC.json RECORD.json`` runs one in the
+interpreter that runs it (how the benchmark runs each family in its own virtual environment).
 """
 
 from __future__ import annotations
 
 import gc
+import json
 import math
 import resource
+import sys
 import time
 import traceback
 from dataclasses import dataclass
@@ -93,7 +98,8 @@ class Evaluator:
         self.columns = {k: list(data.eval[k]) for k in data.eval.column_names if k != "prompt"}
 
     @torch.no_grad()
-    def __call__(self, policy: torch.nn.Module) -> float:
+    def __call__(self, policy: torch.nn.Module) -> tuple[float, float]:
+        """``(mean reward, fraction of completions scored 1)`` of greedy completions of the eval prompts."""
         was_training = policy.training
         policy.eval()
         pad = self.tokenizer.pad_token_id
@@ -110,7 +116,7 @@ class Evaluator:
             output[:, self.encoded["input_ids"].shape[1] :], skip_special_tokens=True
         )
         rewards = self.data.reward(list(self.data.eval["prompt"]), completions, **self.columns)
-        return float(sum(rewards) / len(rewards))
+        return float(sum(rewards) / len(rewards)), float(sum(r == 1.0 for r in rewards) / len(rewards))
 
 
 class Curve(TrainerCallback):
@@ -132,13 +138,14 @@ class Curve(TrainerCallback):
         if generated < self.next_eval and not force:
             return
         started = time.perf_counter()
-        score = self.evaluate(self.policy())
+        score, accuracy = self.evaluate(self.policy())
         self.eval_seconds += time.perf_counter() - started
         recent = self.train_scores[-5:]
         self.points.append(
             {
                 "episode": generated,
                 "eval": score,
+                "accuracy": accuracy,
                 "train": float(sum(recent) / len(recent)) if recent else math.nan,
                 "time": time.perf_counter() - self.start,
             }
@@ -176,7 +183,7 @@ def run(spec: dict) -> dict:
     import datasets
     import transformers
 
-    torch.set_num_threads(1)
+    torch.set_num_threads(spec.get("threads", 1))
     datasets.disable_progress_bars()
     transformers.logging.set_verbosity_error()
     transformers.logging.disable_progress_bar()
@@ -198,7 +205,16 @@ def run(spec: dict) -> dict:
     record.update(extra)
     record["wall_time"] = time.perf_counter() - start
     record["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
+    record["environment"] = environment()
     return record
+
+
+def environment() -> dict[str, str]:
+    """The interpreter and library versions a run ran with."""
+    import transformers
+    import trl
+
+    return {"python": sys.executable, "trl": trl.__version__, "transformers": transformers.__version__}
 
 
 def _time_generation(trainer) -> list[float]:
@@ -317,3 +333,8 @@ def _grpo(spec, settings, common, models, data, reward):
         processing_class=models["tokenizer"],
     )
     return trainer, lambda: reward.calls, "reward"
+
+
+if __name__ == "__main__":
+    spec_file, record_file = sys.argv[1:3]
+    Path(record_file).write_text(json.dumps(run(json.loads(Path(spec_file).read_text()))))

@@ -1,37 +1,98 @@
-"""The fair benchmark's smoke path: every arm the installed TRL offers runs, and the result files are written."""
+"""The fair benchmark's machinery on its quick mode: every arm the environments offer runs, targets are frozen
+once and then read, a ratio counts only where both arms reach the target, and a run can use another interpreter."""
 
 from __future__ import annotations
 
 import json
+import math
+import sys
+from pathlib import Path
 
-from benchmarks.fairness import main, stock_available
+import pytest
+
+from benchmarks import fairness_report as report
+from benchmarks.fairness import MIN_REACHED, arm_spec, main
+from benchmarks.fairness_runner import ENVIRONMENTS, missing_environment, run_all
 from trl_replay_ppo import ReplayPPOConfig
+from trl_replay_ppo.integrations.compat import trl_ppo
+
+QUICK = ["--quick", "--jobs", "0", "--tasks", "sparse", "held_out"]
 
 
-def test_quick_benchmark_runs_every_arm(tmp_path):
-    result = main(
-        ["--quick", "--tasks", "sparse", "--sections", "tasks", "--jobs", "0", "--output_dir", str(tmp_path)]
-    )
-    assert {p.name for p in tmp_path.iterdir()} == {"fairness.json", "fairness.md", "fairness.png"}
-    summary = json.loads((tmp_path / "fairness.json").read_text())["tasks"]["sparse"]["summary"]
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    output = tmp_path_factory.mktemp("fairness")
+    return output, main([*QUICK, "--sections", "tasks", "lr", "--output_dir", str(output)])
+
+
+def test_quick_benchmark_runs_every_arm(quick_run):
+    output, result = quick_run
+    assert {"fairness.json", "fairness.md", "fairness.png", "fairness_targets.json"} <= {
+        p.name for p in output.iterdir()
+    }
+    summary = result["tasks"]["sparse"]["summary"]
     expected = {"replay_off", "compute_matched", "tuned_ppo", "tuned_grpo", "replay_default", "tuned_replay"}
-    if stock_available() is None:
+    if trl_ppo() is not None:
         expected.add("stock_trl")
     assert set(summary) == expected
     for arm, figures in summary.items():
         assert figures["runs"] == 1 and not figures["stopped"], (arm, figures["stopped"])
         assert figures["steps_per_episode"] > 0, arm
-        if figures["kind"] in ("ours", "grpo"):  # stock TRL does not count its trained tokens
-            assert figures["tokens_per_episode"] > 0, arm
-    # The compute-matched arm trains the rows of replay's defaults: the fresh batch and `replay_ratio` times as many.
-    assert (
-        summary["compute_matched"]["settings"]["num_ppo_epochs"]
-        == (1 + ReplayPPOConfig.replay_ratio) * summary["replay_off"]["settings"]["num_ppo_epochs"]
-    )
+    compute_matched, replay_off = summary["compute_matched"]["settings"], summary["replay_off"]["settings"]
+    assert compute_matched["num_ppo_epochs"] == (1 + ReplayPPOConfig.replay_ratio) * replay_off["num_ppo_epochs"]
     on_policy_rates = {summary[arm]["settings"]["learning_rate"] for arm in ("tuned_ppo", "tuned_grpo")}
     assert summary["replay_default"]["settings"]["learning_rate"] in on_policy_rates
-    replay_fields = {"replay_ratio", "replay_sample_size", "self_imitation_coef", "use_priority_sampling"}
-    assert not replay_fields & set(summary["replay_default"]["settings"])  # every replay field at its default
-    assert summary["tuned_grpo"]["kind"] == "grpo"
-    assert "| sparse |" in (tmp_path / "fairness.md").read_text()
-    assert result["tasks"]["sparse"]["headline"]["best_replay"] in ("replay_default", "tuned_replay")
+    assert summary["tuned_grpo"]["kind"] == "grpo" and "num_generations" in summary["tuned_grpo"]["settings"]
+    held_out = result["tasks"]["held_out"]
+    assert held_out["selection"]["start_accuracy"] <= 0.1  # a start like the sparse task's
+    assert set(held_out["selection"]["on_policy_reached"]) <= set(report.ON_POLICY)
+    assert set(result["lr"]["sparse"]["rows"]) == {"tuned_ppo", "tuned_grpo", "tuned_replay"}
+    text = (output / "fairness.md").read_text()
+    assert "| sparse |" in text and "Learning-rate starts" in text and "Cost per section" in text
+
+
+def test_targets_are_frozen_once_and_then_read(quick_run, monkeypatch):
+    output, _ = quick_run
+    frozen = json.loads((output / "fairness_targets.json").read_text())
+    assert frozen["protocol"] == 2 and set(frozen["targets"]) == {"sparse", "held_out"}
+    assert frozen["targets"]["held_out"]["from"] == "its on-policy arms, seed 0"
+
+    def moved(*args, **kwargs):
+        raise AssertionError("a frozen target was computed again")
+
+    monkeypatch.setattr(report, "target_of", moved)
+    again = main([*QUICK, "--sections", "tasks", "--output_dir", str(output)])
+    assert again["tasks"]["sparse"]["target"] == frozen["targets"]["sparse"]["target"]
+    assert json.loads((output / "fairness_targets.json").read_text()) == frozen
+
+
+def _summary(reached: int, episodes: float) -> dict:
+    return {"reached": reached, "runs": 3, "episodes_to_target": episodes}
+
+
+def test_a_ratio_counts_only_where_both_arms_reach_the_target_on_two_seeds():
+    head = report.headline({"tuned_ppo": _summary(1, 6000), "tuned_replay": _summary(3, 1000)}, 320, MIN_REACHED)
+    assert not head["measurable"] and head["ratio"] is None
+    assert head["reach"] == {"tuned_ppo": "1/3", "tuned_replay": "3/3"}
+    assert report.format_ratio(head["ratio"]) == "not measurable"
+    head = report.headline({"tuned_ppo": _summary(2, 4800), "tuned_replay": _summary(2, 1600)}, 320, MIN_REACHED)
+    assert head["measurable"] and head["ratio"] == 3.0
+    assert head["ratio_one_eval_later"] == pytest.approx(4800 / 1920)  # the ratio's resolution
+
+
+def test_learning_rate_spread_is_worst_over_best_start():
+    per_start = {1 / 3: _summary(3, 3200), 1: _summary(3, 1600), 3: _summary(2, 800), 10: _summary(1, 640)}
+    spread = report.spread(per_start, MIN_REACHED)
+    assert spread["best_start"] == 3 and spread["worst_start"] == 10 and math.isinf(spread["ratio"])
+    assert spread["starts_reached"] == 3
+
+
+def test_a_run_runs_in_the_interpreter_of_its_family(tmp_path):
+    environments = {**ENVIRONMENTS, "ours": Path(sys.executable)}
+    spec = arm_spec("sparse", "ppo", {}, seed=0, quick=True)
+    (record,) = run_all([spec], tmp_path / "records", jobs=1, environments=environments)
+    assert not record["stopped"] and record["environment"]["python"] == sys.executable
+    assert len(list((tmp_path / "records").glob("*.json"))) == 1  # kept, keyed by spec, code and versions
+    assert "no interpreter at" in missing_environment("grpo", {**ENVIRONMENTS, "grpo": tmp_path / "none"})
+    if trl_ppo() is None:
+        assert "has no PPOTrainer" in missing_environment("stock", {**ENVIRONMENTS, "stock": Path(sys.executable)})

@@ -15,6 +15,7 @@ from trl_replay_ppo.tasks.arithmetic import (
     answer_of_prompt,
     arithmetic_reward,
     build_arithmetic_models,
+    digits_of,
     score_answer,
 )
 from trl_replay_ppo.tasks.tiny import build_tokenizer
@@ -68,7 +69,8 @@ def test_splits_are_disjoint_and_never_carry(task):
     assert not set(split["train"]) & set(split["eval"])
     assert len(split["eval"]) == int(len(task.problems()) * task.eval_fraction)
     for a, b in task.problems():
-        for x, y in ((a // 10, b // 10), (a % 10, b % 10)):
+        assert 10 ** (task.length - 1) <= min(a, b) and max(a, b) < 10**task.length
+        for x, y in zip(digits_of(a, task.length), digits_of(b, task.length), strict=True):
             assert (x + y <= 9) if task.operation == "+" else (x >= y)
     data = task.dataset("eval", size=3)
     assert len(data) == 3 and all(
@@ -76,11 +78,16 @@ def test_splits_are_disjoint_and_never_carry(task):
     )
 
 
-def test_the_base_model_is_right_two_to_five_percent_of_the_time(tmp_path):
-    dirs = build_arithmetic_models(tmp_path)
-    tokenizer = AutoTokenizer.from_pretrained(dirs["tokenizer"])
-    policy = AutoModelForCausalLM.from_pretrained(dirs["policy"])
-    data = SPARSE.dataset("train")
+@pytest.fixture(scope="module")
+def base_model(tmp_path_factory):
+    dirs = build_arithmetic_models(tmp_path_factory.mktemp("arithmetic"))
+    return AutoTokenizer.from_pretrained(dirs["tokenizer"]), AutoModelForCausalLM.from_pretrained(dirs["policy"])
+
+
+@pytest.mark.parametrize("task", [SPARSE, HELD_OUT])
+def test_the_base_model_is_right_two_to_five_percent_of_the_time(base_model, task):
+    tokenizer, policy = base_model
+    data = task.dataset("train")
     prompts, answers = list(data["prompt"]) * 3, list(data["answer"]) * 3
     encoded = tokenizer(prompts, return_tensors="pt", padding=True)
     torch.manual_seed(0)

@@ -12,8 +12,9 @@ reusing. Problems never carry or borrow, so every answer digit is one single-dig
 that learns the facts on the training problems can answer the disjoint evaluation problems, which
 combine the same facts differently (replay that only memorises training prompts does not).
 
-`SPARSE` (addition, digits up to 4) is the benchmark task; `HELD_OUT` (subtraction, digits up to
-8) is its held-out variant, never used to tune anything.
+`SPARSE` (two-digit additions, digits up to 4) is the benchmark task; `HELD_OUT` (three-digit
+additions, digits up to 2: other numbers, longer answers, the base model right about 4% of the
+time as on `SPARSE`) is its held-out variant, never used to tune anything.
 """
 
 from __future__ import annotations
@@ -35,9 +36,14 @@ _PROMPT = re.compile(r"Q: (\d+)([+-])(\d+)=")
 _WELL_FORMED = re.compile(r"\d{1,3}")
 
 
+def digits_of(number: int, length: int) -> list[int]:
+    """The ``length`` decimal digits of ``number``, most significant first (zero-padded)."""
+    return [number // 10**i % 10 for i in reversed(range(length))]
+
+
 @dataclass(frozen=True)
 class ArithmeticTask:
-    """Problems ``a <op> b`` of two-digit numbers with digits up to ``max_digit``, without carry or borrow.
+    """Problems ``a <op> b`` of ``length``-digit numbers with digits up to ``max_digit``, without carry or borrow.
 
     ``guess_span`` bounds the base model's guess of an addition digit (see `prior_answer`).
     """
@@ -45,14 +51,21 @@ class ArithmeticTask:
     operation: str = "+"
     max_digit: int = 9
     guess_span: int = 9
+    length: int = 2
     eval_fraction: float = 0.2
     split_seed: int = 0
 
     def problems(self) -> list[tuple[int, int]]:
         """Every ``(a, b)`` of the task, in a fixed order."""
         digit_ok = (lambda x, y: x + y <= 9) if self.operation == "+" else (lambda x, y: x >= y)
-        numbers = [n for n in range(10, 100) if max(n // 10, n % 10) <= self.max_digit]
-        return [(a, b) for a in numbers for b in numbers if digit_ok(a // 10, b // 10) and digit_ok(a % 10, b % 10)]
+        low = 10 ** (self.length - 1)
+        numbers = [n for n in range(low, 10 * low) if max(digits_of(n, self.length)) <= self.max_digit]
+        return [
+            (a, b)
+            for a in numbers
+            for b in numbers
+            if all(digit_ok(x, y) for x, y in zip(digits_of(a, self.length), digits_of(b, self.length), strict=True))
+        ]
 
     def split(self) -> dict[str, list[tuple[int, int]]]:
         """Disjoint ``train`` and ``eval`` problems: a fixed shuffle of every problem, cut at ``eval_fraction``."""
@@ -77,17 +90,18 @@ class ArithmeticTask:
         A digit of a sum is at least the larger operand digit (and at most ``guess_span`` above it
         here); a digit of a difference is at most the first operand's.
         """
-        digits = []
-        for x, y in ((a // 10, b // 10), (a % 10, b % 10)):
+        answer = 0
+        for x, y in zip(digits_of(a, self.length), digits_of(b, self.length), strict=True):
             if self.operation == "+":
-                digits.append(rng.randint(max(x, y), min(9, max(x, y) + self.guess_span)))
+                digit = rng.randint(max(x, y), min(9, max(x, y) + self.guess_span))
             else:
-                digits.append(rng.randint(0, x))
-        return 10 * digits[0] + digits[1]
+                digit = rng.randint(0, x)
+            answer = 10 * answer + digit
+        return answer
 
 
 SPARSE = ArithmeticTask("+", max_digit=4, guess_span=4)
-HELD_OUT = ArithmeticTask("-", max_digit=8)
+HELD_OUT = ArithmeticTask("+", max_digit=2, guess_span=2, length=3)
 
 
 def solve(a: int, operation: str, b: int) -> int:
