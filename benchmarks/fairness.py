@@ -278,6 +278,12 @@ def task_section(task: str, ctx: Context, skipped: dict[str, str]) -> dict:
                 arm: sum(report.reached(records[(arm, s)], target) for s in ctx.seeds) for arm in on_policy
             },
         }
+        if not ctx.quick and max(selection["on_policy_reached"].values()) < MIN_REACHED:
+            raise SystemExit(
+                f"{task}: no on-policy arm reaches its target {target} on {MIN_REACHED} of {len(ctx.seeds)} seeds "
+                f"({selection}); the variant measures nothing. Choose another before any replay run on it (and move "
+                f"its target out of {ctx.targets_file})."
+            )
     records.update(run_arms([a for a in arms if a not in on_policy]))
     curves = {arm: [records[(arm, s)] for s in ctx.seeds] for arm in arms}
     summary = {arm: report.summarise(runs, target) for arm, runs in curves.items()}

@@ -19,7 +19,9 @@ import gc
 import json
 import math
 import resource
+import shutil
 import sys
+import tempfile
 import time
 import traceback
 from dataclasses import dataclass
@@ -233,6 +235,13 @@ def _time_generation(trainer) -> list[float]:
     return total
 
 
+def _run_dir(spec: dict) -> str:
+    """A fresh output directory per run: runs in parallel (or in another benchmark) never share one."""
+    root = Path("/tmp/trl_replay_ppo_benchmark/runs")
+    root.mkdir(parents=True, exist_ok=True)
+    return tempfile.mkdtemp(prefix=f"{spec['task']}-{spec['kind']}-{spec['seed']}-", dir=root)
+
+
 def _train(spec: dict, extra: dict) -> dict:
     from trl_replay_ppo.tasks.tiny import load_tiny_models
 
@@ -244,7 +253,7 @@ def _train(spec: dict, extra: dict) -> dict:
     evaluator = Evaluator(data, tokenizer, response_length)
     reward = CountingReward(data.reward, tokenizer)
     common = {
-        "output_dir": f"/tmp/trl_replay_ppo_benchmark/runs/{spec['task']}-{spec['kind']}-{spec['seed']}",
+        "output_dir": _run_dir(spec),
         "report_to": "none",
         "save_strategy": "no",
         "use_cpu": True,
@@ -281,6 +290,7 @@ def _train(spec: dict, extra: dict) -> dict:
                 "points_so_far": curve.points,
             }
         )
+        shutil.rmtree(common["output_dir"], ignore_errors=True)
     if curve.points[-1]["episode"] != episodes():
         curve.record(force=True)
     trained_tokens = None  # stock TRL does not count them
