@@ -190,6 +190,10 @@ def from_episodes(episodes: list[Episode], pad_token_id: int, device: torch.devi
     )
 
 
+def _or_ones(weights: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
+    return torch.ones_like(like, dtype=torch.float32) if weights is None else weights
+
+
 def append_replayed(fresh: EpisodeBatch, replayed: EpisodeBatch, pad_token_id: int) -> EpisodeBatch:
     """Fresh rows first, then replayed rows (with their off-policy fields), padded to a common width."""
     context_length = max(fresh.context_length, replayed.context_length)
@@ -214,8 +218,8 @@ def append_replayed(fresh: EpisodeBatch, replayed: EpisodeBatch, pad_token_id: i
         sequence_lengths=cat("sequence_lengths"),
         score_index=cat("score_index"),
         num_fresh=len(fresh),
-        proximal_logprobs=torch.cat([fresh.logprobs, proximal]),
-        token_weights=torch.cat([torch.ones_like(fresh.logprobs), token_weights]),
-        row_weights=torch.cat([torch.ones(len(fresh), device=row_weights.device), row_weights]),
+        proximal_logprobs=torch.cat([fresh.policy_logprobs, proximal]),
+        token_weights=torch.cat([_or_ones(fresh.token_weights, fresh.logprobs), token_weights]),
+        row_weights=torch.cat([_or_ones(fresh.row_weights, fresh.scores), row_weights]),
         replay_ids=list(replayed.replay_ids),
     )

@@ -20,6 +20,7 @@ from trl_replay_ppo.core.masking import suppress_token
 from trl_replay_ppo.integrations.compat import unwrap_model_for_generation
 from trl_replay_ppo.models.forwards import forward, gather_logprobs, response_positions, sequence_scores
 from trl_replay_ppo.models.generation import batch_generation, truncate_response
+from trl_replay_ppo.models.vllm_sampler import VLLMSampler
 
 
 def suppressed_token(suppress_pad_token: bool, pad_token_id: int | None, eos_token_id: int | None) -> int | None:
@@ -47,6 +48,7 @@ class ModelRunner:
         stop_token_id: responses are truncated after it; None keeps them whole.
         forward_batch_size: rows per no-grad forward pass (``local_rollout_forward_batch_size``).
         gather_deepspeed3_params: gather ZeRO-3 weights for generation (``ds3_gather_for_generation``).
+        sampler: a `VLLMSampler` that generates rollouts instead of ``generate`` (``use_vllm``), or None.
     """
 
     def __init__(
@@ -62,6 +64,7 @@ class ModelRunner:
         stop_token_id: int | None,
         forward_batch_size: int,
         gather_deepspeed3_params: bool = True,
+        sampler: VLLMSampler | None = None,
     ):
         self.model = model
         self.accelerator = accelerator
@@ -73,6 +76,7 @@ class ModelRunner:
         self.stop_token_id = stop_token_id
         self.forward_batch_size = forward_batch_size
         self.gather_deepspeed3_params = gather_deepspeed3_params
+        self.sampler = sampler
 
     @property
     def policy(self) -> torch.nn.Module:
@@ -104,6 +108,28 @@ class ModelRunner:
             return batch_generation(
                 unwrapped_model.policy, queries, chunk, self.pad_token_id, GenerationConfig(**generation_kwargs)
             )
+
+    def sample(
+        self, queries: torch.Tensor, generation_kwargs: dict[str, Any], update: int
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """A rollout's responses: (B, Lq + R) ids, (B, R) behaviour log-probs of the sampled tokens, and (B, R)
+        proximal log-probs, the trainer's own forward, when the sampler is not the trainer (vLLM), else None."""
+        chunk, context_length = self.forward_batch_size, queries.shape[1]
+        if self.sampler is None:
+            query_responses, logits = self.generate(queries, generation_kwargs, chunk)
+            responses = query_responses[:, context_length:]
+            logprobs = [
+                gather_logprobs(logits[i : i + chunk].float(), responses[i : i + chunk])
+                for i in range(0, len(queries), chunk)
+            ]
+            return query_responses, torch.cat(logprobs, 0), None
+        self.sampler.sync()  # the weights of the last update, or of the checkpoint just resumed
+        query_responses, behaviour = self.sampler.generate(queries, generation_kwargs["max_new_tokens"], update)
+        proximal = [
+            self.response_logprobs(self.policy, query_responses[i : i + chunk], context_length)
+            for i in range(0, len(queries), chunk)
+        ]
+        return query_responses, behaviour, torch.cat(proximal, 0)
 
     def truncate(self, responses: torch.Tensor) -> torch.Tensor:
         """(B, R) responses with everything after the first stop token replaced by padding."""

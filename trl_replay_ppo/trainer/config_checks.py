@@ -33,8 +33,16 @@ INTS = {
     "total_episodes": 1,
     "max_prompt_length": 1,
     "early_stopping_patience": 1,
+    "vllm_tensor_parallel_size": 1,
+    "vllm_max_model_length": 1,
 }
-OPTIONAL_INTS = {"total_episodes", "max_prompt_length", "early_stopping_patience", "replay_sample_size"}
+OPTIONAL_INTS = {
+    "total_episodes",
+    "max_prompt_length",
+    "early_stopping_patience",
+    "replay_sample_size",
+    "vllm_max_model_length",
+}
 
 # Float fields: (low, high, low included, high included); every one must be finite. None is allowed for
 # those in OPTIONAL_FLOATS.
@@ -62,6 +70,7 @@ FLOATS = {
     "target_kl": (0.0, INF, False, False),
     "reward_timeout": (0.0, INF, False, False),
     "reward_nonfinite_value": (-INF, INF, False, False),
+    "vllm_gpu_memory_utilization": (0.0, 1.0, False, True),
 }
 OPTIONAL_FLOATS = {"missing_eos_penalty", "target_kl", "reward_timeout", "reward_nonfinite_value"}
 
@@ -129,6 +138,12 @@ def check_choices(config: Any) -> None:
     if config.chat_template_kwargs is not None and not isinstance(config.chat_template_kwargs, dict):
         fail(
             "chat_template_kwargs", config.chat_template_kwargs, "must be a mapping (e.g. {'enable_thinking': false})"
+        )
+    if config.vllm_mode != "colocate":
+        fail(
+            "vllm_mode",
+            config.vllm_mode,
+            "must be 'colocate' (server mode pushes weights over NCCL to a `vllm serve` process; not supported)",
         )
     if config.early_stopping_patience is not None and config.eval_strategy == "no":
         raise ValueError("`early_stopping_patience` needs evaluations: set `eval_strategy='steps'` and `eval_steps`.")

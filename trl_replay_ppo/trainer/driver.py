@@ -346,7 +346,7 @@ class ReplayPPOTrainer(PPOTrainer):
             metrics.update(self.replay.metrics(self.state.global_step))
             size = torch.tensor([float(len(self.replay))], device=self.accelerator.device)
             metrics["buffer/size"] = self.accelerator.gather_for_metrics(size).mean().item()
-        metrics.update(self.scorer.metrics())
+        metrics.update(self.scorer.metrics() | self.collector.last_metrics)
         self.log(metrics)
 
     def evaluate(

@@ -15,6 +15,7 @@ from datasets import Dataset
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from trl_replay_ppo.data.prompts import ROW_COLUMN, prepare_prompt_dataset
+from trl_replay_ppo.models.vllm_sampler import vllm_import_error
 from trl_replay_ppo.models.wrappers import SharedValueHead, apply_value_lora, enable_gradient_checkpointing
 from trl_replay_ppo.rewards.calls import RewardFunc, preflight_reward_funcs
 from trl_replay_ppo.rewards.scorer import NOT_REWARD_COLUMNS, prompts_as_passed, source_names
@@ -43,6 +44,8 @@ def prepare_inputs(
     ``models`` holds the constructor's ``model``, ``ref_model``, ``reward_model`` and ``value_model``.
     """
     model, reward_model, value_model = models["model"], models["reward_model"], models["value_model"]
+    if args.use_vllm and (missing := vllm_import_error()) is not None:
+        raise ImportError(missing)
     check_arguments(args, processing_class, train_dataset, eval_dataset, reward_model, reward_funcs, value_model)
     _check_metric_for_best_model(args, source_names(reward_model, reward_funcs))
     prepare = {"num_proc": args.dataset_num_proc, "chat_template_kwargs": args.chat_template_kwargs}

@@ -24,6 +24,7 @@ from trl_replay_ppo.checkpointing.registry import RNGState, StateRegistry
 from trl_replay_ppo.core.kl import FixedKLController, make_kl_controller
 from trl_replay_ppo.data.prompts import PromptStream, seeded_preparation
 from trl_replay_ppo.models.runner import ModelRunner, suppressed_token
+from trl_replay_ppo.models.vllm_sampler import VLLMSampler
 from trl_replay_ppo.models.wrappers import embedding_rows
 from trl_replay_ppo.replay import ExperienceReplay
 from trl_replay_ppo.rewards.calls import RewardFunc
@@ -105,6 +106,7 @@ def build_parts(
 ) -> TrainerParts:
     """Every part, wired together; ``model`` and ``optimizer`` are the prepared ones."""
     scorer = Scorer.from_args(args, tokenizer, reward_model, reward_funcs, accelerator)
+    suppressed = suppressed_token(args.suppress_pad_token, tokenizer.pad_token_id, tokenizer.eos_token_id)
     runner = ModelRunner(
         model,
         accelerator,
@@ -112,10 +114,11 @@ def build_parts(
         ref_model=ref_model,
         null_ref_context=null_ref_context,
         temperature=args.temperature,
-        suppressed_token_id=suppressed_token(args.suppress_pad_token, tokenizer.pad_token_id, tokenizer.eos_token_id),
+        suppressed_token_id=suppressed,
         stop_token_id=stop_token_id,
         forward_batch_size=args.local_rollout_forward_batch_size,
         gather_deepspeed3_params=args.ds3_gather_for_generation,
+        sampler=vllm_sampler(args, accelerator, tokenizer, accelerator.unwrap_model(model).policy, suppressed),
     )
     kl_ctl = make_kl_controller(args.kl_controller, args.kl_coef, args.kl_target, args.kl_horizon)
     dataloader = prompt_dataloader(args, accelerator, train_dataloader, train_dataset, data_collator, local_seed)
@@ -126,6 +129,7 @@ def build_parts(
         tokenizer,
         generation_kwargs=runner.generation_kwargs(args.response_length, args.temperature),
         missing_eos_penalty=args.missing_eos_penalty,
+        importance_cap=args.replay_importance_cap,
     )
     replay = None
     if args.use_replay_buffer:
@@ -199,4 +203,27 @@ def build_parts(
         run_id=run_id,
         lineage=Lineage(run_id),
         fingerprint=resume_fingerprint(args, scorer.names, tokenizer),
+    )
+
+
+def vllm_sampler(
+    args: ReplayPPOConfig, accelerator: Accelerator, tokenizer: PreTrainedTokenizerBase, policy, suppressed: int | None
+) -> VLLMSampler | None:
+    """The colocated vLLM engine of ``use_vllm`` (None without it)."""
+    if not args.use_vllm:
+        return None
+    engine = {
+        "gpu_memory_utilization": args.vllm_gpu_memory_utilization,
+        "tensor_parallel_size": args.vllm_tensor_parallel_size,
+        "max_model_length": args.vllm_max_model_length,
+        "enable_sleep_mode": args.vllm_enable_sleep_mode,
+    }
+    return VLLMSampler(
+        policy,
+        accelerator,
+        tokenizer,
+        seed=args.seed,
+        temperature=args.temperature,
+        suppressed_token_id=suppressed,
+        engine_kwargs=engine,
     )

@@ -13,7 +13,6 @@ from transformers import PreTrainedTokenizerBase, TrainerState
 
 from trl_replay_ppo.core.episodes import INVALID_LOGPROB, EpisodeBatch
 from trl_replay_ppo.core.masking import last_token_index
-from trl_replay_ppo.models.forwards import gather_logprobs
 from trl_replay_ppo.models.runner import ModelRunner
 from trl_replay_ppo.rewards.scorer import Scorer
 
@@ -27,6 +26,8 @@ class RolloutCollector:
         tokenizer: its pad and eos tokens.
         generation_kwargs: the sampling settings (`ModelRunner.generation_kwargs`).
         missing_eos_penalty: subtracted from the score of a response without eos; None for none.
+        importance_cap: cap of the per-token weight pi_trainer / pi_sampler when the runner's sampler is not the
+            trainer (vLLM): such rows are off-policy by that mismatch, weighted as replayed rows are.
     """
 
     def __init__(
@@ -37,6 +38,7 @@ class RolloutCollector:
         *,
         generation_kwargs: dict[str, Any],
         missing_eos_penalty: float | None,
+        importance_cap: float = 2.0,
     ):
         self.runner = runner
         self.scorer = scorer
@@ -44,6 +46,8 @@ class RolloutCollector:
         self.accelerator = runner.accelerator
         self.generation_kwargs = generation_kwargs
         self.missing_eos_penalty = missing_eos_penalty
+        self.importance_cap = importance_cap
+        self.last_metrics: dict[str, float] = {}
 
     @torch.no_grad()
     def __call__(self, prompts: dict[str, Any], state: TrainerState) -> EpisodeBatch:
@@ -54,17 +58,15 @@ class RolloutCollector:
         context_length = queries.shape[1]
         chunk = runner.forward_batch_size
         with accelerator.autocast():
-            query_responses, sampled_logits = runner.generate(queries, self.generation_kwargs, chunk)
-            logprobs, ref_logprobs, truncated, values, model_scores = [], [], [], [], []
+            query_responses, logprobs, proximal = runner.sample(queries, self.generation_kwargs, state.global_step + 1)
+            ref_logprobs, truncated, values, model_scores = [], [], [], []
             for i in range(0, queries.shape[0], chunk):
                 query_response = query_responses[i : i + chunk]
                 response = query_response[:, context_length:]
-                logprobs.append(gather_logprobs(sampled_logits[i : i + chunk].float(), response))
                 ref_logprobs.append(runner.ref_logprobs(query_response, context_length))
                 truncated.append(runner.truncate(response))
                 values.append(runner.response_values(query_response, context_length))
                 model_scores.extend(self.scorer.model_scores(queries[i : i + chunk], truncated[-1]))
-        del sampled_logits
         responses = torch.cat(truncated, 0)
         sequence_lengths = last_token_index(responses, pad_token_id)
         scores, source_scores = self.scorer.score(prompts, responses, sequence_lengths, model_scores, state)
@@ -74,7 +76,7 @@ class RolloutCollector:
         batch = EpisodeBatch(
             query_responses=query_responses,
             context_length=context_length,
-            logprobs=torch.cat(logprobs, 0),
+            logprobs=logprobs,
             ref_logprobs=torch.cat(ref_logprobs, 0),
             values=torch.cat(values, 0),
             scores=scores,
@@ -85,4 +87,26 @@ class RolloutCollector:
         batch.logprobs = torch.masked_fill(batch.logprobs, batch.padding_mask, INVALID_LOGPROB)
         batch.ref_logprobs = torch.masked_fill(batch.ref_logprobs, batch.padding_mask, INVALID_LOGPROB)
         batch.values = torch.masked_fill(batch.values, batch.padding_mask_p1, 0)
+        if proximal is not None:
+            self.weigh_sampler_mismatch(batch, proximal)
         return batch
+
+    def weigh_sampler_mismatch(self, batch: EpisodeBatch, proximal: torch.Tensor) -> None:
+        """Fresh rows sampled by another engine: the trainer's (B, R) ``proximal`` log-probs centre the clip, and
+        each token weighs min(pi_trainer / pi_sampler, cap); logs ``vllm/*`` (means over the ranks' valid tokens)."""
+        valid = ~batch.padding_mask
+        diff = proximal - batch.logprobs
+        ratio = torch.exp(diff)
+        batch.proximal_logprobs = torch.masked_fill(proximal, batch.padding_mask, INVALID_LOGPROB)
+        batch.token_weights = torch.masked_fill(ratio.clamp(max=self.importance_cap), batch.padding_mask, 0.0)
+        batch.row_weights = torch.ones(len(batch), device=proximal.device)
+        sums = torch.stack(
+            [diff.abs()[valid].sum(), batch.token_weights[valid].sum(), (ratio > self.importance_cap)[valid].sum()]
+        )
+        totals = self.accelerator.reduce(torch.cat([sums, valid.sum().reshape(1).to(sums.dtype)]), "sum")
+        tokens = float(totals[3].clamp(min=1))
+        self.last_metrics = {
+            "vllm/logprob_diff_mean": float(totals[0]) / tokens,
+            "vllm/is_weight_mean": float(totals[1]) / tokens,
+            "vllm/truncated_fraction": float(totals[2]) / tokens,
+        }
