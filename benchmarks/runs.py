@@ -8,7 +8,8 @@ the same `Evaluator` (greedy completions of the held-out prompts, scored by the 
 whose cost is counted in the wall time.
 
 A spec is plain JSON: ``{"task", "kind" ("ours" | "stock" | "grpo"), "settings", "seed",
-"budget", "eval_every"}`` and optionally ``"threads"`` (torch threads, default 1); ``settings`` are
+"budget", "eval_every"}`` and optionally ``"threads"`` (torch threads, default 1) and ``"models"``
+(`model_dirs`' kind, default the task's); ``settings`` are
 the config fields of the arm. ``python -m benchmarks.runs SPEC.json RECORD.json`` runs one in the
 interpreter that runs it (how the benchmark runs each family in its own virtual environment).
 """
@@ -66,14 +67,20 @@ def task_data(task: str) -> TaskData:
 
 
 def model_dirs(kind: str) -> dict[str, Path]:
-    """Build (once per machine) and return the directories of the tiny or arithmetic models."""
+    """Build (once per machine) and return the directories of the ``tiny``, ``vllm_tiny`` (32-dim attention heads,
+    as vLLM's CPU attention needs) or ``arithmetic`` models."""
     from trl_replay_ppo.tasks.arithmetic import build_arithmetic_models
-    from trl_replay_ppo.tasks.tiny import build_tiny_models
+    from trl_replay_ppo.tasks.tiny import build_tiny_models, build_vllm_tiny_models
 
     root = MODELS / kind
     dirs = {name: root / name for name in ("tokenizer", "policy", "reward")}
     if not (root / "complete").exists():
-        (build_arithmetic_models if kind == "arithmetic" else build_tiny_models)(root)
+        builders = {
+            "tiny": build_tiny_models,
+            "vllm_tiny": build_vllm_tiny_models,
+            "arithmetic": build_arithmetic_models,
+        }
+        builders[kind](root)
         (root / "complete").touch()
     return dirs
 
@@ -220,9 +227,10 @@ def environment() -> dict[str, str]:
 
 
 def _time_generation(trainer) -> list[float]:
-    """Accumulate the seconds this package's trainer spends generating, in a one-element list."""
+    """Accumulate the seconds this package's trainer spends sampling rollouts (generation, and with vLLM the weight
+    sync and the trainer's forward over the samples), in a one-element list."""
     total = [0.0]
-    generate = trainer.runner.generate
+    generate = trainer.runner.sample
 
     def timed(*args, **kwargs):
         started = time.perf_counter()
@@ -231,7 +239,7 @@ def _time_generation(trainer) -> list[float]:
         finally:
             total[0] += time.perf_counter() - started
 
-    trainer.runner.generate = timed
+    trainer.runner.sample = timed
     return total
 
 
@@ -246,7 +254,7 @@ def _train(spec: dict, extra: dict) -> dict:
     from trl_replay_ppo.tasks.tiny import load_tiny_models
 
     data = task_data(spec["task"])
-    models = load_tiny_models(model_dirs(data.models))
+    models = load_tiny_models(model_dirs(spec.get("models", data.models)))
     tokenizer = models["tokenizer"]
     settings = dict(spec["settings"])
     response_length = settings["response_length"]
