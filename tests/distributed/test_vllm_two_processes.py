@@ -1,0 +1,39 @@
+"""Two processes through `accelerate launch` (gloo), each with its own colocated vLLM engine: both train, their
+`vllm/*` metrics are reduced over the ranks, and their weights stay equal."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+
+from tests.helpers import ROOT
+
+pytestmark = pytest.mark.vllm  # CI's vLLM job (`make test-vllm`)
+
+
+def test_two_ranks_each_with_an_engine_train_alike(tmp_path):
+    accelerate = Path(sys.executable).parent / "accelerate"
+    command = [
+        str(accelerate),
+        "launch",
+        "--config_file",
+        str(ROOT / "examples/accelerate/cpu_2proc.yaml"),
+        "--main_process_port",
+        "29533",
+        "-m",
+        "tests.distributed.vllm_child",
+        str(tmp_path),
+    ]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    ranks = sorted(line for line in done.stdout.splitlines() if line.startswith("RANK "))
+    assert [line.split()[1] for line in ranks] == ["0", "1"]
+    assert ranks[0].split(" ", 2)[2] == ranks[1].split(" ", 2)[2]  # metrics reduced over both ranks
+    first, second = (load_file(tmp_path / f"weights_rank{rank}.safetensors") for rank in (0, 1))
+    assert all(first[name].equal(second[name]) for name in first)
