@@ -10,11 +10,13 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import trl
 from accelerate import Accelerator, PartialState
 from datasets import Dataset
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from trl_replay_ppo.data.prompts import ROW_COLUMN, prepare_prompt_dataset
+from trl_replay_ppo.integrations.compat import trl_ppo
 from trl_replay_ppo.models.vllm_sampler import vllm_import_error
 from trl_replay_ppo.models.wrappers import SharedValueHead, apply_value_lora, enable_gradient_checkpointing
 from trl_replay_ppo.rewards.calls import RewardFunc, preflight_reward_funcs
@@ -44,6 +46,12 @@ def prepare_inputs(
     ``models`` holds the constructor's ``model``, ``ref_model``, ``reward_model`` and ``value_model``.
     """
     model, reward_model, value_model = models["model"], models["reward_model"], models["value_model"]
+    if args.use_vllm and trl_ppo() is not None:
+        raise ValueError(
+            "`use_vllm=True` is verified on TRL >= 1.13, where this package brings its own PPO base; this is TRL "
+            f"{trl.__version__}, whose PPOTrainer it builds on. Upgrade TRL (`pip install -U trl`) or set "
+            "`use_vllm=False`."
+        )
     if args.use_vllm and (missing := vllm_import_error()) is not None:
         raise ImportError(missing)
     check_arguments(args, processing_class, train_dataset, eval_dataset, reward_model, reward_funcs, value_model)
