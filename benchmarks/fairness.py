@@ -58,6 +58,7 @@ TARGETS = Path(__file__).parent / "fairness_targets.json"
 TUNING_SEED = 0
 REPORT_SEEDS = (1, 2, 3)
 MIN_REACHED = 2  # of the 3 reporting seeds, for a ratio to count
+MIN_GAIN = 0.05  # a held-out target must lie this far above the start score (eval score units)
 TARGET_FRACTION = 0.8  # at 0.5, digits arms stuck on a one-answer policy (eval 0.51) counted as reached
 LR_MULTIPLIERS = (1, 3, 10)
 LR_STARTS = (1 / 3, 1, 3, 10)  # the learning-rate section: each family's best setting at these x the base
@@ -278,6 +279,12 @@ def task_section(task: str, ctx: Context, skipped: dict[str, str]) -> dict:
                 arm: sum(report.reached(records[(arm, s)], target) for s in ctx.seeds) for arm in on_policy
             },
         }
+        if not ctx.quick and target < selection["start_score"] + MIN_GAIN:
+            raise SystemExit(
+                f"{task}: its on-policy arms end where they start ({selection}); a target of {target} measures "
+                f"nothing. Choose another variant before any replay run on it (and move its target out of "
+                f"{ctx.targets_file})."
+            )
         if not ctx.quick and max(selection["on_policy_reached"].values()) < MIN_REACHED:
             raise SystemExit(
                 f"{task}: no on-policy arm reaches its target {target} on {MIN_REACHED} of {len(ctx.seeds)} seeds "

@@ -72,7 +72,7 @@ def model_dirs(kind: str) -> dict[str, Path]:
     from trl_replay_ppo.tasks.arithmetic import build_arithmetic_models
     from trl_replay_ppo.tasks.tiny import build_tiny_models, build_vllm_tiny_models
 
-    root = MODELS / kind
+    root = MODELS / f"{kind}-{_tasks_code_hash()}"  # a change to how models are built builds them anew
     dirs = {name: root / name for name in ("tokenizer", "policy", "reward")}
     if not (root / "complete").exists():
         builders = {
@@ -83,6 +83,17 @@ def model_dirs(kind: str) -> dict[str, Path]:
         builders[kind](root)
         (root / "complete").touch()
     return dirs
+
+
+def _tasks_code_hash() -> str:
+    import hashlib
+
+    import trl_replay_ppo.tasks
+
+    digest = hashlib.sha256()
+    for path in sorted(Path(trl_replay_ppo.tasks.__file__).parent.glob("*.py")):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:12]
 
 
 class CountingReward:

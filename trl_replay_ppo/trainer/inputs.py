@@ -46,6 +46,7 @@ def prepare_inputs(
     ``models`` holds the constructor's ``model``, ``ref_model``, ``reward_model`` and ``value_model``.
     """
     model, reward_model, value_model = models["model"], models["reward_model"], models["value_model"]
+    check_arguments(args, processing_class, train_dataset, eval_dataset, reward_model, reward_funcs, value_model)
     if args.use_vllm and trl_ppo() is not None:
         raise ValueError(
             "`use_vllm=True` is verified on TRL >= 1.13, where this package brings its own PPO base; this is TRL "
@@ -54,7 +55,6 @@ def prepare_inputs(
         )
     if args.use_vllm and (missing := vllm_import_error()) is not None:
         raise ImportError(missing)
-    check_arguments(args, processing_class, train_dataset, eval_dataset, reward_model, reward_funcs, value_model)
     _check_metric_for_best_model(args, source_names(reward_model, reward_funcs))
     prepare = {"num_proc": args.dataset_num_proc, "chat_template_kwargs": args.chat_template_kwargs}
     train_dataset = prepare_prompt_dataset(
