@@ -21,19 +21,12 @@ import math
 from pathlib import Path
 
 from benchmarks import fairness_report as report
+from benchmarks.fairness import TASKS
 from benchmarks.fairness_runner import ENVIRONMENTS, ROOT, run_all
 
 RESULTS = Path(__file__).parent / "results"
 SEEDS = (1, 2, 3)
-SETTINGS = {
-    "per_device_train_batch_size": 32,
-    "num_ppo_epochs": 4,
-    "response_length": 8,
-    "learning_rate": 3e-4,
-    "kl_coef": 0.01,
-    "temperature": 1.0,
-    "use_replay_buffer": True,
-}
+SETTINGS = {**TASKS["digits"].settings, "use_replay_buffer": True}  # the fair benchmark's digits arm, replay on
 BUDGET, EVAL_EVERY = 3200, 160
 ENGINE_ENV = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CPU_CI_ENV": "1"}
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -77,3 +78,10 @@ class LogRecorder(TrainerCallback):
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         self.logs.append(dict(logs or {}))
+
+
+def two_process_command(port: int, module: str, *args: str) -> list[str]:
+    """`accelerate launch` of ``python -m module args`` on 2 CPU processes (gloo), rendezvous on ``port``."""
+    accelerate = Path(sys.executable).parent / "accelerate"
+    config = str(ROOT / "examples/accelerate/cpu_2proc.yaml")
+    return [str(accelerate), "launch", "--config_file", config, "--main_process_port", str(port), "-m", module, *args]

@@ -68,3 +68,21 @@ def test_a_format_2_checkpoint_is_refused_with_what_to_do(tmp_path, tiny, tiny_d
             trainer.train(resume_from_checkpoint=resume_from)
         assert "trl_replay_ppo==0.2.*" in str(refused.value) and "`policy/` folder" in str(refused.value)
     assert sorted(p.name for p in output_dir.glob("checkpoint-*")) == ["checkpoint-1", "checkpoint-2"]  # untouched
+
+
+def test_a_development_format_3_checkpoint_without_lineage_is_a_format_error_not_damage(tmp_path, tiny, tiny_dirs):
+    from trl_replay_ppo.tasks.tiny import load_tiny_models
+
+    args = tiny_config(tmp_path, total_episodes=8, save_strategy="steps", save_steps=1)
+    make_trainer(tiny, args, make_digits_dataset(8), reward_model=None, reward_funcs=digits_reward).train()
+    for step in (1, 2):  # both checkpoints as the interim layout wrote them: resume=True must not skip past them
+        ppo_state = tmp_path / "out" / f"checkpoint-{step}" / "ppo_state.json"
+        state = json.loads(ppo_state.read_text())
+        del state["lineage"]
+        ppo_state.write_text(json.dumps(state))
+    args = tiny_config(tmp_path, total_episodes=12, save_strategy="steps", save_steps=1)
+    trainer = make_trainer(
+        load_tiny_models(tiny_dirs), args, make_digits_dataset(8), reward_model=None, reward_funcs=digits_reward
+    )
+    with pytest.raises(CheckpointFormatError, match=r"checkpoint-2 was written by a development build .*`policy/`"):
+        trainer.train(resume_from_checkpoint=True)

@@ -7,31 +7,17 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import ROOT
+from tests.helpers import ROOT, two_process_command
 
 pytestmark = pytest.mark.trl112  # also runs in the TRL 1.12 job
 
 
 def launch(models_dir: Path, output_dir: Path, mode: str) -> dict:
-    accelerate = Path(sys.executable).parent / "accelerate"
-    command = [
-        str(accelerate),
-        "launch",
-        "--config_file",
-        str(ROOT / "examples/accelerate/cpu_2proc.yaml"),
-        "--main_process_port",
-        "29517",
-        "-m",
-        "tests.distributed.two_process_run",
-        str(models_dir),
-        str(output_dir),
-        mode,
-    ]
+    command = two_process_command(29517, "tests.distributed.two_process_run", str(models_dir), str(output_dir), mode)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     # A hang fails fast; the script runs as a module of the repository (`-m tests.distributed...`).
     result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)

@@ -5,30 +5,17 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 from safetensors.torch import load_file
 
-from tests.helpers import ROOT
+from tests.helpers import ROOT, two_process_command
 
 pytestmark = pytest.mark.vllm  # CI's vLLM job (`make test-vllm`)
 
 
 def test_two_ranks_each_with_an_engine_train_alike(tmp_path):
-    accelerate = Path(sys.executable).parent / "accelerate"
-    command = [
-        str(accelerate),
-        "launch",
-        "--config_file",
-        str(ROOT / "examples/accelerate/cpu_2proc.yaml"),
-        "--main_process_port",
-        "29533",
-        "-m",
-        "tests.distributed.vllm_child",
-        str(tmp_path),
-    ]
+    command = two_process_command(29533, "tests.distributed.vllm_child", str(tmp_path))
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -65,6 +65,12 @@ class Checkpointable(Protocol):
 def check_format(path: Path, ppo_state: dict[str, Any]) -> None:
     """Refuse a checkpoint of another format, saying which version wrote it and what to do."""
     found = ppo_state.get("checkpoint_format")
+    if found == CHECKPOINT_FORMAT and "lineage" not in ppo_state and "run_id" in ppo_state:
+        raise CheckpointFormatError(
+            f"{path} was written by a development build of trl_replay_ppo 0.3 from before checkpoints recorded "
+            "their lineage (and tokenizer digest); this build reads the released format 3. Finish that run with the "
+            "build that wrote it, or start a new run from its `policy/` folder (`from_pretrained`)."
+        )
     if found == CHECKPOINT_FORMAT:
         return
     if found == 2:
