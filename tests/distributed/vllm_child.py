@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -16,7 +17,7 @@ def main() -> None:
     rank = trainer.accelerator.process_index
     weights = {name: p.detach().contiguous() for name, p in trainer.trainable_parameters().items()}
     save_file(weights, Path(sys.argv[1]) / f"weights_rank{rank}.safetensors")
-    print(f"RANK {rank} {trainer.collector.last_metrics}", flush=True)
+    (Path(sys.argv[1]) / f"metrics_rank{rank}.json").write_text(json.dumps(trainer.collector.last_metrics))
 
 
 if __name__ == "__main__":
