@@ -177,8 +177,9 @@ def default_replay_arm(chosen: dict[str, tuple[str, dict]], tuned: dict[str, dic
     (tuned PPO or tuned GRPO, whose tuning-seed records are in ``tuned``): what a user switching replay on keeps."""
     from benchmarks import fairness_report as report
 
-    best = report.best_of([tuned["tuned_ppo"], tuned["tuned_grpo"]], target)
-    arm = "tuned_ppo" if best is tuned["tuned_ppo"] else "tuned_grpo"
+    on_policy = [a for a in ("tuned_ppo", "tuned_grpo") if a in tuned]
+    best = report.best_of([tuned[a] for a in on_policy], target)
+    arm = next(a for a in on_policy if tuned[a] is best)
     return ("replay", {"learning_rate": chosen[arm][1]["learning_rate"]})
 
 
@@ -242,10 +243,7 @@ def tune(task: str, ctx: Context) -> tuple[float, dict[str, tuple[str, dict]]]:
         if runs:
             tuned[arm] = report.best_of(list(runs.values()), target)
             chosen[arm] = (family, json.loads(next(o for o, r in runs.items() if r is tuned[arm])))
-    on_policy = [tuned[a] for a in ("tuned_ppo", "tuned_grpo") if a in tuned]
-    best = report.best_of(on_policy, target)
-    arm = next(a for a in ("tuned_ppo", "tuned_grpo") if tuned.get(a) is best)
-    chosen["replay_default"] = ("replay", {"learning_rate": chosen[arm][1]["learning_rate"]})
+    chosen["replay_default"] = default_replay_arm(chosen, tuned, target)
     return target, chosen
 
 
