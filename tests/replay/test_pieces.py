@@ -148,6 +148,18 @@ def test_staleness_decay_favours_recent_episodes_and_survives_rebase():
     assert np.isfinite(buf.sampler.tree.total)
 
 
+@pytest.mark.parametrize("decay", [1e-300, 5e-324])
+def test_a_tiny_staleness_decay_underflows_old_keys_without_a_nan_weight(decay):
+    buf = buffer(capacity=8, prioritized=True, decay=decay, alpha=0.6)
+    for version in range(4):  # each update's episodes push the older keys down by decay ** alpha < 1e-180
+        buf.add([episode(2 * version), episode(2 * version + 1)], np.array([1.0, 3.0]), version=version)
+        slots, _, weights = buf.sample(4, beta=0.4)
+        assert np.isfinite(weights).all() and (weights > 0).all()
+        assert set(buf.storage.version[slots].tolist()) == {version}
+    assert (buf.sampler.tree.leaves()[:4] == 0).all()  # two updates old: zero mass, stored but never drawn
+    assert len(buf) == 8
+
+
 def test_uniform_sampler_draws_distinct_stored_episodes_with_weight_one():
     buf = buffer(capacity=10)
     buf.add([episode(i) for i in range(10)], np.zeros(10), version=0)

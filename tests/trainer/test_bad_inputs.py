@@ -66,6 +66,22 @@ CONFIG_CASES = [
     ({"replay_sample_size": "32"}, "replay_sample_size"),
     ({"chat_template_kwargs": ["enable_thinking"]}, "chat_template_kwargs"),
     ({"learning_rate": "fast"}, "learning_rate"),
+    # Episode counts past what counters hold exactly (`int(inf)` used to raise an unnamed OverflowError).
+    ({"num_train_epochs": float("inf")}, "num_train_epochs"),
+    ({"num_train_epochs": "1e400"}, "num_train_epochs"),
+    ({"total_episodes": 10**30}, "total_episodes"),
+    # A value of another type than the field's, which used to reach a constructor deep inside.
+    ({"use_replay_buffer": "yes"}, "use_replay_buffer"),
+    ({"suppress_pad_token": 1}, "suppress_pad_token"),
+    ({"kl_estimator": 3}, "kl_estimator"),
+    ({"reward_weights": 1.0}, "reward_weights"),
+    ({"stop_token_id": "2"}, "stop_token_id"),
+    ({"vllm_mode": None}, "vllm_mode"),
+    ({"sft_model_path": 7}, "sft_model_path"),
+    ({"seed": "0"}, "seed"),
+    ({"save_total_limit": "2"}, "save_total_limit"),
+    ({"run_name": 5}, "run_name"),
+    ({"reward_watchdog": 0.0}, "reward_watchdog"),
 ]
 
 
@@ -281,3 +297,9 @@ def no_generation(monkeypatch):
 def test_bad_trainer_input_fails_before_generation(tmp_path, tiny, no_generation, name, build, error, match):
     with pytest.raises(error, match=match):
         build(tiny, tmp_path)
+
+
+def test_epochs_past_what_counters_hold_exactly_are_refused_before_generation(tmp_path, tiny, no_generation):
+    args = tiny_config(tmp_path, total_episodes=None, num_train_epochs=1e300)
+    with pytest.raises(ValueError, match=r"`num_train_epochs`=1e\+300 passes over 8 prompts .* past 2\*\*53"):
+        make_trainer(tiny, args, make_digits_dataset(8), reward_model=None, reward_funcs=digits_reward)

@@ -177,7 +177,7 @@ def _read_trainer_state(trainer: Checkpointable, path: Path) -> TrainerState:
 def _check_fingerprint(path: Path, saved: dict[str, Any], current: dict[str, Any]) -> None:
     """Refuse to resume with settings that change the data order or the meaning of the saved state."""
     for field, value in current.items():
-        if field in saved and saved[field] != value:
+        if field in saved and (saved[field] != value or type(saved[field]) is not type(value)):
             raise ValueError(
                 f"{path} was written with {field}={saved[field]!r} but this run has {field}={value!r}; resuming would "
                 f"misalign the saved data position or state. Resume with the same `{field}`, or start a new run."

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from trl_replay_ppo.checkpointing.state_files import StateFileError
+from trl_replay_ppo.integrations.annotations import describe, matches
 
 
 def damaged(where: str, what: str) -> StateFileError:
@@ -136,19 +137,48 @@ def check_scheduler(saved: Any, scheduler: Any, file: str) -> None:
             raise damaged(f"{file}: base_lrs[{i}]", f"a negative learning rate {rate}")
 
 
+JSON_SCALAR = float | str | bool | None
+# What each key of a saved `TrainerState` holds (transformers' annotations are looser than what it writes: an
+# epoch is None before the first update, a log entry holds strings too, the callbacks' states are a mapping).
+TRAINER_STATE_TYPES = {
+    "epoch": float | None,
+    "global_step": int,
+    "episode": int,
+    "max_steps": int,
+    "logging_steps": float,
+    "eval_steps": float,
+    "save_steps": float,
+    "train_batch_size": int | None,
+    "num_train_epochs": float,
+    "num_input_tokens_seen": int,
+    "total_flos": float,
+    "log_history": list[dict[str, JSON_SCALAR]],
+    "best_metric": float | None,
+    "best_global_step": int | None,
+    "best_model_checkpoint": str | None,
+    "is_local_process_zero": bool,
+    "is_world_process_zero": bool,
+    "is_hyper_param_search": bool,
+    "trial_name": str | None,
+    "trial_params": dict | None,
+    "stateful_callbacks": dict,
+}
+
+
 def check_trainer_state(state: Any, file: str) -> None:
-    """``trainer_state.json``: counters non-negative integers, the best metric a finite number or null."""
+    """``trainer_state.json``: each key of the type in `TRAINER_STATE_TYPES`, counters non-negative integers,
+    the best metric a finite number or null (a key it does not know is refused where the state is built)."""
     if not isinstance(state, dict):
         raise damaged(file, "not a JSON object")
+    for key, hint in TRAINER_STATE_TYPES.items():
+        if key in state and not matches(state[key], hint):
+            raise damaged(f"{file}: {key}", f"{str(state[key])[:40]!r} where {describe(hint)} belongs")
     for key in ("global_step", "episode", "max_steps"):
         conform(state.get(key), 0, f"{file}: {key}")
     if state.get("best_metric") is not None:
         conform(state["best_metric"], 0.0, f"{file}: best_metric")
     if state.get("best_global_step") is not None:
         conform(state["best_global_step"], 0, f"{file}: best_global_step")
-    for key, kind in (("log_history", list), ("stateful_callbacks", dict)):
-        if not isinstance(state.get(key, kind()), kind):
-            raise damaged(f"{file}: {key}", f"a {type(state[key]).__name__} where a {kind.__name__} belongs")
 
 
 PPO_STATE_TEMPLATE = {

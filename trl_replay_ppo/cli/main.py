@@ -14,9 +14,11 @@ from pathlib import Path
 
 import torch
 from datasets import load_dataset
+from datasets.exceptions import DatasetGenerationError
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 from trl import ModelConfig, TrlParser, get_peft_config
 
+from trl_replay_ppo.cli.config_file import check_config_file, config_path
 from trl_replay_ppo.cli.demo import run_demo
 from trl_replay_ppo.cli.plots import plot_runs
 from trl_replay_ppo.rewards.builtin import REWARD_FUNCTIONS
@@ -87,12 +89,20 @@ def resolve_reward_func(name: str):
 def load_prompts(script: ScriptArguments, split: str):
     """Load one split with `datasets.load_dataset` and name its prompt column ``prompt``."""
     suffix = Path(script.dataset_name).suffix
-    if suffix in LOCAL_DATA_FORMATS:
-        if not Path(script.dataset_name).is_file():
-            raise FileNotFoundError(f"`dataset_name`: {script.dataset_name} does not exist.")
-        dataset = load_dataset(LOCAL_DATA_FORMATS[suffix], data_files={split: script.dataset_name}, split=split)
-    else:
-        dataset = load_dataset(script.dataset_name, script.dataset_config, split=split)
+    if suffix in LOCAL_DATA_FORMATS and not Path(script.dataset_name).is_file():
+        raise FileNotFoundError(f"`dataset_name`: {script.dataset_name} does not exist.")
+    try:
+        if suffix in LOCAL_DATA_FORMATS:
+            data_files = {split: script.dataset_name}
+            dataset = load_dataset(LOCAL_DATA_FORMATS[suffix], data_files=data_files, split=split)
+        else:
+            dataset = load_dataset(script.dataset_name, script.dataset_config, split=split)
+    except DatasetGenerationError as error:
+        cause = error.__cause__ or error
+        raise ValueError(
+            f"`dataset_name`: {script.dataset_name} could not be read ({type(cause).__name__}: {str(cause)[:200]}). "
+            "Check that its files are complete (a truncated last line?) and valid."
+        ) from error
     if script.prompt_column not in dataset.column_names:
         raise ValueError(
             f"`prompt_column={script.prompt_column!r}` is not a column of {script.dataset_name} ({split}); "
@@ -113,6 +123,8 @@ def make_parser():
 
 def train(argv: list[str]) -> int:
     """Parse flags / ``--config file.yaml``, load models and data with `from_pretrained`/`load_dataset`, train."""
+    if (config := config_path(argv)) is not None:
+        check_config_file(config)  # TrlParser's yaml.safe_load expands aliases without bound, keeps duplicate keys
     script, args, model_args = make_parser().parse_args_and_config(argv)
     if not model_args.model_name_or_path:
         raise ValueError(

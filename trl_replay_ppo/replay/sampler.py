@@ -81,7 +81,8 @@ class PrioritizedSampler(Sampler):
     ``(p + eps) ** alpha * decay ** (-alpha * (version - base))`` and is re-based (O(N)) only when that
     factor grows large. Draws are stratified (one per equal slice of the total mass) and may repeat
     an episode, which then counts twice; with expected counts proportional to ``P(i)`` the weights
-    ``(N * P(i)) ** -beta`` make the replayed rows unbiased at ``beta = 1``. Weights are divided by
+    ``(N * P(i)) ** -beta`` make the replayed rows unbiased at ``beta = 1`` (N: the episodes that can be
+    drawn; one whose key underflows to 0, with a tiny ``decay`` and a great age, cannot). Weights are divided by
     their expectation under the sampling distribution (exactly 1 at ``beta = 1``), a constant of the
     buffer rather than of the draw: a batch-dependent normaliser (the batch maximum, or mean) would
     bias the shares again and let one low-priority row shrink every other row's weight. Sampling and
@@ -145,9 +146,10 @@ class PrioritizedSampler(Sampler):
         while empty.any():
             slots[empty] = self.tree.find(rng.uniform(0.0, total, size=int(empty.sum())))
             empty = self.tree.leaves(slots) <= 0
-        weights = (count * self.tree.leaves(slots) / total) ** (-beta)
         stored = self.tree.leaves()[storage.valid] / total  # O(N), once per draw
-        expected = float(np.sum(stored * (count * stored) ** (-beta)))
+        stored = stored[stored > 0]  # episodes whose key underflowed (a tiny decay, very old) are never drawn
+        weights = (len(stored) * self.tree.leaves(slots) / total) ** (-beta)
+        expected = float(np.sum(stored * (len(stored) * stored) ** (-beta)))
         return slots, weights / expected
 
     def mean_priority(self, storage: EpisodeStorage) -> float | None:

@@ -2,30 +2,63 @@
 
 A reward function is ``f(prompts, completions, **kwargs) -> list[float | None]`` (or a coroutine
 function returning one): one value per completion, ``None`` for a sample it does not score (a
-multi-task dataset). ``kwargs`` are the dataset's extra columns for the same rows plus what GRPO
-passes: ``completion_ids`` (token ids of each completion), ``trainer_state``, and ``log_metric(name,
-value)``. Failures name the function and the dataset rows; the function is never re-called to find
-the failing sample (it may be a paid API).
+multi-task dataset); a tuple or a 1-D array or tensor is accepted too. ``kwargs`` are the dataset's
+extra columns for the same rows plus what GRPO passes: ``completion_ids`` (token ids of each
+completion), ``trainer_state``, and ``log_metric(name, value)``. Each function gets its own copy of the
+inputs, so one that edits them changes nothing for the next. Failures name the function and the dataset
+rows; the function is never re-called to find the failing sample (it may be a paid API). A sync
+function runs in the calling (main) thread unless ``reward_timeout`` is set: reward code that uses
+``SIGALRM``, as ``math_verify`` does, needs the main thread.
 """
 
 from __future__ import annotations
 
 import asyncio
+import copy
 import inspect
+import logging
 import math
 import threading
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+import torch
+
+logger = logging.getLogger(__name__)
+
 RewardFunc = Callable[..., Any]
+NOT_COPIED = ("trainer_state", "log_metric")  # shared by every function: the trainer's own, never edited by it
 
 
 class RewardFunctionError(RuntimeError):
     """A reward function raised, timed out or returned something unusable; the message names it and the rows."""
 
 
+@dataclass(frozen=True)
+class CallSettings:
+    """How reward functions are called (the `ReplayPPOConfig` fields of the same names, in seconds).
+
+    ``nonfinite_value`` replaces NaN/inf answers (None: they are an error); ``timeout`` stops a call
+    (None: it may run forever); ``watchdog`` logs a warning every so many seconds while a call runs
+    (None: silent); ``rank`` is this process's, named in those warnings.
+    """
+
+    nonfinite_value: float | None = None
+    timeout: float | None = None
+    watchdog: float | None = None
+    rank: int = 0
+
+    @classmethod
+    def from_args(cls, args: Any, rank: int = 0) -> CallSettings:
+        return cls(args.reward_nonfinite_value, args.reward_timeout, args.reward_watchdog, rank)
+
+
 def reward_func_name(func: RewardFunc) -> str:
-    """The name used in logs (``rewards/<name>``): the function's or the callable class's name."""
+    """The function's or the callable class's name (`trl_replay_ppo.rewards.scorer.source_names` makes them unique)."""
     return getattr(func, "__name__", type(func).__name__)
 
 
@@ -85,6 +118,33 @@ def _running_loop() -> bool:
     return True
 
 
+@contextmanager
+def _watchdog(name: str, settings: CallSettings, rows: str) -> Iterator[None]:
+    """While the body runs, log a warning every ``settings.watchdog`` seconds naming the function and the rank."""
+    if settings.watchdog is None:
+        yield
+        return
+    done, started = threading.Event(), time.monotonic()
+
+    def watch() -> None:
+        while not done.wait(settings.watchdog):
+            logger.warning(
+                "Reward function `%s` has not returned after %.0f s on rank %d (%s); still waiting. Set "
+                "`reward_timeout` to stop calls that take longer.",
+                name,
+                time.monotonic() - started,
+                settings.rank,
+                rows,
+            )
+
+    thread = threading.Thread(target=watch, daemon=True, name=f"reward-watchdog-{name}")
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+
+
 def _rows_text(rows: Sequence[int] | None) -> str:
     if rows is None:
         return "a batch"
@@ -92,63 +152,95 @@ def _rows_text(rows: Sequence[int] | None) -> str:
     return f"the batch of dataset rows [{shown}]"
 
 
+def _own_copy(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The call's inputs, deep-copied but for the trainer's own objects (`NOT_COPIED`)."""
+    return {key: value if key in NOT_COPIED else copy.deepcopy(value) for key, value in kwargs.items()}
+
+
+def _as_list(values: Any, name: str, count: int) -> list:
+    """A function's answer as a list of ``count`` entries: a list or tuple, or a 1-D array or tensor."""
+    shape = f"a {values.ndim}-d {type(values).__name__}" if isinstance(values, torch.Tensor | np.ndarray) else None
+    if isinstance(values, torch.Tensor | np.ndarray) and values.ndim == 1:
+        values = values.tolist()
+    if not isinstance(values, list | tuple):
+        raise TypeError(
+            f"Reward function `{name}` must return a list (or a 1-D array or tensor) of one float per completion, "
+            f"got {shape or type(values).__name__}."
+        )
+    if len(values) != count:
+        raise ValueError(
+            f"Reward function `{name}` returned {len(values)} values for {count} completions; it must return "
+            "exactly one float (or None) per completion."
+        )
+    return list(values)
+
+
+def _as_float(value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, str | bytes):
+        raise TypeError(f"a {type(value).__name__} {value!r}")
+    return float(value)
+
+
 def call_reward_func(
     func: RewardFunc,
     prompts: list,
     completions: list,
     kwargs: dict[str, Any],
-    nonfinite_value: float | None = None,
-    timeout: float | None = None,
+    settings: CallSettings,
     rows: Sequence[int] | None = None,
+    name: str | None = None,
 ) -> tuple[list[float | None], int]:
-    """Call one reward function and check its answer: one finite float (or None) per completion.
+    """Call one reward function on its own copy of the inputs and check its answer: one finite float (or None)
+    per completion.
 
-    ``rows`` are the dataset rows of the samples, used in messages. Returns ``(values, replaced)``:
-    NaN/inf values are an error naming the function and the row, unless ``nonfinite_value`` is
-    given; they are then replaced by it and counted in ``replaced``.
+    ``rows`` are the dataset rows of the samples and ``name`` the function's name in logs, both used in
+    messages. Returns ``(values, replaced)``: NaN/inf values are an error naming the function and the row,
+    unless ``settings.nonfinite_value`` is given; they are then replaced by it and counted in ``replaced``.
     """
-    name = reward_func_name(func)
+    name = name or reward_func_name(func)
+    count = len(completions)
+    inputs = _own_copy({"prompts": prompts, "completions": completions, **kwargs})
     try:
-        values = _run(func, {"prompts": prompts, "completions": completions, **kwargs}, timeout)
+        with _watchdog(name, settings, _rows_text(rows)):
+            values = _run(func, inputs, settings.timeout)
     except Exception as error:
         raise RewardFunctionError(
             f"Reward function `{name}` failed on {_rows_text(rows)}: {type(error).__name__}: {error}"
         ) from error
-    if values is None or isinstance(values, str) or not hasattr(values, "__len__"):
-        raise TypeError(f"Reward function `{name}` must return a list of floats, got {type(values).__name__}.")
-    if len(values) != len(completions):
-        raise ValueError(
-            f"Reward function `{name}` returned {len(values)} values for {len(completions)} completions; it must "
-            "return exactly one float (or None) per completion."
-        )
     try:
-        rewards = [None if v is None else float(v) for v in values]
+        rewards = [_as_float(v) for v in _as_list(values, name, count)]
     except (TypeError, ValueError) as error:
-        raise TypeError(f"Reward function `{name}` must return floats or None: {error}.") from error
+        if str(error).startswith("Reward function"):
+            raise
+        raise TypeError(f"Reward function `{name}` must return floats or None, got {error}.") from error
     bad = [i for i, value in enumerate(rewards) if value is not None and not math.isfinite(value)]
-    if bad and nonfinite_value is None:
+    if bad and settings.nonfinite_value is None:
         row = rows[bad[0]] if rows is not None else bad[0]
         raise ValueError(
             f"Reward function `{name}` returned {rewards[bad[0]]} for dataset row {row} ({len(bad)} non-finite of "
             f"{len(rewards)}); fix the function or set `reward_nonfinite_value` to replace such values."
         )
     for i in bad:
-        rewards[i] = nonfinite_value
+        rewards[i] = settings.nonfinite_value
     return rewards, len(bad)
 
 
 def preflight_reward_funcs(
     funcs: Sequence[RewardFunc],
+    names: Sequence[str],
     prompts: list,
     columns: dict[str, list],
-    nonfinite_value: float | None = None,
-    timeout: float | None = None,
+    settings: CallSettings,
     rows: Sequence[int] | None = None,
+    dataset: str = "train_dataset",
 ) -> None:
-    """Call each reward function once on a few dataset rows with empty completions, before any generation.
+    """Call each reward function once on a few rows of ``dataset`` with empty completions, before any generation.
 
-    Catches a function that crashes, returns the wrong number of values or non-numbers. ``prompts``
-    are the rows' prompts as training passes them (text, chat messages, or decoded ``input_ids``).
+    Catches a function that crashes (a column it needs is missing), returns the wrong number of values
+    or non-numbers. ``prompts`` are the rows' prompts as training passes them (text, chat messages, or
+    decoded ``input_ids``); ``names`` the functions' names in logs.
     """
     chat = isinstance(prompts[0], list)
     completions = [[{"role": "assistant", "content": ""}] if chat else "" for _ in prompts]
@@ -158,11 +250,11 @@ def preflight_reward_funcs(
         "trainer_state": None,
         "log_metric": _ignore,
     }
-    for func in funcs:
+    for func, name in zip(funcs, names, strict=True):
         try:
-            call_reward_func(func, prompts, completions, kwargs, nonfinite_value, timeout, rows)
+            call_reward_func(func, prompts, completions, kwargs, settings, rows, name)
         except (TypeError, ValueError, RewardFunctionError) as error:
-            note = f" (pre-flight check on {len(prompts)} dataset rows with empty completions, before training)"
+            note = f" (pre-flight check on {len(prompts)} rows of `{dataset}` with empty completions, before training)"
             raise type(error)(f"{error}{note}") from error
 
 

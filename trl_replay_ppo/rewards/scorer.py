@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections import defaultdict
+import logging
+from collections import Counter, defaultdict
 from collections.abc import Sequence
 from typing import Any
 
@@ -13,9 +14,20 @@ from transformers import PreTrainedTokenizerBase
 
 from trl_replay_ppo.data.prompts import ROW_COLUMN, TOKEN_COLUMNS, is_conversational
 from trl_replay_ppo.models.forwards import sequence_scores
-from trl_replay_ppo.rewards.calls import RewardFunc, RewardFunctionError, call_reward_func, reward_func_name
+from trl_replay_ppo.rewards.calls import (
+    CallSettings,
+    RewardFunc,
+    RewardFunctionError,
+    call_reward_func,
+    reward_func_name,
+)
+
+logger = logging.getLogger(__name__)
 
 NOT_REWARD_COLUMNS = (*TOKEN_COLUMNS, ROW_COLUMN, "prompt")
+# Rewards are squared in the value loss (and summed over a batch's tokens): past this magnitude that overflows
+# float32 (max 3.4e38) and every optimizer step is skipped as non-finite.
+FLOAT32_SAFE_REWARD = 1e16
 
 
 def reward_model_name(reward_model: torch.nn.Module) -> str:
@@ -25,10 +37,40 @@ def reward_model_name(reward_model: torch.nn.Module) -> str:
 
 
 def source_names(reward_model: torch.nn.Module | None, reward_funcs: Sequence[RewardFunc]) -> list[str]:
-    """``rewards/<name>`` of each source, in order: the reward model (if any), then each function."""
-    return ([reward_model_name(reward_model)] if reward_model is not None else []) + [
+    """``rewards/<name>`` of each source, in order: the reward model (if any), then each function.
+
+    Names are unique: a name taken before (two lambdas) gets the first of ``_2``, ``_3``, ... that no
+    source is called.
+    """
+    names = ([reward_model_name(reward_model)] if reward_model is not None else []) + [
         reward_func_name(f) for f in reward_funcs
     ]
+    taken: Counter[str] = Counter()
+    unique = []
+    for name in names:
+        taken[name] += 1
+        candidate, n = name, taken[name]
+        while n > 1 and (candidate == name or candidate in names or candidate in unique):
+            candidate, n = f"{name}_{n}", n + 1
+        unique.append(candidate)
+    return unique
+
+
+def describe_renamed(reward_model: torch.nn.Module | None, reward_funcs: Sequence[RewardFunc]) -> str | None:
+    """Which function each ``rewards/<name>`` is, when names had to be made unique (`source_names`); else None."""
+    names = source_names(reward_model, reward_funcs)[int(reward_model is not None) :]
+    if names == [reward_func_name(f) for f in reward_funcs]:
+        return None
+    where = [
+        f"rewards/{name} is reward_funcs[{i}] ({_definition(func)})"
+        for i, (name, func) in enumerate(zip(names, reward_funcs, strict=True))
+    ]
+    return "Reward functions share a name, so their metrics are numbered: " + "; ".join(where) + "."
+
+
+def _definition(func: RewardFunc) -> str:
+    code = getattr(func, "__code__", None) or getattr(type(func).__call__, "__code__", None)
+    return f"{code.co_filename}:{code.co_firstlineno}" if code is not None else type(func).__qualname__
 
 
 def prompts_as_passed(prompts: dict[str, Any], tokenizer: PreTrainedTokenizerBase) -> list:
@@ -54,8 +96,7 @@ class Scorer:
         reward_funcs: Sequence[RewardFunc],
         weights: Sequence[float] | None,
         accelerator: Accelerator,
-        nonfinite_value: float | None = None,
-        timeout: float | None = None,
+        settings: CallSettings | None = None,
     ):
         self.tokenizer = tokenizer
         self.reward_model = reward_model
@@ -63,9 +104,11 @@ class Scorer:
         self.names = source_names(reward_model, self.reward_funcs)
         self.accelerator = accelerator
         self.weights = torch.tensor(weights or [1.0] * len(self.names), dtype=torch.float32, device=accelerator.device)
-        self.nonfinite_value = nonfinite_value
-        self.timeout = timeout
+        self.settings = settings or CallSettings()
         self.nonfinite = 0  # reward-function values replaced by `nonfinite_value`
+        self.oversized: set[str] = set()  # sources already warned about for rewards past `FLOAT32_SAFE_REWARD`
+        if (renamed := describe_renamed(reward_model, self.reward_funcs)) and accelerator.is_main_process:
+            logger.warning(renamed)
         self.logged: dict[str, list[float]] = defaultdict(list)  # what reward functions passed to `log_metric`
 
     @classmethod
@@ -77,16 +120,9 @@ class Scorer:
         reward_funcs: Sequence[RewardFunc],
         accelerator: Accelerator,
     ) -> Scorer:
-        """The scorer a `ReplayPPOConfig` describes (weights, non-finite replacement, timeout)."""
-        return cls(
-            tokenizer,
-            reward_model,
-            reward_funcs,
-            args.reward_weights,
-            accelerator,
-            args.reward_nonfinite_value,
-            args.reward_timeout,
-        )
+        """The scorer a `ReplayPPOConfig` describes (weights, non-finite replacement, timeout, watchdog)."""
+        settings = CallSettings.from_args(args, accelerator.process_index)
+        return cls(tokenizer, reward_model, reward_funcs, args.reward_weights, accelerator, settings)
 
     def model_scores(self, queries: torch.Tensor, responses: torch.Tensor) -> list[torch.Tensor]:
         """``[scores]`` (b,) of the reward model on queries (b, Lq) and truncated responses (b, R); ``[]`` if none."""
@@ -117,6 +153,7 @@ class Scorer:
         except (RewardFunctionError, TypeError, ValueError) as raised:
             error = raised
         self._raise_on_every_rank(error)
+        self._warn_oversized(source_scores, prompts.get(ROW_COLUMN))
         scored = ~torch.isnan(source_scores)
         unscored = (~scored.any(1)).nonzero().flatten().tolist()
         if unscored:
@@ -149,14 +186,33 @@ class Scorer:
             kwargs = {k: v for k, v in prompts.items() if k not in NOT_REWARD_COLUMNS}
             kwargs.update(completion_ids=completion_ids, trainer_state=trainer_state, log_metric=self.log_metric)
             rows = prompts.get(ROW_COLUMN)
-            for func in self.reward_funcs:
+            names = self.names[len(sources) :]
+            for func, name in zip(self.reward_funcs, names, strict=True):
                 values, replaced = call_reward_func(
-                    func, prompt_values, completions, kwargs, self.nonfinite_value, self.timeout, rows
+                    func, prompt_values, completions, kwargs, self.settings, rows, name
                 )
                 self.nonfinite += replaced
                 values = [float("nan") if v is None else v for v in values]
                 sources.append(torch.tensor(values, dtype=torch.float32, device=responses.device))
         return torch.stack(sources, dim=1)
+
+    def _warn_oversized(self, source_scores: torch.Tensor, rows: Any) -> None:
+        """Warn once per source whose rewards (B, S) pass `FLOAT32_SAFE_REWARD`: the likely cause of skipped steps."""
+        for i, name in enumerate(self.names):
+            column = source_scores[:, i].nan_to_num(0.0).abs()
+            if name in self.oversized or not column.max() > FLOAT32_SAFE_REWARD:
+                continue
+            self.oversized.add(name)
+            j = int(column.argmax())
+            logger.warning(
+                "Reward source `%s` gave %g for dataset row %s: rewards past %g overflow float32 in the value loss, "
+                "so optimizer steps will be skipped as non-finite. Rescale the rewards (e.g. divide them, or clip "
+                "them) before they reach the trainer.",
+                name,
+                float(source_scores[j, i]),
+                rows[j] if rows is not None else j,
+                FLOAT32_SAFE_REWARD,
+            )
 
     def log_metric(self, name: str, value: float) -> None:
         """What reward functions call to log a number; logged as ``rewards/logged/<name>`` (mean per update)."""
@@ -165,7 +221,7 @@ class Scorer:
     def metrics(self) -> dict[str, float]:
         """``rewards/nonfinite`` (when non-finite values are replaced) and the means of what reward functions
         logged since the last call (``rewards/logged/<name>``)."""
-        metrics = {"rewards/nonfinite": self.nonfinite} if self.nonfinite_value is not None else {}
+        metrics = {"rewards/nonfinite": self.nonfinite} if self.settings.nonfinite_value is not None else {}
         metrics.update({f"rewards/logged/{name}": sum(v) / len(v) for name, v in self.logged.items() if v})
         self.logged.clear()
         return metrics

@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Literal
+
+from transformers import TrainingArguments
 
 from trl_replay_ppo.trainer.base import PPOConfig
 from trl_replay_ppo.trainer.base.config import help_field
-from trl_replay_ppo.trainer.config_checks import check_batch_arithmetic, check_choices, check_types_and_ranges
+from trl_replay_ppo.trainer.config_checks import (
+    check_annotated_types,
+    check_batch_arithmetic,
+    check_choices,
+    check_types_and_ranges,
+)
+
+TRAINING_ARGUMENTS = {item.name for item in fields(TrainingArguments)}
 
 
 @dataclass
@@ -211,6 +220,11 @@ class ReplayPPOConfig(PPOConfig):
         "Seconds a reward function may take for one batch before training stops with an error naming it (on every "
         "rank); a sync function runs in a worker thread that is abandoned, an async one is cancelled. None waits.",
     )
+    reward_watchdog: float | None = help_field(
+        300.0,
+        "Seconds a reward function call may run before a warning naming it, its rank and the rows is logged, "
+        "repeated as often while it runs; the call is left running (`reward_timeout` stops it). None disables.",
+    )
     reward_nonfinite_value: float | None = help_field(
         None,
         "A reward function returning NaN/inf is an error naming it; set a number to replace such values "
@@ -245,6 +259,7 @@ class ReplayPPOConfig(PPOConfig):
         if self.metric_for_best_model is None and (self.load_best_model_at_end or self.early_stopping_patience):
             self.metric_for_best_model = "eval_reward"  # transformers would pick "loss", which evaluate() lacks
         check_types_and_ranges(self)  # before transformers' own checks, which divide by some of these
+        check_annotated_types(self, TRAINING_ARGUMENTS)
         super().__post_init__()
         if isinstance(self.chat_template_kwargs, str):
             self.chat_template_kwargs = json.loads(self.chat_template_kwargs)

@@ -7,10 +7,15 @@ YAML reads as a string) are accepted for float fields; a non-integer in an integ
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import typing
 from typing import Any
 
+from trl_replay_ppo.integrations.annotations import checkable, describe, matches
+
 INF = math.inf
+MAX_EPISODES = 2**53  # the largest count a float64 (metrics, schedules) holds exactly
 
 # Integer fields and their smallest allowed value; None is allowed for those in OPTIONAL_INTS.
 INTS = {
@@ -69,10 +74,11 @@ FLOATS = {
     "missing_eos_penalty": (0.0, INF, True, False),
     "target_kl": (0.0, INF, False, False),
     "reward_timeout": (0.0, INF, False, False),
+    "reward_watchdog": (0.0, INF, False, False),
     "reward_nonfinite_value": (-INF, INF, False, False),
     "vllm_gpu_memory_utilization": (0.0, 1.0, False, True),
 }
-OPTIONAL_FLOATS = {"missing_eos_penalty", "target_kl", "reward_timeout", "reward_nonfinite_value"}
+OPTIONAL_FLOATS = {"missing_eos_penalty", "target_kl", "reward_timeout", "reward_watchdog", "reward_nonfinite_value"}
 
 
 def fail(name: str, value: Any, requirement: str) -> None:
@@ -118,11 +124,31 @@ def check_types_and_ranges(config: Any) -> None:
         if math.isnan(config.max_grad_norm) or config.max_grad_norm < 0:
             fail("max_grad_norm", config.max_grad_norm, "must be >= 0 (0 or None disables clipping)")
     if config.reward_weights is not None:
+        if not isinstance(config.reward_weights, list | tuple):
+            fail("reward_weights", config.reward_weights, "must be a list of numbers, one per reward source")
         config.reward_weights = [_as_float("reward_weights", w) for w in config.reward_weights]
         if not all(math.isfinite(w) for w in config.reward_weights):
             fail("reward_weights", config.reward_weights, "must hold finite numbers")
-    if config.total_episodes is None and not (_as_float("num_train_epochs", config.num_train_epochs) > 0):
-        fail("num_train_epochs", config.num_train_epochs, "must be > 0 (or set `total_episodes`): no update would run")
+    epochs = _as_float("num_train_epochs", config.num_train_epochs)
+    if config.total_episodes is None and not (0 < epochs < INF):
+        fail("num_train_epochs", config.num_train_epochs, "must be a finite number > 0 (or set `total_episodes`)")
+    if config.total_episodes is not None and config.total_episodes > MAX_EPISODES:
+        fail("total_episodes", config.total_episodes, f"must be at most 2**53 = {MAX_EPISODES} (counters are exact)")
+
+
+def check_annotated_types(config: Any, inherited: set[str]) -> None:
+    """Every field whose annotation `matches` can decide holds a value of that type (after `check_types_and_ranges`
+    converted numeric strings). Of the fields in ``inherited`` (transformers' `TrainingArguments`, which converts
+    some values itself), only those of scalar type are checked."""
+    hints = typing.get_type_hints(type(config))
+    for item in dataclasses.fields(config):
+        hint = hints[item.name]
+        containers = [h for h in (hint, *typing.get_args(hint)) if typing.get_origin(h) in (list, dict)]
+        if item.name in inherited and containers:
+            continue
+        value = getattr(config, item.name)
+        if checkable(hint) and not matches(value, hint):
+            fail(item.name, value, f"must be {describe(hint)}")
 
 
 def check_choices(config: Any) -> None:

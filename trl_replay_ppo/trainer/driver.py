@@ -228,6 +228,7 @@ class ReplayPPOTrainer(PPOTrainer):
     def end_training(self) -> TrainOutput:
         """Fire ``on_train_end``; restore the best checkpoint's weights if ``load_best_model_at_end``."""
         self.control = self.callback_handler.on_train_end(self.args, self.state, self.control)
+        self.optimizer_steps.warn_if_mostly_skipped(self.args.learning_rate)
         if self.control.should_save:
             self.save_checkpoint()
         best = self.state.best_model_checkpoint

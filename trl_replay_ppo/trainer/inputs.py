@@ -19,9 +19,10 @@ from trl_replay_ppo.data.prompts import ROW_COLUMN, prepare_prompt_dataset
 from trl_replay_ppo.integrations.compat import trl_ppo
 from trl_replay_ppo.models.vllm_sampler import vllm_import_error
 from trl_replay_ppo.models.wrappers import SharedValueHead, apply_value_lora, enable_gradient_checkpointing
-from trl_replay_ppo.rewards.calls import RewardFunc, preflight_reward_funcs
+from trl_replay_ppo.rewards.calls import CallSettings, RewardFunc, preflight_reward_funcs
 from trl_replay_ppo.rewards.scorer import NOT_REWARD_COLUMNS, prompts_as_passed, source_names
 from trl_replay_ppo.trainer.config import ReplayPPOConfig
+from trl_replay_ppo.trainer.config_checks import MAX_EPISODES
 from trl_replay_ppo.trainer.evaluation import eval_metric_names
 from trl_replay_ppo.trainer.validation import (
     check_arguments,
@@ -71,15 +72,23 @@ def prepare_inputs(
         longest = max(longest, max(len(ids) for ids in eval_dataset["input_ids"]))
     check_models(args, model, value_model, peft_config, longest)
     check_output_dir(args.output_dir)
-    if reward_funcs:
-        rows = train_dataset[: min(2, len(train_dataset))]
-        columns = {k: v for k, v in rows.items() if k not in NOT_REWARD_COLUMNS}
-        prompts = prompts_as_passed(rows, processing_class)
-        preflight_reward_funcs(
-            reward_funcs, prompts, columns, args.reward_nonfinite_value, args.reward_timeout, rows[ROW_COLUMN]
-        )
+    names = source_names(reward_model, reward_funcs)[int(reward_model is not None) :]
+    for name, dataset in (("train_dataset", train_dataset), ("eval_dataset", eval_dataset)):
+        if reward_funcs and dataset is not None and len(dataset):
+            rows = dataset[: min(2, len(dataset))]
+            columns = {k: v for k, v in rows.items() if k not in NOT_REWARD_COLUMNS}
+            prompts = prompts_as_passed(rows, processing_class)
+            settings = CallSettings.from_args(args, PartialState().process_index)
+            preflight_reward_funcs(reward_funcs, names, prompts, columns, settings, rows[ROW_COLUMN], name)
     if args.total_episodes is None:
-        args.total_episodes = int(args.num_train_epochs * len(train_dataset) * args.num_generations)
+        episodes = float(args.num_train_epochs) * len(train_dataset) * args.num_generations
+        if episodes > MAX_EPISODES:
+            raise ValueError(
+                f"`num_train_epochs`={args.num_train_epochs} passes over {len(train_dataset)} prompts x "
+                f"{args.num_generations} generations is {episodes:g} episodes, past 2**53; lower `num_train_epochs` "
+                "or set `total_episodes`."
+            )
+        args.total_episodes = int(episodes)
     _init_mixed_precision(args)
     if args.shared_value_head:
         value_model = SharedValueHead(model)

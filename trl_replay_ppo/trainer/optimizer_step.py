@@ -53,6 +53,7 @@ class OptimizerStep:
         self.grad_norms: list[float] = []  # pre-clip norms of this update's steps
         self.skipped_steps = 0
         self.consecutive_skips = 0
+        self.attempted_here, self.skipped_here = 0, 0  # steps of this process's part of the run (never saved)
 
     def begin_update(self) -> None:
         self.grad_norms = []
@@ -70,6 +71,7 @@ class OptimizerStep:
         else:
             grad_norm = self.accelerator.clip_grad_norm_(self.model.parameters(), self.max_norm)
         grad_norm = float(grad_norm) if grad_norm is not None else math.nan
+        self.attempted_here += 1
         if math.isfinite(grad_norm) or self.steps_in_backward:
             self.optimizer.step()
             self.check_weights_finite(update)
@@ -77,6 +79,7 @@ class OptimizerStep:
             self.consecutive_skips = 0
         else:
             self.skipped_steps += 1
+            self.skipped_here += 1
             self.consecutive_skips += 1
             logger.warning(
                 "Skipped an optimizer step: non-finite loss or gradient (norm=%s); %d skipped so far.",
@@ -90,6 +93,22 @@ class OptimizerStep:
                     "or check the reward for NaN/inf values."
                 )
         self.optimizer.zero_grad()
+
+    def warn_if_mostly_skipped(self, learning_rate: float) -> None:
+        """At the end of training: warn when this run skipped more optimizer steps than it applied, so the policy
+        returned is mostly untrained, with the likely causes."""
+        applied = self.attempted_here - self.skipped_here
+        if self.skipped_here <= applied:
+            return
+        logger.warning(
+            "Training skipped %d of its %d optimizer steps as non-finite (%d applied): the returned policy is mostly "
+            "untrained. Likely causes: rewards too large for float32 (rescale them; a warning says which source "
+            "gave them), or a `learning_rate`=%g too high (lower it, or set `max_grad_norm`).",
+            self.skipped_here,
+            self.attempted_here,
+            applied,
+            learning_rate,
+        )
 
     def check_weights_finite(self, update: int) -> None:
         """After an optimizer step: stop, naming the update, if any trainable weight became NaN/inf.
