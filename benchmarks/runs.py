@@ -178,7 +178,7 @@ class Curve(TrainerCallback):
         if self.train_score_key in logs:
             self.train_scores.append(float(logs[self.train_score_key]))
         self.max_empty_fraction = max(self.max_empty_fraction, logs.get("rollout/empty_fraction", 0.0))
-        self.skipped_steps = logs.get("train/skipped_steps", self.skipped_steps)
+        self.skipped_steps = logs.get("update/skipped_steps", self.skipped_steps)
 
     def on_step_end(self, args, state, control, **kwargs):
         self.record()

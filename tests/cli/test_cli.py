@@ -6,13 +6,15 @@ import json
 import re
 import subprocess
 import sys
+from importlib import metadata
 from pathlib import Path
 
 import pytest
 import yaml
 
 from tests.helpers import ROOT
-from trl_replay_ppo.cli.main import config_reference, main, make_parser
+from trl_replay_ppo.cli.main import main
+from trl_replay_ppo.cli.train import config_reference, make_parser
 from trl_replay_ppo.trainer.memory import gpu_memory_budget, qwen3_0_6b_config
 
 GSM8K_ROWS = [
@@ -81,6 +83,29 @@ def test_console_script_and_module_entry_points():
         executable = Path(sys.executable).parent / command[0] if command[0] == "trl-replay-ppo" else command[0]
         result = subprocess.run([str(executable), *command[1:], "config-reference"], capture_output=True, text=True)
         assert result.returncode == 0 and "`replay_sample_size`" in result.stdout
+
+
+def test_version_help_and_import_do_not_load_torch():
+    code = (
+        "import sys, trl_replay_ppo; from trl_replay_ppo.cli.main import main; main(['--help']); "
+        "assert 'torch' not in sys.modules, 'torch imported'; print(trl_replay_ppo.__version__)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1] == metadata.version("trl_replay_ppo")
+    version = subprocess.run([sys.executable, "-m", "trl_replay_ppo", "--version"], capture_output=True, text=True)
+    assert version.stdout == f"trl-replay-ppo {metadata.version('trl_replay_ppo')}\n"
+
+
+def test_every_public_name_resolves_and_the_package_is_typed():
+    import trl_replay_ppo
+
+    assert all(getattr(trl_replay_ppo, name) is not None for name in trl_replay_ppo.__all__)
+    assert trl_replay_ppo.PPOTrainerWithReplay is trl_replay_ppo.ReplayPPOTrainer
+    assert (Path(trl_replay_ppo.__file__).parent / "py.typed").is_file()
+    assert "Apache License" in (ROOT / "LICENSE").read_text()
+    with pytest.raises(AttributeError, match="no attribute 'Nope'"):
+        trl_replay_ppo.Nope  # noqa: B018
 
 
 def parse_shipped(name: str):

@@ -11,7 +11,8 @@ import transformers
 
 from tests.cli.test_cli import GSM8K_ROWS, write_tiny_run
 from trl_replay_ppo.cli.config_file import MAX_BYTES, ConfigFileError, check_config_file
-from trl_replay_ppo.cli.main import main, make_parser
+from trl_replay_ppo.cli.main import main
+from trl_replay_ppo.cli.train import make_parser
 
 
 @pytest.fixture

@@ -162,7 +162,7 @@ def test_rewards_too_large_for_float32_are_reported_with_the_cause(tmp_path, tin
     before = snapshot(trainer.model)
     with caplog.at_level(logging.WARNING):
         trainer.train()  # a short run: fewer skips than `max_skipped_steps`, so it returns
-    assert trainer.state.log_history[-1]["train/skipped_steps"] == 2
+    assert trainer.state.log_history[-1]["update/skipped_steps"] == 2
     assert all(torch.equal(before[n], p) for n, p in trainer.model.named_parameters())
     assert f"Reward source `huge` gave {reward:g} for dataset row" in caplog.text
     assert "Training skipped 2 of its 2 optimizer steps as non-finite (0 applied)" in caplog.text

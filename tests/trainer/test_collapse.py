@@ -113,8 +113,8 @@ def test_a_single_token_batch_trains_and_counts_the_fallback(tmp_path, tiny):
     trainer = _trainer(tiny, tmp_path, per_device_train_batch_size=1, total_episodes=3, stop_token="eos")
     trainer.train()
     logs = trainer.state.log_history
-    assert [log["train/whiten_fallbacks"] for log in logs] == [1, 2, 3]
-    assert all(log["train/skipped_steps"] == 0 for log in logs)
+    assert [log["update/whiten_fallbacks"] for log in logs] == [1, 2, 3]
+    assert all(log["update/skipped_steps"] == 0 for log in logs)
     assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
 
 

@@ -144,7 +144,7 @@ def test_non_finite_loss_skips_the_step(tmp_path, tiny):
     trainer.add_callback(Snapshots())
     trainer.train()
     logs = trainer.state.log_history
-    assert [log["train/skipped_steps"] for log in logs] == [0, 1, 1]
+    assert [log["update/skipped_steps"] for log in logs] == [0, 1, 1]
     assert math.isnan(logs[1]["policy/grad_norm"])
     assert changed(weights_per_update[0], trainer.model)  # update 3 stepped
     first, second = weights_per_update[0], weights_per_update[1]

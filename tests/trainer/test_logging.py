@@ -61,14 +61,21 @@ def test_metrics_jsonl_train_log_and_plots(tmp_path, tiny, capsys):
     assert "reward.png" in capsys.readouterr().out
 
 
-def test_plot_overlays_several_runs(tmp_path, tiny_dirs):
+def test_plot_overlays_several_runs(tmp_path, tiny_dirs, monkeypatch):
+    from matplotlib.axes import Axes
+
     from trl_replay_ppo.cli.plots import plot_runs
     from trl_replay_ppo.tasks.tiny import load_tiny_models
 
     for name in ("a", "b"):
         _run(load_tiny_models(tiny_dirs), tmp_path / name, use_replay_buffer=name == "b")
+    labels = []
+    monkeypatch.setattr(Axes, "set_ylabel", lambda ax, label, **kwargs: labels.append((ax.get_title(), label)))
     paths = plot_runs([tmp_path / "a" / "out", tmp_path / "b" / "out"], tmp_path / "plots")
     assert (tmp_path / "plots" / "reward.png") in paths
+    assert ("eval reward (eval_reward)", "mean score per eval prompt") in labels
+    assert ("episodes in the replay buffer (buffer/size)", "episodes") in labels
+    assert all(title and unit for title, unit in labels)  # every panel: a readable title and its unit
 
 
 def test_wandb_offline_and_tensorboard(tmp_path, tiny, monkeypatch):
@@ -86,6 +93,11 @@ def test_wandb_offline_and_tensorboard(tmp_path, tiny, monkeypatch):
         assert metric in record, metric
     events = list((tmp_path / "out" / "runs").rglob("events.out.tfevents.*"))
     assert events and events[0].stat().st_size > 0
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tags = EventAccumulator(str(events[0].parent)).Reload().Tags()["scalars"]
+    assert "train/update/ppo_epochs" in tags and "train/objective/scores" in tags
+    assert not [tag for tag in tags if tag.startswith("train/train/")]  # each tag prefixed once
 
 
 def test_resume_path_must_be_a_checkpoint(tmp_path, tiny):

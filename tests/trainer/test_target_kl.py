@@ -133,7 +133,7 @@ def test_a_mid_epoch_stop_counts_the_trained_share_and_is_logged(tmp_path, tiny)
     trainer = make_trainer(tiny, args, make_digits_dataset(4), reward_model=None, reward_funcs=digits_reward)
     trainer.train()
     (log,) = trainer.state.log_history
-    assert log["train/ppo_epochs"] == 0.5 and log["policy/early_stop_kl"] > 1.5e-12
+    assert log["update/ppo_epochs"] == 0.5 and log["policy/early_stop_kl"] > 1.5e-12
     assert len(trainer.optimizer_steps.grad_norms) == 1
     assert 0 < log["efficiency/trained_tokens"] <= 2 * args.response_length  # the 2 rows of the kept step
 
@@ -143,4 +143,4 @@ def test_without_target_kl_nothing_is_checked_or_logged(tmp_path, tiny):
     trainer = make_trainer(tiny, args, make_digits_dataset(4), reward_model=None, reward_funcs=digits_reward)
     trainer.train()
     (log,) = trainer.state.log_history
-    assert log["train/ppo_epochs"] == 2 and "policy/early_stop_kl" not in log
+    assert log["update/ppo_epochs"] == 2 and "policy/early_stop_kl" not in log

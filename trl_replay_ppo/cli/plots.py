@@ -19,6 +19,25 @@ FIGURES = {
     "efficiency.png": ("Sample efficiency", ["efficiency/sample_efficiency"]),
 }
 
+LABELS = {  # metric -> (panel title, y-axis label with its unit)
+    "objective/scores": ("training reward", "mean score per episode"),
+    "eval_reward": ("eval reward", "mean score per eval prompt"),
+    "objective/kl": ("KL to the reference, training", "nats per sequence"),
+    "eval_kl": ("KL to the reference, eval", "nats per sequence"),
+    "objective/kl_coef": ("KL coefficient", "reward per nat"),
+    "objective/entropy": ("entropy of the responses", "nats per sequence"),
+    "policy/entropy_avg": ("entropy per token", "nats per token"),
+    "loss/policy_avg": ("policy loss", "loss (mean per token)"),
+    "loss/value_avg": ("value loss", "loss (mean per token)"),
+    "policy/grad_norm": ("gradient norm before clipping", "L2 norm"),
+    "buffer/size": ("episodes in the replay buffer", "episodes"),
+    "buffer/mean_age": ("mean age of stored episodes", "updates"),
+    "buffer/mean_reuse": ("mean reuse of stored episodes", "times replayed"),
+    "replay/is_weight_mean": ("mean importance weight of replayed rows", "weight"),
+    "replay/clipfrac": ("clipped fraction of replayed tokens", "fraction"),
+    "efficiency/sample_efficiency": ("trained per generated episode", "episodes / episode"),
+}
+
 
 def read_metrics(run_dir: str | Path) -> list[dict]:
     """The records of ``run_dir/metrics.jsonl`` (or of the file itself when given a file)."""
@@ -65,7 +84,9 @@ def plot_runs(run_dirs: list[str | Path], output_dir: str | Path | None = None) 
                     if xs:
                         marker = "o" if key.startswith("eval_") else None
                         ax.plot(xs, ys, marker=marker, markersize=3, label=name if len(runs) > 1 else key)
-                ax.set_title(key, fontsize=9)
+                title, unit = LABELS[key]
+                ax.set_title(f"{title} ({key})", fontsize=9)
+                ax.set_ylabel(unit, fontsize=8)
                 ax.set_xlabel("generated episodes" if x == "episode" else "training time (s)")
                 ax.grid(alpha=0.3)
                 if len(runs) > 1 and row == 0 and col == 0:

@@ -29,7 +29,7 @@ class AdvantageEstimator:
         self.lam = lam
         self.kl_estimator = kl_estimator
         self.whiten_rewards = whiten_rewards
-        self.whiten_fallbacks = 0  # whitenings left out for lack of 2 valid tokens (``train/whiten_fallbacks``)
+        self.whiten_fallbacks = 0  # whitenings left out for lack of 2 valid tokens (``update/whiten_fallbacks``)
         self.kl_coef = float("nan")  # the coefficient the last batch's rewards were shaped with
 
     @torch.no_grad()
@@ -53,8 +53,8 @@ class AdvantageEstimator:
         return batch
 
     def metrics(self) -> dict[str, float]:
-        """``objective/kl_coef`` of the last batch and ``train/whiten_fallbacks`` so far."""
-        return {"objective/kl_coef": self.kl_coef, "train/whiten_fallbacks": self.whiten_fallbacks}
+        """``objective/kl_coef`` of the last batch and ``update/whiten_fallbacks`` so far."""
+        return {"objective/kl_coef": self.kl_coef, "update/whiten_fallbacks": self.whiten_fallbacks}
 
     def state_dict(self) -> dict[str, Any]:
         return {"whiten_fallbacks": self.whiten_fallbacks}

@@ -100,12 +100,12 @@ class ReplayPPOConfig(PPOConfig):
         "tokens of that step's micro-batches, over all ranks) is checked; above 1.5 x this value (nats per "
         "token) that step's gradients are dropped and the update ends (under DeepSpeed, whose engine steps "
         "inside backward, that step is taken). None runs every epoch. Logged: `policy/early_stop_kl` (the last "
-        "check) and `train/ppo_epochs` (epochs trained, fractional when a stop fell mid-epoch).",
+        "check) and `update/ppo_epochs` (epochs trained, fractional when a stop fell mid-epoch).",
     )
     max_skipped_steps: int = help_field(
         10,
         "Optimizer steps with a non-finite loss or gradient are skipped (weights untouched, counted in "
-        "`train/skipped_steps`); training stops with an error after this many consecutive skips.",
+        "`update/skipped_steps`); training stops with an error after this many consecutive skips.",
     )
     shared_value_head: bool = help_field(
         False,

@@ -1,5 +1,5 @@
 """An update's epochs: which rows each micro-batch holds (`micro_batch_rows`) and how far the update got
-(`UpdateProgress`, what ``train/ppo_epochs`` reports)."""
+(`UpdateProgress`, what ``update/ppo_epochs`` reports)."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ def micro_batch_rows(
 
 @dataclass
 class UpdateProgress:
-    """How much of an update's PPO epochs trained, on this rank: what ``train/ppo_epochs`` reports.
+    """How much of an update's PPO epochs trained, on this rank: what ``update/ppo_epochs`` reports.
 
     A micro-batch counts once its gradients are kept: stepped, or (at the end of an update whose
     micro-batches do not fill the last accumulation) carried into the next step as TRL does. The

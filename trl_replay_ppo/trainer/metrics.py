@@ -127,7 +127,7 @@ class UpdateMetrics:
         source_means = gather(fresh.source_scores).nanmean(0).tolist()  # NaN: a function gave None
         metrics.update({f"rewards/{name}": value for name, value in zip(self.source_names, source_means, strict=True)})
         metrics["val/explained_variance"] = explained_variance(fresh)
-        metrics["train/ppo_epochs"] = progress.epochs
+        metrics["update/ppo_epochs"] = progress.epochs
         if progress.early_stop_kl is not None:
             metrics["policy/early_stop_kl"] = progress.early_stop_kl
         device = batch.padding_mask.device

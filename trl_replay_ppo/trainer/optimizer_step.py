@@ -18,7 +18,7 @@ class OptimizerStep:
     """Clip, skip a step whose gradients are non-finite, else step; then check the weights stayed finite.
 
     Owns the pre-clip gradient norms of the current update (``policy/grad_norm``) and the run's
-    skip counters (``train/skipped_steps``, saved with every checkpoint).
+    skip counters (``update/skipped_steps``, saved with every checkpoint).
 
     Args:
         model: the prepared policy + critic (what accelerate clips under sharding or loss scaling).
@@ -129,10 +129,10 @@ class OptimizerStep:
         )
 
     def metrics(self) -> dict[str, float]:
-        """``policy/grad_norm`` (mean pre-clip norm of this update's steps, this rank) and ``train/skipped_steps``."""
+        """``policy/grad_norm`` (mean pre-clip norm of this update's steps, this rank) and ``update/skipped_steps``."""
         return {
             "policy/grad_norm": float(np.mean(self.grad_norms or [math.nan])),
-            "train/skipped_steps": self.skipped_steps,
+            "update/skipped_steps": self.skipped_steps,
         }
 
     def state_dict(self) -> dict[str, Any]:
