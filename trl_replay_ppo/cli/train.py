@@ -8,6 +8,7 @@ accelerate launch --config_file examples/accelerate/ddp.yaml -m trl_replay_ppo t
 from __future__ import annotations
 
 import importlib
+import sys
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 
@@ -81,6 +82,13 @@ def resolve_reward_func(name: str):
     if not hasattr(module, attribute):
         raise ValueError(f"Reward function {name!r}: module {module_name!r} has no attribute {attribute!r}.")
     return getattr(module, attribute)
+
+
+def resume_value(flag: str | bool | None) -> str | bool | None:
+    """``--resume_from_checkpoint`` as `train()` takes it: "true" the newest checkpoint, "false" none, else a path."""
+    if isinstance(flag, str) and flag.lower() in ("true", "false", "none", ""):
+        return True if flag.lower() == "true" else None
+    return flag
 
 
 def load_prompts(script: ScriptArguments, split: str):
@@ -158,7 +166,17 @@ def train(argv: list[str]) -> int:
         peft_config=get_peft_config(model_args),
         **models,
     )
-    trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
+    try:
+        trainer.train(resume_from_checkpoint=resume_value(args.resume_from_checkpoint))
+    except KeyboardInterrupt:
+        if trainer.accelerator.is_main_process:
+            print(
+                f"\nInterrupted at update {trainer.state.global_step}. Add `--resume_from_checkpoint true` to the "
+                f"same command to continue from the newest checkpoint in {args.output_dir} (one is written every "
+                "`save_steps` updates).",
+                file=sys.stderr,
+            )
+        return 130
     trainer.save_model(args.output_dir)
     if trainer.accelerator.is_main_process:
         print(f"policy saved to {args.output_dir}; metrics in {Path(args.output_dir) / 'metrics.jsonl'}")

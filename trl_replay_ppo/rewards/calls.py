@@ -66,6 +66,12 @@ def validate_reward_funcs(reward_funcs: RewardFunc | Sequence[RewardFunc] | None
     """Normalise ``reward_funcs`` to a list and check every entry is callable."""
     if reward_funcs is None:
         return []
+    if isinstance(reward_funcs, str):
+        raise TypeError(
+            f"`reward_funcs` is the string {reward_funcs!r}: pass a callable `f(prompts, completions, **kwargs) -> "
+            "list[float]` or a list of them. (TRL's GRPOTrainer reads a string as a reward model's id: here load "
+            "that model and pass it as `reward_model=`.)"
+        )
     funcs = [reward_funcs] if callable(reward_funcs) else list(reward_funcs)
     for i, func in enumerate(funcs):
         if not callable(func):
@@ -157,6 +163,22 @@ def _own_copy(kwargs: dict[str, Any]) -> dict[str, Any]:
     return {key: value if key in NOT_COPIED else copy.deepcopy(value) for key, value in kwargs.items()}
 
 
+def _check_signature(func: RewardFunc, name: str, inputs: dict[str, Any]) -> None:
+    """Refuse a function that cannot take the contract's arguments, showing the signature it needs."""
+    try:
+        signature = inspect.signature(func)
+    except (TypeError, ValueError):  # a builtin or C callable without a signature: let the call decide
+        return
+    try:
+        signature.bind(**inputs)
+    except TypeError as error:
+        extra = ", ".join(k for k in inputs if k not in ("prompts", "completions"))
+        raise TypeError(
+            f"Reward function `{name}{signature}` cannot be called as GRPO's contract calls it ({error}): it must "
+            f"accept `f(prompts, completions, **kwargs)`, where kwargs are {extra}."
+        ) from error
+
+
 def _as_list(values: Any, name: str, count: int) -> list:
     """A function's answer as a list of ``count`` entries: a list or tuple, or a 1-D array or tensor."""
     shape = f"a {values.ndim}-d {type(values).__name__}" if isinstance(values, torch.Tensor | np.ndarray) else None
@@ -202,6 +224,7 @@ def call_reward_func(
     name = name or reward_func_name(func)
     count = len(completions)
     inputs = _own_copy({"prompts": prompts, "completions": completions, **kwargs})
+    _check_signature(func, name, inputs)
     try:
         with _watchdog(name, settings, _rows_text(rows)):
             values = _run(func, inputs, settings.timeout)

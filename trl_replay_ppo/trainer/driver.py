@@ -47,17 +47,19 @@ from trl_replay_ppo.models.wrappers import NoRewardModel, save_pretrained_policy
 from trl_replay_ppo.rewards.calls import RewardFunc, validate_reward_funcs
 from trl_replay_ppo.trainer.base import PPOTrainer
 from trl_replay_ppo.trainer.config import ReplayPPOConfig
+from trl_replay_ppo.trainer.conventions import UnsupportedTrainerMethods, load_named_models, mean_training_loss
 from trl_replay_ppo.trainer.epochs import UpdateProgress, micro_batch_rows
 from trl_replay_ppo.trainer.inputs import prepare_inputs
 from trl_replay_ppo.trainer.metrics import mean_sequence_kl
 from trl_replay_ppo.trainer.parts import build_parts
+from trl_replay_ppo.trainer.state import set_step_counts
 
 logger = logging.getLogger(__name__)
 
 STAT_NAMES = ("approxkl", "pg_clipfrac", "pg_loss", "vf_loss", "vf_clipfrac", "entropy", "ratio")
 
 
-class ReplayPPOTrainer(PPOTrainer):
+class ReplayPPOTrainer(UnsupportedTrainerMethods, PPOTrainer):
     """PPO with staleness-aware (optionally prioritized) experience replay; a drop-in for TRL's ``PPOTrainer``.
 
     Same constructor as ``trl.experimental.ppo.PPOTrainer`` plus ``reward_funcs``, configured by
@@ -67,18 +69,19 @@ class ReplayPPOTrainer(PPOTrainer):
         reward_model: optional when ``reward_funcs`` are given; both may be combined.
         reward_funcs: a callable or a list of them, ``f(prompts, completions, **columns) -> list[float]``.
         value_model: the critic; leave it None with ``args.shared_value_head=True``.
-        Every other argument is TRL's.
+        Models may be given as Hub ids or local paths, as TRL's GRPOTrainer takes them (`load_named_models`);
+        ``processing_class`` is then loaded from ``model``'s when None. Every other argument is TRL's.
     """
 
     def __init__(
         self,
         args: ReplayPPOConfig,
-        processing_class: PreTrainedTokenizerBase,
-        model: PreTrainedModel,
-        ref_model: PreTrainedModel | None = None,
-        reward_model: torch.nn.Module | None = None,
+        processing_class: PreTrainedTokenizerBase | None,
+        model: PreTrainedModel | str,
+        ref_model: PreTrainedModel | str | None = None,
+        reward_model: torch.nn.Module | str | None = None,
         train_dataset: Dataset | None = None,
-        value_model: torch.nn.Module | None = None,
+        value_model: torch.nn.Module | str | None = None,
         data_collator: Callable | None = None,
         eval_dataset: Dataset | None = None,
         optimizers: tuple[torch.optim.Optimizer | None, torch.optim.lr_scheduler.LambdaLR | None] = (None, None),
@@ -91,6 +94,8 @@ class ReplayPPOTrainer(PPOTrainer):
         np.random.seed(args.seed)
         reward_funcs = validate_reward_funcs(reward_funcs)
         models = {"model": model, "ref_model": ref_model, "reward_model": reward_model, "value_model": value_model}
+        models, processing_class = load_named_models(models, processing_class)
+        model, ref_model, reward_model = models["model"], models["ref_model"], models["reward_model"]
         train_dataset, eval_dataset, value_model = prepare_inputs(
             args, processing_class, models, train_dataset, eval_dataset, peft_config, reward_funcs
         )
@@ -183,12 +188,8 @@ class ReplayPPOTrainer(PPOTrainer):
             logger.info("Resumed from %s at update %d.", checkpoint, self.state.global_step)
         else:
             self.state.global_step, self.state.episode = 0, 0
-        self.state.max_steps = args.num_total_batches
         self.state.num_train_epochs = args.total_episodes / self.train_dataset_len
-        for name in ("logging_steps", "eval_steps", "save_steps"):
-            value = getattr(args, name)
-            if value is not None:
-                setattr(self.state, name, math.ceil(self.state.max_steps * value) if value < 1 else value)
+        set_step_counts(self.state, args)
         self.control = self.callback_handler.on_train_begin(args, self.state, self.control)
         self.control = self.callback_handler.on_epoch_begin(args, self.state, self.control)
         if self.is_deepspeed_enabled:
@@ -238,7 +239,8 @@ class ReplayPPOTrainer(PPOTrainer):
                 "Loaded the best model (%s=%s) from %s.", self.args.metric_for_best_model, self.state.best_metric, best
             )
         metrics = {"train_runtime": time.time() - self.start_time, "episode": self.state.episode}
-        return TrainOutput(self.state.global_step, float("nan"), metrics)
+        loss = mean_training_loss(self.state.log_history, self.args.vf_coef)
+        return TrainOutput(self.state.global_step, loss, metrics)
 
     def save_checkpoint(self) -> Path:
         """Write ``checkpoint-<step>`` (`trl_replay_ppo.checkpointing.writer`) and fire ``on_save``."""

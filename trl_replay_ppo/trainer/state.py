@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from typing import Any
 
 from accelerate import Accelerator
@@ -44,6 +45,15 @@ def resume_fingerprint(args: Any, source_names: list[str], tokenizer: PreTrained
         "reward sources": list(source_names),
         "tokenizer": hashlib.sha256(vocabulary).hexdigest()[:16],
     }
+
+
+def set_step_counts(state: Any, args: Any) -> None:
+    """``max_steps`` (updates) and the logging, eval and save intervals in updates (a fraction < 1 is of the run)."""
+    state.max_steps = args.num_total_batches
+    for name in ("logging_steps", "eval_steps", "save_steps"):
+        value = getattr(args, name)
+        if value is not None:
+            setattr(state, name, math.ceil(state.max_steps * value) if value < 1 else value)
 
 
 class AccumulationState:

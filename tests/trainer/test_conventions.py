@@ -1,0 +1,104 @@
+"""What a user of TRL's trainers expects: models as ids, a clear word for a string `reward_funcs` or a wrong reward
+signature, `predict()` refused by name, a real `training_loss`, and on the command line `--resume_from_checkpoint
+true` and an interrupt that says how to continue."""
+
+from __future__ import annotations
+
+import math
+import shutil
+
+import pytest
+
+from tests.cli.test_cli import write_tiny_run
+from tests.helpers import make_trainer, tiny_config
+from trl_replay_ppo import ReplayPPOTrainer
+from trl_replay_ppo.cli.main import main
+from trl_replay_ppo.cli.train import resume_value
+from trl_replay_ppo.tasks.digits import digits_reward, make_digits_dataset
+
+pytestmark = pytest.mark.trl112
+
+
+def test_models_given_as_paths_are_loaded_with_their_tokenizer(tmp_path, tiny_dirs, tiny):
+    policy = tmp_path / "policy"
+    shutil.copytree(tiny_dirs["policy"], policy)
+    tiny["tokenizer"].save_pretrained(policy)  # a Hub model directory holds both
+    trainer = ReplayPPOTrainer(
+        args=tiny_config(tmp_path, total_episodes=8),
+        processing_class=None,
+        model=str(policy),
+        value_model=str(policy),
+        train_dataset=make_digits_dataset(8),
+        reward_funcs=digits_reward,
+    )
+    assert trainer.processing_class.padding_side == "left"
+    assert trainer.train().global_step == 2
+
+
+def test_a_model_object_without_a_tokenizer_says_what_to_pass(tmp_path, tiny):
+    with pytest.raises(ValueError, match=r"`processing_class` is required .* or `model` as a Hub id"):
+        ReplayPPOTrainer(
+            args=tiny_config(tmp_path),
+            processing_class=None,
+            model=tiny["policy"],
+            value_model=tiny["value_model"],
+            train_dataset=make_digits_dataset(8),
+            reward_funcs=digits_reward,
+        )
+
+
+def test_reward_funcs_as_a_string_is_refused_with_the_grpo_difference(tmp_path, tiny):
+    with pytest.raises(TypeError, match=r"`reward_funcs` is the string 'org/reward-model'.*`reward_model=`"):
+        make_trainer(tiny, tiny_config(tmp_path), make_digits_dataset(8), reward_funcs="org/reward-model")
+
+
+@pytest.mark.parametrize(
+    "func",
+    [lambda completions: [0.0] * len(completions), lambda prompts, completions: [0.0] * len(completions)],
+    ids=["no prompts", "no kwargs"],
+)
+def test_a_reward_function_of_another_signature_is_shown_the_contract(tmp_path, tiny, func):
+    func.__name__ = "judge"
+    with pytest.raises(TypeError, match=r"`judge\(.*\)` cannot be called .* `f\(prompts, completions, \*\*kwargs\)`"):
+        make_trainer(tiny, tiny_config(tmp_path), make_digits_dataset(8), reward_model=None, reward_funcs=func)
+
+
+def test_predict_is_refused_naming_what_to_use(tmp_path, tiny):
+    trainer = make_trainer(tiny, tiny_config(tmp_path), make_digits_dataset(8))
+    for method in (trainer.predict, trainer.prediction_step, trainer.hyperparameter_search):
+        with pytest.raises(NotImplementedError, match=r"has no meaning for PPO training.*"):
+            method(make_digits_dataset(4))
+    with pytest.raises(NotImplementedError, match=r"`predict\(\)`.*`evaluate\(\)`"):
+        trainer.predict(make_digits_dataset(4))
+
+
+def test_train_returns_the_mean_loss(tmp_path, tiny):
+    trainer = make_trainer(tiny, tiny_config(tmp_path, total_episodes=16), make_digits_dataset(8))
+    output = trainer.train()
+    logged = [h for h in trainer.state.log_history if "loss/policy_avg" in h]
+    expected = sum(h["loss/policy_avg"] + 0.1 * h["loss/value_avg"] for h in logged) / len(logged)
+    assert len(logged) == 4 and math.isfinite(output.training_loss)
+    assert output.training_loss == pytest.approx(expected)
+
+
+@pytest.mark.parametrize(("flag", "value"), [("true", True), ("True", True), ("false", None), ("ckpt/x", "ckpt/x")])
+def test_resume_flag_values(flag, value):
+    assert resume_value(flag) == value
+
+
+def test_cli_resume_true_continues_the_newest_checkpoint(tmp_path, tiny_dirs):
+    config = write_tiny_run(tmp_path, tiny_dirs, total_episodes=8)
+    assert main(["train", "--config", str(config)]) == 0
+    assert (tmp_path / "run" / "checkpoint-2").is_dir()
+    config.write_text(config.read_text().replace("total_episodes: 8", "total_episodes: 16"))
+    assert main(["train", "--config", str(config), "--resume_from_checkpoint", "true"]) == 0
+    assert (tmp_path / "run" / "checkpoint-4").is_dir()
+
+
+def test_an_interrupted_cli_run_says_how_to_continue(tmp_path, tiny_dirs, monkeypatch, capsys):
+    def interrupted(self, resume_from_checkpoint=None):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ReplayPPOTrainer, "train", interrupted)
+    assert main(["train", "--config", str(write_tiny_run(tmp_path, tiny_dirs))]) == 130
+    assert "Interrupted at update 0. Add `--resume_from_checkpoint true`" in capsys.readouterr().err
