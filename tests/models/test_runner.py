@@ -10,9 +10,10 @@ from trl_replay_ppo.models.runner import suppressed_token
 
 
 def test_the_pad_token_is_suppressed_only_when_asked_and_distinct_from_eos():
-    assert suppressed_token(True, pad_token_id=0, eos_token_id=1) == 0
-    assert suppressed_token(False, pad_token_id=0, eos_token_id=1) is None
-    assert suppressed_token(True, pad_token_id=1, eos_token_id=1) is None  # eos must stay a legal stop
+    assert suppressed_token(True, pad_token_id=0, eos_token_id=1, vocab_rows=8) == 0
+    assert suppressed_token(False, pad_token_id=0, eos_token_id=1, vocab_rows=8) is None
+    assert suppressed_token(True, pad_token_id=1, eos_token_id=1, vocab_rows=8) is None  # eos must stay a legal stop
+    assert suppressed_token(True, pad_token_id=8, eos_token_id=1, vocab_rows=8) is None  # added past the rows
 
 
 def test_one_place_builds_sampling_and_greedy_settings(tmp_path, tiny):

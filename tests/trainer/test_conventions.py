@@ -4,10 +4,12 @@ true` and an interrupt that says how to continue."""
 
 from __future__ import annotations
 
+import logging
 import math
 import shutil
 
 import pytest
+from datasets import Dataset
 
 from tests.cli.test_cli import write_tiny_run
 from tests.helpers import make_trainer, tiny_config
@@ -102,3 +104,25 @@ def test_an_interrupted_cli_run_says_how_to_continue(tmp_path, tiny_dirs, monkey
     monkeypatch.setattr(ReplayPPOTrainer, "train", interrupted)
     assert main(["train", "--config", str(write_tiny_run(tmp_path, tiny_dirs))]) == 130
     assert "Interrupted at update 0. Add `--resume_from_checkpoint true`" in capsys.readouterr().err
+
+
+def test_trl_example_pad_token_added_without_resizing_trains_with_a_warning(tmp_path, tiny, caplog):
+    tokenizer = tiny["tokenizer"]
+    rows = tiny["policy"].get_input_embeddings().num_embeddings
+    tokenizer.add_special_tokens({"pad_token": "[PAD]"})  # as TRL's PPO example does, embeddings left as they are
+    assert tokenizer.pad_token_id == rows == len(tokenizer) - 1
+    with caplog.at_level(logging.WARNING):
+        trainer = make_trainer(tiny, tiny_config(tmp_path, total_episodes=8), make_digits_dataset(8))
+        trainer.train()
+    assert trainer.state.global_step == 2 and trainer.runner.suppressed_token_id is None  # it cannot be sampled
+    assert f"The tokenizer has {rows + 1} tokens, the models' embeddings {rows} rows" in caplog.text
+    assert "[PAD]" in caplog.text
+
+
+def test_prompts_holding_ids_past_the_embeddings_are_refused(tmp_path, tiny):
+    tokenizer = tiny["tokenizer"]
+    rows = tiny["policy"].get_input_embeddings().num_embeddings
+    tokenizer.add_tokens(["<tool>"])
+    dataset = Dataset.from_dict({"input_ids": [[5, 6, rows], [5, 6, 7], [6, 7, 8], [7, 8, 9]]})
+    with pytest.raises(ValueError, match=rf"`train_dataset` holds token id {rows}, past the {rows} embedding rows"):
+        make_trainer(tiny, tiny_config(tmp_path), dataset)

@@ -23,13 +23,16 @@ from trl_replay_ppo.models.generation import batch_generation, truncate_response
 from trl_replay_ppo.models.vllm_sampler import VLLMSampler
 
 
-def suppressed_token(suppress_pad_token: bool, pad_token_id: int | None, eos_token_id: int | None) -> int | None:
+def suppressed_token(
+    suppress_pad_token: bool, pad_token_id: int | None, eos_token_id: int | None, vocab_rows: int
+) -> int | None:
     """The pad token when it must never be sampled (``suppress_pad_token``, pad distinct from eos), else None.
 
     A sampled pad token is indistinguishable from padding: masked out of every loss, the policy
-    would never learn not to emit it. When pad and eos are the same token, it stays a legal stop.
+    would never learn not to emit it. When pad and eos are the same token, it stays a legal stop; a pad
+    token past the policy's ``vocab_rows`` (one added without resizing) cannot be sampled at all.
     """
-    if not suppress_pad_token or pad_token_id == eos_token_id:
+    if not suppress_pad_token or pad_token_id == eos_token_id or (pad_token_id or 0) >= vocab_rows:
         return None
     return pad_token_id
 

@@ -66,7 +66,7 @@ def prepare_inputs(
             eval_dataset, processing_class, args.max_prompt_length, "eval_dataset", **prepare
         )
     check_sizes(args, train_dataset, PartialState().num_processes)
-    check_vocabularies(processing_class, models)
+    check_vocabularies(processing_class, models, {"train_dataset": train_dataset, "eval_dataset": eval_dataset})
     longest = max(len(ids) for ids in train_dataset["input_ids"])
     if eval_dataset is not None:
         longest = max(longest, max(len(ids) for ids in eval_dataset["input_ids"]))

@@ -106,7 +106,8 @@ def build_parts(
 ) -> TrainerParts:
     """Every part, wired together; ``model`` and ``optimizer`` are the prepared ones."""
     scorer = Scorer.from_args(args, tokenizer, reward_model, reward_funcs, accelerator)
-    suppressed = suppressed_token(args.suppress_pad_token, tokenizer.pad_token_id, tokenizer.eos_token_id)
+    rows = embedding_rows(accelerator.unwrap_model(model))
+    suppressed = suppressed_token(args.suppress_pad_token, tokenizer.pad_token_id, tokenizer.eos_token_id, rows)
     runner = ModelRunner(
         model,
         accelerator,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import tempfile
 from pathlib import Path
 
@@ -10,6 +11,8 @@ from datasets import Dataset
 from transformers import PreTrainedTokenizerBase
 
 from trl_replay_ppo.trainer.config import ReplayPPOConfig
+
+logger = logging.getLogger(__name__)
 
 
 def check_arguments(
@@ -83,16 +86,48 @@ def _vocab_size(model: torch.nn.Module) -> int | None:
     return size
 
 
-def check_vocabularies(tokenizer: PreTrainedTokenizerBase, models: dict[str, torch.nn.Module | None]) -> None:
-    """The models (``{argument name: model}``) read the policy tokenizer's ids: their vocabularies must cover it."""
-    needed = len(tokenizer)
-    for name, model in models.items():
-        size = _vocab_size(model) if model is not None else None
-        if size is not None and size < needed:
+def check_vocabularies(
+    tokenizer: PreTrainedTokenizerBase, models: dict[str, torch.nn.Module | None], datasets: dict[str, Dataset | None]
+) -> None:
+    """Every token id that can reach a model's embedding (``models``: ``{argument name: model}``) lies inside it.
+
+    Those ids are the prompts' (``datasets``, tokenized) and the ones the policy generates (below its own
+    rows), so each model needs at least the policy's rows. The pad token is masked out of every model input:
+    a tokenizer larger than the embeddings only by tokens that never reach them (TRL's PPO example adds a
+    ``[PAD]`` without resizing) is accepted with a warning, as TRL's PPO accepts it.
+    """
+    sizes = {name: size for name, model in models.items() if model is not None and (size := _vocab_size(model))}
+    policy = sizes.get("model", len(tokenizer))
+    for name, size in sizes.items():
+        if size < policy:
             raise ValueError(
-                f"`{name}` has a vocabulary of {size} tokens but the tokenizer has {needed}: it was not trained with "
-                "this tokenizer. Use models that share the policy's tokenizer (or resize their embeddings)."
+                f"`{name}` has a vocabulary of {size} tokens but `model` generates ids up to {policy - 1}: it was not "
+                "trained with this tokenizer. Use models that share the policy's tokenizer (or resize embeddings)."
             )
+    smallest = min(sizes.values(), default=policy)
+    if tokenizer.eos_token_id >= policy:
+        raise ValueError(
+            f"The eos token (id {tokenizer.eos_token_id}) is past `model`'s {policy} embedding rows, so no response "
+            "could end; resize the embeddings (`model.resize_token_embeddings(len(tokenizer))`) or use its own eos."
+        )
+    pad = tokenizer.pad_token_id
+    for name, dataset in datasets.items():
+        top = max((i for ids in dataset["input_ids"] for i in ids if i != pad), default=-1) if dataset else -1
+        if top >= smallest:
+            raise ValueError(
+                f"`{name}` holds token id {top}, past the {smallest} embedding rows of the models: resize their "
+                "embeddings (`resize_token_embeddings(len(tokenizer))`) before training on the added tokens."
+            )
+    if len(tokenizer) > smallest:
+        past = tokenizer.convert_ids_to_tokens(list(range(smallest, len(tokenizer)))[:5])
+        logger.warning(
+            "The tokenizer has %d tokens, the models' embeddings %d rows: the ids past them (%s) never reach a model "
+            "(the pad token is masked out of every input, the policy cannot generate them, no prompt holds them), so "
+            "training goes on without resizing, as TRL's PPO does. Resize the embeddings to silence this.",
+            len(tokenizer),
+            smallest,
+            ", ".join(past),
+        )
 
 
 def check_output_dir(output_dir: str) -> None:
