@@ -126,3 +126,41 @@ def test_prompts_holding_ids_past_the_embeddings_are_refused(tmp_path, tiny):
     dataset = Dataset.from_dict({"input_ids": [[5, 6, rows], [5, 6, 7], [6, 7, 8], [7, 8, 9]]})
     with pytest.raises(ValueError, match=rf"`train_dataset` holds token id {rows}, past the {rows} embedding rows"):
         make_trainer(tiny, tiny_config(tmp_path), dataset)
+
+
+def test_a_reward_function_reading_the_trainer_state_passes_the_preflight(tmp_path, tiny):
+    steps = []
+
+    def scheduled(prompts, completions, trainer_state, **kwargs):  # TRL's GRPO contract: a curriculum by step
+        steps.append(trainer_state.global_step)
+        return [float(trainer_state.global_step > 0)] * len(completions)
+
+    trainer = make_trainer(
+        tiny,
+        tiny_config(tmp_path, total_episodes=8),
+        make_digits_dataset(8),
+        reward_model=None,
+        reward_funcs=scheduled,
+    )
+    trainer.train()
+    assert steps == [0, 0, 1]  # the pre-flight call, then one call per update with the state so far
+
+
+def test_a_migrated_run_says_once_what_differs_from_trl(tmp_path, tiny, caplog):
+    with caplog.at_level(logging.WARNING):
+        make_trainer(tiny, tiny_config(tmp_path, use_replay_buffer=True, max_grad_norm=1.0), make_digits_dataset(8))
+    said = [r.getMessage() for r in caplog.records if "Differences from TRL's PPOTrainer" in r.getMessage()]
+    assert len(said) == 1
+    for field in ("use_replay_buffer=True", "max_grad_norm=1.0", "suppress_pad_token=True"):
+        assert field in said[0]
+    assert "use_replay_buffer=False for TRL's behaviour" in said[0]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        make_trainer(tiny, tiny_config(tmp_path / "trl", suppress_pad_token=False), make_digits_dataset(8))
+    assert "Differences from TRL's PPOTrainer" not in caplog.text
+
+
+def test_a_multi_process_launch_that_did_not_join_is_refused(tmp_path, tiny, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")  # `accelerate launch --num_processes 2` on CPU without `use_cpu`
+    with pytest.raises(RuntimeError, match=r"started 2 processes .* trains as one of 1.*set `use_cpu=True`"):
+        make_trainer(tiny, tiny_config(tmp_path, use_cpu=False), make_digits_dataset(8))

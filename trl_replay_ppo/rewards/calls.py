@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from transformers import TrainerState
 
 logger = logging.getLogger(__name__)
 
@@ -263,14 +264,15 @@ def preflight_reward_funcs(
 
     Catches a function that crashes (a column it needs is missing), returns the wrong number of values
     or non-numbers. ``prompts`` are the rows' prompts as training passes them (text, chat messages, or
-    decoded ``input_ids``); ``names`` the functions' names in logs.
+    decoded ``input_ids``); ``names`` the functions' names in logs. The functions get every argument GRPO
+    passes: ``trainer_state`` is a fresh `TrainerState` (``global_step`` 0), the completions are empty.
     """
     chat = isinstance(prompts[0], list)
     completions = [[{"role": "assistant", "content": ""}] if chat else "" for _ in prompts]
     kwargs: dict[str, Any] = {
         **columns,
         "completion_ids": [[] for _ in prompts],
-        "trainer_state": None,
+        "trainer_state": TrainerState(),  # what the first update passes: global_step 0
         "log_metric": _ignore,
     }
     for func, name in zip(funcs, names, strict=True):

@@ -5,6 +5,7 @@
 - `UnsupportedTrainerMethods`: `transformers.Trainer` methods that have no meaning for PPO refuse with
   what to call instead, rather than failing inside transformers on a private attribute.
 - `mean_training_loss`: the ``training_loss`` `train()` returns.
+- `differences_from_trl`: what this run does that TRL's PPOTrainer would not, said once at start.
 """
 
 from __future__ import annotations
@@ -14,6 +15,12 @@ from typing import Any, NoReturn
 import torch
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
+# field: (its value for TRL's PPO behaviour, what a run does otherwise); said at start when a run differs.
+TRL_BEHAVIOUR = {
+    "use_replay_buffer": (False, "stored episodes are replayed in every update"),
+    "max_grad_norm": (0.0, "gradients are clipped to this norm (TRL's PPO ignores the field)"),
+    "suppress_pad_token": (False, "the pad token cannot be sampled"),
+}
 CAUSAL = ("model", "ref_model")  # loaded as causal LMs; the critic and the reward model as 1-label classifiers
 
 
@@ -36,6 +43,18 @@ def load_named_models(models: dict[str, Any], processing_class: Any) -> tuple[di
             )
         processing_class = AutoTokenizer.from_pretrained(models["model"], padding_side="left")
     return loaded, processing_class
+
+
+def differences_from_trl(args: Any) -> str | None:
+    """One message saying what this run does that TRL's PPOTrainer does not, and how to get TRL's behaviour."""
+    differences = [
+        f"{field}={getattr(args, field)!r} ({what}; {field}={trl!r} for TRL's behaviour)"
+        for field, (trl, what) in TRL_BEHAVIOUR.items()
+        if (getattr(args, field) or type(trl)()) != trl
+    ]
+    if not differences:
+        return None
+    return "Differences from TRL's PPOTrainer in this run: " + "; ".join(differences) + "."
 
 
 def mean_training_loss(log_history: list[dict[str, Any]], vf_coef: float) -> float:

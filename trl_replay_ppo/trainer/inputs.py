@@ -7,6 +7,8 @@ two rows, and the critic variant (shared head, LoRA) built.
 
 from __future__ import annotations
 
+import logging
+import os
 from typing import Any
 
 import torch
@@ -23,6 +25,7 @@ from trl_replay_ppo.rewards.calls import CallSettings, RewardFunc, preflight_rew
 from trl_replay_ppo.rewards.scorer import NOT_REWARD_COLUMNS, prompts_as_passed, source_names
 from trl_replay_ppo.trainer.config import ReplayPPOConfig
 from trl_replay_ppo.trainer.config_checks import MAX_EPISODES
+from trl_replay_ppo.trainer.conventions import differences_from_trl
 from trl_replay_ppo.trainer.evaluation import eval_metric_names
 from trl_replay_ppo.trainer.validation import (
     check_arguments,
@@ -31,6 +34,8 @@ from trl_replay_ppo.trainer.validation import (
     check_sizes,
     check_vocabularies,
 )
+
+logger = logging.getLogger(__name__)
 
 
 def prepare_inputs(
@@ -72,6 +77,8 @@ def prepare_inputs(
         longest = max(longest, max(len(ids) for ids in eval_dataset["input_ids"]))
     check_models(args, model, value_model, peft_config, longest)
     check_output_dir(args.output_dir)
+    if (differences := differences_from_trl(args)) and PartialState().is_main_process:
+        logger.warning(differences)
     names = source_names(reward_model, reward_funcs)[int(reward_model is not None) :]
     for name, dataset in (("train_dataset", train_dataset), ("eval_dataset", eval_dataset)):
         if reward_funcs and dataset is not None and len(dataset):
@@ -90,6 +97,7 @@ def prepare_inputs(
             )
         args.total_episodes = int(episodes)
     _init_mixed_precision(args)
+    _check_launch(args)
     if args.shared_value_head:
         value_model = SharedValueHead(model)
     elif args.lora_value_model:
@@ -110,6 +118,18 @@ def _check_metric_for_best_model(args: ReplayPPOConfig, source_names: list[str])
     if full not in names:
         raise ValueError(
             f"`metric_for_best_model={metric!r}` is not a metric `evaluate()` produces; choose one of {names}."
+        )
+
+
+def _check_launch(args: ReplayPPOConfig) -> None:
+    """The launcher's processes form this run: N processes each training alone would share one `output_dir`."""
+    launched, joined = int(os.environ.get("WORLD_SIZE", "1")), PartialState().num_processes
+    if launched != joined:
+        cpu = "" if args.use_cpu else " On a machine without a GPU, set `use_cpu=True` (`--use_cpu true`)."
+        raise RuntimeError(
+            f"The launcher started {launched} processes (WORLD_SIZE={launched}) but this one trains as one of "
+            f"{joined}: they would run {launched} separate trainings into one `output_dir`.{cpu} Otherwise "
+            "launch a single process, or check the launcher's distributed settings."
         )
 
 
