@@ -45,7 +45,8 @@ class ReplayPPOConfig(PPOConfig):
     gradient_checkpointing: bool | None = help_field(
         None,
         "Recompute activations in the backward pass of the policy and value model to save memory. "
-        "Off unless set: TRL's PPO trainer ignored this flag.",
+        "Off unless set: TRL's PPO trainer ignored this flag. transformers 5 names it `activation_checkpointing`; "
+        "either is honoured.",
     )
     max_grad_norm: float | None = help_field(
         1.0,
