@@ -1,7 +1,7 @@
 """GPU checks that CPU-only CI cannot run; `examples/gpu_check.sh` runs them all.
 
     python examples/gpu_check.py bf16     # the digits task in bf16 on one GPU: learns, weights stay finite
-    accelerate launch --config_file examples/accelerate/deepspeed_zero3.yaml --num_processes 1 \\
+    accelerate launch --config_file trl_replay_ppo/cli/examples/accelerate/deepspeed_zero3.yaml --num_processes 1 \\
         examples/gpu_check.py zero        # the same under DeepSpeed (ZeRO-2 or 3, as the config says)
 
 Each prints one JSON line ``RESULT {...}`` and exits non-zero when the check fails.

@@ -15,7 +15,7 @@ $PY benchmarks/memory.py --modes lora_bf16_shared_head lora_bf16_lora_value --ba
 $PY examples/gpu_check.py bf16 || status=1
 if $PY -c "import deepspeed" 2>/dev/null; then
     for stage in 2 3; do
-        "$(dirname "$PY")/accelerate" launch --config_file "examples/accelerate/deepspeed_zero$stage.yaml" \
+        "$(dirname "$PY")/accelerate" launch --config_file "trl_replay_ppo/cli/examples/accelerate/deepspeed_zero$stage.yaml" \
             --num_processes 1 examples/gpu_check.py zero || status=1
     done
 else

@@ -4,7 +4,7 @@
     python examples/train_gsm8k.py --model ./my-model --data ./gsm8k.jsonl --max_steps 20
 
 Fits a 16 GB GPU (see benchmarks/results/memory.md). On several GPUs:
-    accelerate launch --config_file examples/accelerate/ddp.yaml examples/train_gsm8k.py
+    accelerate launch --config_file trl_replay_ppo/cli/examples/accelerate/ddp.yaml examples/train_gsm8k.py
 """
 
 import argparse

@@ -83,5 +83,5 @@ class LogRecorder(TrainerCallback):
 def two_process_command(port: int, module: str, *args: str) -> list[str]:
     """`accelerate launch` of ``python -m module args`` on 2 CPU processes (gloo), rendezvous on ``port``."""
     accelerate = Path(sys.executable).parent / "accelerate"
-    config = str(ROOT / "examples/accelerate/cpu_2proc.yaml")
+    config = str(ROOT / "trl_replay_ppo/cli/examples/accelerate/cpu_2proc.yaml")
     return [str(accelerate), "launch", "--config_file", config, "--main_process_port", str(port), "-m", module, *args]

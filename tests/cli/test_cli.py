@@ -6,6 +6,7 @@ import json
 import re
 import subprocess
 import sys
+import zipfile
 from importlib import metadata
 from pathlib import Path
 
@@ -111,7 +112,7 @@ def test_every_public_name_resolves_and_the_package_is_typed():
 def parse_shipped(name: str):
     # transformers refuses bf16 on a machine without a GPU unless `use_cpu` is set.
     return make_parser().parse_args_and_config(
-        ["--config", str(ROOT / "examples/configs" / name), "--use_cpu", "true"]
+        ["--config", str(ROOT / "trl_replay_ppo/cli/examples/configs" / name), "--use_cpu", "true"]
     )
 
 
@@ -193,3 +194,36 @@ def test_a_yaml_without_a_model_says_so(tmp_path, tiny_dirs):
     config.write_text("\n".join(r for r in config.read_text().splitlines() if not r.startswith("model_name_or_path")))
     with pytest.raises(ValueError, match="`model_name_or_path` is missing"):
         main(["train", "--config", str(config)])
+
+
+def test_examples_are_written_from_the_package_and_never_overwrite(tmp_path, capsys):
+    assert main(["examples", str(tmp_path)]) == 0
+    lora = tmp_path / "configs" / "gsm8k_qwen3_0.6b_lora.yaml"
+    assert (tmp_path / "accelerate" / "cpu_2proc.yaml").is_file() and "model_name_or_path" in lora.read_text()
+    lora.write_text("edited")
+    assert main(["examples", str(tmp_path)]) == 0
+    assert lora.read_text() == "edited" and f"kept {lora} (exists)" in capsys.readouterr().out
+
+
+def test_the_wheel_ships_the_examples_and_py_typed(tmp_path):
+    built = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path),
+            str(ROOT),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert built.returncode == 0, built.stderr[-2000:]
+    names = zipfile.ZipFile(next(tmp_path.glob("trl_replay_ppo-*.whl"))).namelist()
+    for shipped in ("cli/examples/configs/gsm8k_qwen3_0.6b_lora.yaml", "cli/examples/accelerate/ddp.yaml", "py.typed"):
+        assert f"trl_replay_ppo/{shipped}" in names
+    assert any(name.endswith("licenses/LICENSE") or name.endswith("/LICENSE") for name in names)

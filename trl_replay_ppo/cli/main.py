@@ -1,4 +1,4 @@
-"""The `trl-replay-ppo` command line: `train`, `demo`, `plot`, `config-reference`, `--version`.
+"""The `trl-replay-ppo` command line: `train`, `demo`, `plot`, `examples`, `config-reference`, `--version`.
 
 Each command's module is imported when the command runs, so ``--help`` and ``--version`` answer at once
 (torch, transformers and TRL take seconds to import).
@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import argparse
 import sys
-from importlib import import_module
+from importlib import import_module, resources
+from pathlib import Path
 
 COMMANDS = {  # command -> (module, function taking the command's arguments)
     "train": ("trl_replay_ppo.cli.train", "train"),
     "demo": ("trl_replay_ppo.cli.main", "demo"),
     "plot": ("trl_replay_ppo.cli.main", "plot"),
+    "examples": ("trl_replay_ppo.cli.main", "examples"),
     "config-reference": ("trl_replay_ppo.cli.train", "show_config_reference"),
 }
 
@@ -47,6 +49,28 @@ def plot(argv: list[str]) -> int:
 
     for path in plot_runs(options.run_dirs, options.output_dir):
         print(path)
+    return 0
+
+
+def examples(argv: list[str]) -> int:
+    """Copy the shipped example files (`trl_replay_ppo/cli/examples`) out of the installed package."""
+    parser = argparse.ArgumentParser(
+        prog="trl-replay-ppo examples",
+        description="Write the example configs (configs/*.yaml: runs; accelerate/*.yaml: launch settings).",
+    )
+    parser.add_argument("output_dir", nargs="?", default="examples", help="Where they go (default: ./examples).")
+    options = parser.parse_args(argv)
+
+    shipped = resources.files("trl_replay_ppo.cli") / "examples"
+    for folder in ("configs", "accelerate"):
+        for source in sorted(shipped.joinpath(folder).iterdir(), key=lambda f: f.name):
+            target = Path(options.output_dir) / folder / source.name
+            if target.exists():  # a file the user may have edited is never replaced
+                print(f"kept {target} (exists)")
+                continue
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(source.read_bytes())
+            print(target)
     return 0
 
 
