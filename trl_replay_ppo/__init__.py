@@ -7,8 +7,10 @@ command line's ``--help`` do not wait for torch, transformers and TRL to load.
 from __future__ import annotations
 
 import warnings
-from importlib import import_module, metadata
+from importlib import import_module
 from typing import TYPE_CHECKING, Any
+
+from trl_replay_ppo.integrations.version import package_version
 
 if TYPE_CHECKING:
     from trl_replay_ppo.checkpointing.directories import CheckpointFormatError
@@ -20,10 +22,7 @@ if TYPE_CHECKING:
 
     PPOTrainerWithReplay = ReplayPPOTrainer
 
-try:
-    __version__ = metadata.version("trl_replay_ppo")
-except metadata.PackageNotFoundError:  # run from a source tree that was never installed
-    __version__ = "0.0.0+unknown"
+__version__ = package_version()
 
 _PUBLIC = {  # public name -> the module that defines it
     "CheckpointFormatError": "trl_replay_ppo.checkpointing.directories",

@@ -92,9 +92,9 @@ def smollm2(argv: list[str]) -> int:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "--version":
-        from trl_replay_ppo import __version__
+        from trl_replay_ppo.integrations.version import package_version
 
-        print(f"trl-replay-ppo {__version__}")
+        print(f"trl-replay-ppo {package_version()}")
         return 0
     if not argv or argv[0] not in COMMANDS:
         print(f"usage: trl-replay-ppo {{{','.join(COMMANDS)}}} [options]  (--help on each command; --version)")

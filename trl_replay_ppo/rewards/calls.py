@@ -165,13 +165,17 @@ def _own_copy(kwargs: dict[str, Any]) -> dict[str, Any]:
 
 
 def _check_signature(func: RewardFunc, name: str, inputs: dict[str, Any]) -> None:
-    """Refuse a function that cannot take the contract's arguments, showing the signature it needs."""
+    """Refuse a function that cannot take the contract's arguments, showing the signature it needs.
+
+    Only arguments it cannot receive are refused here; one it needs and does not get (a column the dataset
+    lacks) is left to the call, whose error names the rows.
+    """
     try:
         signature = inspect.signature(func)
     except (TypeError, ValueError):  # a builtin or C callable without a signature: let the call decide
         return
     try:
-        signature.bind(**inputs)
+        signature.bind_partial(**inputs)
     except TypeError as error:
         extra = ", ".join(k for k in inputs if k not in ("prompts", "completions"))
         raise TypeError(
