@@ -5,11 +5,12 @@
 The task (`trl_replay_ppo.tasks.word_arithmetic`) is GSM8K-shaped: chat prompts asking for a ``#### <number>``
 line, rewarded by `gsm8k_accuracy` (exact answer, 1 or 0). Both arms share every setting (LoRA r=16 on every
 linear layer, a shared value head, 8 episodes per update, 2 PPO epochs, learning rate 1e-4 with a constant
-schedule, 32-token responses at temperature 0.7) and differ only in `use_replay_buffer`. Replay off is the
-best on-policy setting of the fair benchmark (`benchmarks/results/fairness.md`: first on `sparse`, tied with
-stock TRL on `held_out`), not re-tuned here. The package's own evaluation scores greedy answers to 32
-held-out questions every `EVAL_EVERY` generated episodes. Runs go one at a time on both cores; each run's
-record is written to ``smollm2_runs/`` as it ends, so the benchmark can stop and continue.
+schedule, 32-token responses at temperature 0.7) and differ only in `use_replay_buffer` (and the buffer's
+warm-up, see `ARMS`). Replay off is the best on-policy setting of the fair benchmark
+(`benchmarks/results/fairness.md`: first on `sparse`, tied with stock TRL on `held_out`), not re-tuned here.
+The package's own evaluation scores greedy answers to 32 held-out questions every `EVAL_EVERY` generated
+episodes. Runs go one at a time on both cores; each run's record is written to ``smollm2_runs/`` as it ends,
+so the benchmark can stop and continue.
 
 The target is the start accuracy plus 0.8 of the way to the best final accuracy of the replay-off runs; a
 ratio of episodes to target counts only where both arms reach it on at least 2 of the seeds.
@@ -27,7 +28,12 @@ RESULTS = Path(__file__).parent / "results"
 MODEL_DIR = Path("/tmp/trl_replay_ppo_benchmark/models/smollm2")
 SEEDS = (1, 2)
 BUDGET, EVAL_EVERY, BATCH = 160, 40, 8
-ARMS = {"replay_default": {"use_replay_buffer": True}, "replay_off": {"use_replay_buffer": False}}
+# Replay's defaults, with the buffer's warm-up scaled to this budget: the default `min_replay_size`=100 would
+# start replay after 13 of the 20 updates; 24 starts it after 3 (the fair benchmark's batch of 32 starts it after 4).
+ARMS = {
+    "replay_default": {"use_replay_buffer": True, "min_replay_size": 24},
+    "replay_off": {"use_replay_buffer": False},
+}
 ACCURACY = "eval_rewards/gsm8k_accuracy"
 
 
