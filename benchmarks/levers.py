@@ -47,12 +47,25 @@ FOUR_SAMPLE_ARMS = {
     "prioritized sampling": ("replay", {**_BASE, "use_priority_sampling": True}),
     "96 replayed + self-imitation": ("replay", {**_BASE, "replay_sample_size": 96, "self_imitation_coef": 1.0}),
 }
+# Cheaper replayed rows, against replay's current defaults (`replay_ratio=3`, self-imitation on).
+COST_ARMS = {
+    "ppo, 4 epochs": ("ppo", {}),
+    "replay, current defaults": ("replay", {}),
+    "replay_epochs=2": ("replay", {"replay_epochs": 2}),
+    "replay_epochs=1": ("replay", {"replay_epochs": 1}),
+}
 # task: (the `TASKS` entry whose settings, prompts and reward it uses, generated episodes, evaluation interval, arms)
 LEVER_TASKS = {
     "sparse": ("sparse", 6400, 320, ONE_SAMPLE_ARMS),
     "digits": ("digits", 3200, 160, ONE_SAMPLE_ARMS),
     "sparse_g4": ("sparse", 6400, 320, FOUR_SAMPLE_ARMS),
     "digits_g4": ("digits", 3200, 160, FOUR_SAMPLE_ARMS),
+    "sparse_cost": ("sparse", 6400, 320, COST_ARMS),
+    "digits_cost": ("digits", 3200, 160, COST_ARMS),
+}
+REPORTS = {
+    "levers": ["sparse", "digits", "sparse_g4", "digits_g4"],
+    "replayed_row_cost": ["sparse_cost", "digits_cost"],
 }
 
 
@@ -67,9 +80,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--jobs", type=int, default=2, help="Runs in parallel (one thread each).")
     parser.add_argument("--output_dir", default=str(RESULTS))
-    parser.add_argument("--tasks", nargs="+", default=list(LEVER_TASKS), choices=list(LEVER_TASKS))
+    parser.add_argument("--report", default="levers", choices=list(REPORTS), help="Which tables (and files) to write.")
+    parser.add_argument("--tasks", nargs="+", choices=list(LEVER_TASKS), help="A subset of the report's tasks.")
     parser.add_argument("--quick", action="store_true", help="Every arm on a tiny budget, one seed, no cache.")
     options = parser.parse_args(argv)
+    options.tasks = options.tasks or REPORTS[options.report]
     seeds = LEVER_SEEDS[:1] if options.quick else LEVER_SEEDS
     output = Path(options.output_dir)
     output.mkdir(parents=True, exist_ok=True)
@@ -81,11 +96,12 @@ def main(argv: list[str] | None = None) -> dict:
                 keys.append((task, arm, seed))
                 specs.append(arm_spec(task, family, overrides, seed, options.quick, spec_task=spec_task))
     records = dict(zip(keys, run_all(specs, None if options.quick else RECORDS, options.jobs), strict=True))
-    result: dict = {"command": "python -m benchmarks.levers", "seeds": list(LEVER_SEEDS), "tasks": {}}
+    command = "python -m benchmarks.levers" + (f" --report {options.report}" if options.report != "levers" else "")
+    result: dict = {"command": command, "seeds": list(LEVER_SEEDS), "tasks": {}}
     lines = [
-        "# Replay levers (tuning seeds)",
+        "# Replay levers (tuning seeds)" if options.report == "levers" else "# Cheaper replayed rows (tuning seeds)",
         "",
-        f"Command: `{result['command']}`; seeds {', '.join(map(str, LEVER_SEEDS))} (not reporting seeds); "
+        f"Command: `{command}`; seeds {', '.join(map(str, LEVER_SEEDS))} (not reporting seeds); "
         f"learning rate {TASKS['sparse'].settings['learning_rate']:g}, 32 fresh episodes per update.",
     ]
     for task in options.tasks:
@@ -106,8 +122,8 @@ def main(argv: list[str] | None = None) -> dict:
                 f"| {arm} | {report.format_per_seed(s)} | {s['final_eval']:.3f} | {s['steps_per_episode']:.3f} | "
                 f"{len(s['stopped'])} |"
             )
-    (output / "levers.json").write_text(json.dumps(result, indent=1, default=str))
-    (output / "levers.md").write_text("\n".join(lines) + "\n")
+    (output / f"{options.report}.json").write_text(json.dumps(result, indent=1, default=str))
+    (output / f"{options.report}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return result
 

@@ -9,7 +9,7 @@ import json
 
 import pytest
 
-from benchmarks import buffer_ops, levers, long_run, memory, overhead
+from benchmarks import buffer_ops, levers, long_run, memory, overhead, training_cost
 from trl_replay_ppo.integrations.compat import trl_ppo
 
 
@@ -25,6 +25,27 @@ def test_levers_quick_runs_every_arm(tmp_path):
     summary = result["tasks"]["digits"]["summary"]
     assert set(summary) == set(levers.LEVER_TASKS["digits"][3]) and all(s["runs"] == 1 for s in summary.values())
     assert (tmp_path / "levers.md").is_file() and json.loads((tmp_path / "levers.json").read_text())["tasks"]
+
+
+def test_levers_writes_the_replayed_row_cost_report_apart(tmp_path):
+    options = ["--quick", "--jobs", "0", "--report", "replayed_row_cost", "--tasks", "digits_cost"]
+    result = levers.main([*options, "--output_dir", str(tmp_path)])
+    assert set(result["tasks"]["digits_cost"]["summary"]) == set(levers.COST_ARMS)
+    assert {p.name for p in tmp_path.iterdir()} == {"replayed_row_cost.md", "replayed_row_cost.json"}
+
+
+def test_training_cost_times_replayed_updates_only(tmp_path):
+    result = training_cost.main(
+        ["--repeats", "1", "--updates", "5", "--response_length", "4", "--output_dir", str(tmp_path)]
+    )
+    (repeat,) = result["repeats"]
+    counted = {arm: run["updates_counted"] for arm, run in repeat.items()}
+    assert counted.pop("on-policy (replay off)") == 4  # all but the first
+    assert set(counted.values()) == {1}  # replay runs from the 5th update on
+    summary = result["summary"]
+    assert summary["on-policy (replay off)"]["training_ratio"] == 1.0
+    assert summary["replay defaults"]["training_ratio"] > summary["replay_epochs=1"]["training_ratio"]
+    assert "| replay_epochs=1 |" in (tmp_path / "training_cost.md").read_text()
 
 
 def test_long_run_samples_memory_with_a_full_buffer(tmp_path):

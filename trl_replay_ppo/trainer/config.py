@@ -168,6 +168,13 @@ class ReplayPPOConfig(PPOConfig):
         "when training dominates (1 with `self_imitation_coef=0` is the lightest replay). `replay_sample_size` "
         "overrides it.",
     )
+    replay_epochs: int | None = help_field(
+        None,
+        "PPO epochs that train on replayed episodes: the first `replay_epochs` of the `num_ppo_epochs` epochs "
+        "train on fresh and replayed episodes, the others on the fresh ones only, so a replayed episode costs "
+        "`replay_epochs` forward-backward passes instead of `num_ppo_epochs`. At `replay_ratio`=3 and 4 epochs, "
+        "1 trains 7 passes per fresh episode instead of 16. None: every epoch.",
+    )
     replay_sample_size: int | None = help_field(
         None,
         "Replayed episodes added to each update, per rank; None means `replay_ratio` times the per-rank batch. "

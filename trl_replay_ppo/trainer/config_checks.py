@@ -31,6 +31,7 @@ INTS = {
     "replay_buffer_size": 1,
     "replay_ratio": 1,
     "replay_sample_size": 1,
+    "replay_epochs": 1,
     "max_replay_reuse": 1,
     "num_sample_generations": 0,
     "min_replay_size": 0,
@@ -46,6 +47,7 @@ OPTIONAL_INTS = {
     "max_prompt_length",
     "early_stopping_patience",
     "replay_sample_size",
+    "replay_epochs",
     "vllm_max_model_length",
 }
 
@@ -171,6 +173,8 @@ def check_choices(config: Any) -> None:
             config.vllm_mode,
             "must be 'colocate' (server mode pushes weights over NCCL to a `vllm serve` process; not supported)",
         )
+    if config.replay_epochs is not None and config.replay_epochs > config.num_ppo_epochs:
+        fail("replay_epochs", config.replay_epochs, f"must be at most `num_ppo_epochs`={config.num_ppo_epochs}")
     if config.early_stopping_patience is not None and config.eval_strategy == "no":
         raise ValueError("`early_stopping_patience` needs evaluations: set `eval_strategy='steps'` and `eval_steps`.")
 

@@ -22,7 +22,6 @@ With replay off and ``suppress_pad_token`` False, a run is bitwise TRL 1.12's (`
 from __future__ import annotations
 
 import logging
-import math
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -48,7 +47,7 @@ from trl_replay_ppo.rewards.calls import RewardFunc, validate_reward_funcs
 from trl_replay_ppo.trainer.base import PPOTrainer
 from trl_replay_ppo.trainer.config import ReplayPPOConfig
 from trl_replay_ppo.trainer.conventions import UnsupportedTrainerMethods, load_named_models, mean_training_loss
-from trl_replay_ppo.trainer.epochs import UpdateProgress, micro_batch_rows
+from trl_replay_ppo.trainer.epochs import EpochPlan, UpdateProgress
 from trl_replay_ppo.trainer.inputs import prepare_inputs
 from trl_replay_ppo.trainer.metrics import mean_sequence_kl
 from trl_replay_ppo.trainer.parts import build_parts
@@ -141,7 +140,7 @@ class ReplayPPOTrainer(UnsupportedTrainerMethods, PPOTrainer):
         self.advantages, self.loss, self.optimizer_steps = parts.advantages, parts.loss, parts.optimizer_steps
         self.update_metrics, self.evaluator, self.resumable = parts.update_metrics, parts.evaluator, parts.resumable
         self.dataloader = self.prompt_stream.dataloader
-        self.update_progress = UpdateProgress(micro_batches_per_epoch=1)
+        self.update_progress = UpdateProgress(micro_batches_per_epoch=(1,))
         self.run_id, self.lineage, self.fingerprint = parts.run_id, parts.lineage, parts.fingerprint  # see checkpoints
 
     # ------------------------------------------------------------------ driver
@@ -279,20 +278,16 @@ class ReplayPPOTrainer(UnsupportedTrainerMethods, PPOTrainer):
         limit (`KLEarlyStop`) is dropped and ends the update; ``self.update_progress`` says how far it got.
         """
         args, accelerator = self.args, self.accelerator
-        num_rows = len(batch)
-        mini_batch_size = num_rows // args.num_mini_batches
-        micro_batch_size = args.per_device_train_batch_size
-        micro_per_minibatch = math.ceil(mini_batch_size / micro_batch_size)
-        slots = max(args.gradient_accumulation_steps, micro_per_minibatch)
-        shape = (args.num_ppo_epochs, args.num_mini_batches, slots)
+        plan = EpochPlan.from_config(args, num_rows=len(batch), num_fresh=batch.num_fresh)
+        shape = (args.num_ppo_epochs, args.num_mini_batches, max(args.gradient_accumulation_steps, plan.stat_slots()))
         stats = {name: torch.zeros(shape, device=accelerator.device) for name in STAT_NAMES}
         self.optimizer_steps.begin_update()
-        progress = self.update_progress = UpdateProgress(args.num_mini_batches * micro_per_minibatch)
+        epochs = tuple(plan.micro_batches_in_epoch(epoch) for epoch in range(args.num_ppo_epochs))
+        progress = self.update_progress = UpdateProgress(epochs)
         kl_stop = None
         if args.target_kl is not None:
             kl_stop = KLEarlyStop(args.target_kl, lambda t: accelerator.reduce(t.to(accelerator.device), "sum"))
-        schedule = micro_batch_rows(num_rows, args.num_ppo_epochs, mini_batch_size, micro_batch_size)
-        for epoch, minibatch, micro, rows in schedule:
+        for epoch, minibatch, micro, rows in plan.schedule():
             with accelerator.accumulate(self.model):
                 loss, micro_stats = self.micro_batch_loss(batch, rows)
                 accelerator.backward(loss)
