@@ -34,7 +34,8 @@ def word_problem(rng: random.Random) -> tuple[str, int]:
 
 def word_arithmetic(num_train: int, num_eval: int, seed: int = 0) -> dict[str, Dataset]:
     """Disjoint ``train`` and ``eval`` datasets of distinct questions (``question``, ``answer``, ``prompt``)."""
-    rng, seen, rows = random.Random(seed), set(), []
+    rng, seen = random.Random(seed), set()
+    rows: list[dict] = []
     while len(rows) < num_train + num_eval:
         question, answer = word_problem(rng)
         if question not in seen:
