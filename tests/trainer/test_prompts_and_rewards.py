@@ -9,7 +9,7 @@ import pytest
 from datasets import Dataset
 
 from tests.helpers import changed, digit_prompts, make_trainer, snapshot, tiny_config, tokenized_prompts
-from trl_replay_ppo.data.prompts import prepare_prompt_dataset
+from trl_replay_ppo.data.prompts import ROW_COLUMN, prepare_prompt_dataset
 from trl_replay_ppo.rewards.calls import RewardFunctionError
 from trl_replay_ppo.tasks.digits import digits_reward, make_digits_dataset
 
@@ -44,6 +44,14 @@ def test_text_prompts_train_and_extra_columns_reach_reward_funcs(tmp_path, tiny)
     assert all(isinstance(c, str) for c in call["completions"])
     log = trainer.state.log_history[-1]
     assert {"rewards/spy", "rewards/digits_reward"} <= log.keys()
+
+
+def test_a_column_named_like_an_internal_one_reaches_reward_funcs(tmp_path, tiny):
+    dataset = make_digits_dataset(8, seed=1).add_column("dataset_row", [f"id-{i}" for i in range(8)])
+    spy = Spy()
+    make_trainer(tiny, tiny_config(tmp_path, total_episodes=4), dataset, reward_model=None, reward_funcs=spy).train()
+    assert set(spy.calls[1]["dataset_row"]) <= {f"id-{i}" for i in range(8)}  # the user's values
+    assert not any(ROW_COLUMN in call for call in spy.calls)
 
 
 def test_chat_prompts_train_with_chat_completions(tmp_path, tiny):
@@ -93,7 +101,16 @@ def test_long_prompts_are_dropped_and_counted(tiny, caplog):
 @pytest.mark.parametrize(
     ("dataset", "error", "match"),
     [
-        (Dataset.from_dict({"text": ["a"]}), ValueError, "`input_ids` column .* or a `prompt` column"),
+        (
+            Dataset.from_dict({"text": ["a"]}),
+            ValueError,
+            r"`input_ids` column .* or a `prompt` column.* has \['text'\]\.$",
+        ),
+        (
+            Dataset.from_dict({"prompt": ["1="], ROW_COLUMN: [0]}),
+            ValueError,
+            f"column named `{ROW_COLUMN}`, .* rename it",
+        ),
         (Dataset.from_dict({"prompt": []}), ValueError, "`train_dataset` is empty"),
         ({"prompt": ["1="]}, TypeError, "must be a `datasets.Dataset`"),
     ],

@@ -18,7 +18,7 @@ from transformers import DataCollatorWithPadding, PreTrainedTokenizerBase
 logger = logging.getLogger(__name__)
 
 TOKEN_COLUMNS = ("input_ids", "attention_mask")
-ROW_COLUMN = "dataset_row"  # each prompt's row in the dataset the user passed, for messages that name it
+ROW_COLUMN = "_trl_replay_ppo_row"  # each prompt's row in the dataset the user passed, for messages that name it
 
 
 def is_conversational(prompt: Any) -> bool:
@@ -41,15 +41,17 @@ def prepare_prompt_dataset(
     chat messages rendered with the chat template and the generation prompt) is tokenized once;
     an empty prompt, or a chat message without ``role`` and ``content``, is an error naming its row.
     Prompts longer than ``max_prompt_length`` tokens are dropped, with the count logged, rather than
-    silently truncated. Every other column is kept for the reward functions, and a ``dataset_row``
-    column records each prompt's row for messages.
+    silently truncated. Every other column is kept for the reward functions, and an internal `ROW_COLUMN`
+    records each prompt's row for messages (never shown to reward functions or in messages).
     """
     if not isinstance(dataset, Dataset):
         raise TypeError(f"`{name}` must be a `datasets.Dataset`, got {type(dataset).__name__}.")
     if len(dataset) == 0:
         raise ValueError(f"`{name}` is empty: it needs at least one prompt.")
-    dataset = dataset.add_column(ROW_COLUMN, list(range(len(dataset))))
     columns = dataset.column_names
+    if ROW_COLUMN in columns:
+        raise ValueError(f"`{name}` has a column named `{ROW_COLUMN}`, which this package reserves; rename it.")
+    dataset = dataset.add_column(ROW_COLUMN, list(range(len(dataset))))
     if "input_ids" not in columns:
         if "prompt" not in columns:
             raise ValueError(
