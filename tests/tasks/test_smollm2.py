@@ -72,3 +72,13 @@ def test_one_update_with_lora_a_shared_head_and_chat_prompts(smollm2, tmp_path):
     logged = trainer.state.log_history[-1]
     assert output.global_step == 1 and torch.isfinite(torch.tensor(output.training_loss))
     assert {"rewards/gsm8k_accuracy", "rewards/format_reward"} <= logged.keys()
+
+
+def test_the_benchmark_runs_both_arms_and_writes_its_results(smollm2, tmp_path):
+    from benchmarks import smollm2 as benchmark
+
+    summary = benchmark.main(["--quick", "--model_dir", str(smollm2), "--output_dir", str(tmp_path)])
+    assert set(summary["arms"]) == set(benchmark.ARMS) and 0 <= summary["start_accuracy"] <= 1
+    records = sorted((tmp_path / "smollm2_runs_quick").iterdir())
+    assert [r.name for r in records] == ["replay_default-1.json", "replay_off-1.json"]
+    assert {p.name for p in tmp_path.glob("smollm2.*")} == {"smollm2.md", "smollm2.json", "smollm2.png"}
