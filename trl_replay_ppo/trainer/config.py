@@ -103,6 +103,20 @@ class ReplayPPOConfig(PPOConfig):
         "inside backward, that step is taken). None runs every epoch. Logged: `policy/early_stop_kl` (the last "
         "check) and `update/ppo_epochs` (epochs trained, fractional when a stop fell mid-epoch).",
     )
+    adaptive_lr_kl: float | None = help_field(
+        None,
+        "Adapt the learning rate to how far each update moves the policy (the KL-adaptive rule of rl_games and "
+        "rsl_rl): after an update whose mean k3 KL(old || new) per token (over its trained tokens and all ranks; "
+        "`update/policy_kl`) exceeds 2 x this value (nats per token), the rate is divided by "
+        "`adaptive_lr_factor`; below half of it, multiplied by it. The factor scales the LR schedule "
+        "(`update/lr_scale`) within [1/`adaptive_lr_max_scale`, `adaptive_lr_max_scale`] and is saved in "
+        "checkpoints. Each token's KL is measured at its micro-batch's forward, so it is the drift of the "
+        "update's earlier steps, and the update needs more than one step. None: the schedule alone.",
+    )
+    adaptive_lr_factor: float = help_field(1.5, "Multiplier of one `adaptive_lr_kl` adjustment (> 1).")
+    adaptive_lr_max_scale: float = help_field(
+        10.0, "`adaptive_lr_kl` keeps the rate within this factor (>= 1) of the schedule's, either way."
+    )
     max_skipped_steps: int = help_field(
         10,
         "Optimizer steps with a non-finite loss or gradient are skipped (weights untouched, counted in "

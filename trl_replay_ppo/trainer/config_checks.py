@@ -75,12 +75,22 @@ FLOATS = {
     "self_imitation_coef": (0.0, INF, True, False),
     "missing_eos_penalty": (0.0, INF, True, False),
     "target_kl": (0.0, INF, False, False),
+    "adaptive_lr_kl": (0.0, INF, False, False),
+    "adaptive_lr_factor": (1.0, INF, False, False),
+    "adaptive_lr_max_scale": (1.0, INF, True, False),
     "reward_timeout": (0.0, INF, False, False),
     "reward_watchdog": (0.0, INF, False, False),
     "reward_nonfinite_value": (-INF, INF, False, False),
     "vllm_gpu_memory_utilization": (0.0, 1.0, False, True),
 }
-OPTIONAL_FLOATS = {"missing_eos_penalty", "target_kl", "reward_timeout", "reward_watchdog", "reward_nonfinite_value"}
+OPTIONAL_FLOATS = {
+    "missing_eos_penalty",
+    "target_kl",
+    "adaptive_lr_kl",
+    "reward_timeout",
+    "reward_watchdog",
+    "reward_nonfinite_value",
+}
 
 
 def fail(name: str, value: Any, requirement: str) -> None:
@@ -175,6 +185,12 @@ def check_choices(config: Any) -> None:
         )
     if config.replay_epochs is not None and config.replay_epochs > config.num_ppo_epochs:
         fail("replay_epochs", config.replay_epochs, f"must be at most `num_ppo_epochs`={config.num_ppo_epochs}")
+    if config.adaptive_lr_kl is not None and config.num_ppo_epochs * config.num_mini_batches == 1:
+        raise ValueError(
+            "`adaptive_lr_kl` needs more than one optimizer step per update: the KL it reads is measured at each "
+            "step's forward, before that step, so a single step always reads 0; got num_ppo_epochs=1, "
+            "num_mini_batches=1. Raise either."
+        )
     if config.early_stopping_patience is not None and config.eval_strategy == "no":
         raise ValueError("`early_stopping_patience` needs evaluations: set `eval_strategy='steps'` and `eval_steps`.")
 

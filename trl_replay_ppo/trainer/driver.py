@@ -124,6 +124,7 @@ class ReplayPPOTrainer(UnsupportedTrainerMethods, PPOTrainer):
             reward_model=self.reward_model,
             reward_funcs=reward_funcs,
             optimizer=self.optimizer,
+            lr_scheduler=self.lr_scheduler,
             train_dataset=self.train_dataset,
             train_dataloader=self.dataloader,
             data_collator=self.data_collator,
@@ -142,6 +143,7 @@ class ReplayPPOTrainer(UnsupportedTrainerMethods, PPOTrainer):
         self.dataloader = self.prompt_stream.dataloader
         self.update_progress = UpdateProgress(micro_batches_per_epoch=(1,))
         self.run_id, self.lineage, self.fingerprint = parts.run_id, parts.lineage, parts.fingerprint  # see checkpoints
+        self.step_size = parts.step_size
 
     # ------------------------------------------------------------------ driver
 
@@ -309,6 +311,8 @@ class ReplayPPOTrainer(UnsupportedTrainerMethods, PPOTrainer):
         progress.keep()
         if kl_stop is not None:
             progress.early_stop_kl = kl_stop.last
+        if self.step_size is not None:
+            self.step_size.update(stats["kl_sum"], stats["valid_tokens"])
         return stats
 
     def micro_batch_loss(self, batch: EpisodeBatch, rows: np.ndarray) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -339,7 +343,7 @@ class ReplayPPOTrainer(UnsupportedTrainerMethods, PPOTrainer):
             update=self.state.global_step,
         )
         metrics.update(self.optimizer_steps.metrics())
-        metrics.update(self.advantages.metrics())
+        metrics.update(self.advantages.metrics() | (self.step_size.metrics() if self.step_size else {}))
         if self.replay is not None:
             metrics.update(self.replay.metrics(self.state.global_step))
             size = torch.tensor([float(len(self.replay))], device=self.accelerator.device)

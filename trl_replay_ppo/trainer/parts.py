@@ -37,6 +37,7 @@ from trl_replay_ppo.trainer.metrics import UpdateMetrics
 from trl_replay_ppo.trainer.optimizer_step import OptimizerStep
 from trl_replay_ppo.trainer.rollout import RolloutCollector
 from trl_replay_ppo.trainer.state import AccumulationState, DataloaderTags, resume_fingerprint
+from trl_replay_ppo.trainer.step_size import AdaptiveStepSize
 
 
 @dataclass
@@ -56,6 +57,7 @@ class TrainerParts:
     run_id: str
     lineage: Lineage
     fingerprint: dict[str, Any]  # settings a checkpoint can only be resumed with (`resume_fingerprint`)
+    step_size: AdaptiveStepSize | None  # `adaptive_lr_kl`
 
 
 def prompt_dataloader(
@@ -93,6 +95,7 @@ def build_parts(
     reward_model: torch.nn.Module | None,
     reward_funcs: list[RewardFunc],
     optimizer: torch.optim.Optimizer,
+    lr_scheduler: Any,
     train_dataset: Dataset,
     train_dataloader: DataLoader,
     data_collator: Any,
@@ -175,6 +178,15 @@ def build_parts(
         chat_template_kwargs=args.chat_template_kwargs,
         report_to=args.report_to,
     )
+    step_size = None
+    if args.adaptive_lr_kl is not None:
+        step_size = AdaptiveStepSize(
+            lr_scheduler,
+            args.adaptive_lr_kl,
+            args.adaptive_lr_factor,
+            args.adaptive_lr_max_scale,
+            all_reduce_sum=lambda t: accelerator.reduce(t.to(accelerator.device), "sum"),
+        )
     run_id = uuid.uuid4().hex
     resumable = StateRegistry()
     resumable.register("kl_controller", kl_ctl)
@@ -185,6 +197,8 @@ def build_parts(
     resumable.register("accumulation", AccumulationState(accelerator))
     resumable.register("prompt_stream", prompt_stream, per_rank=True)
     resumable.register("dataloaders", DataloaderTags(accelerator, dataloader, eval_dataloader), per_rank=True)
+    if step_size is not None:
+        resumable.register("step_size", step_size)
     if replay is not None:
         resumable.register("replay", replay, per_rank=True)
     resumable.register("rng", RNGState(), per_rank=True)  # last: loading the others may draw random numbers
@@ -204,6 +218,7 @@ def build_parts(
         run_id=run_id,
         lineage=Lineage(run_id),
         fingerprint=resume_fingerprint(args, scorer.names, tokenizer),
+        step_size=step_size,
     )
 
 
