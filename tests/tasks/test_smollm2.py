@@ -5,6 +5,7 @@ GSM8K-style setup (chat prompts, LoRA, a shared value head, exact-answer and for
 from __future__ import annotations
 
 import importlib.util
+import json
 
 import pytest
 import torch
@@ -42,6 +43,7 @@ def test_the_model_directory_loads_with_from_pretrained_and_answers(smollm2):
     model = AutoModelForCausalLM.from_pretrained(smollm2)
     assert len(tokenizer) == 49152 and sum(p.numel() for p in model.parameters()) == 134_515_008
     assert tokenizer.pad_token == tokenizer.eos_token == "<|im_end|>"
+    assert "quantization_config" not in json.loads((smollm2 / "config.json").read_text())  # float32 weights
     question = [{"role": "user", "content": "What is 2+3?"}]
     inputs = tokenizer.apply_chat_template(question, add_generation_prompt=True, return_tensors="pt", return_dict=True)
     with torch.no_grad():
@@ -82,3 +84,10 @@ def test_the_benchmark_runs_both_arms_and_writes_its_results(smollm2, tmp_path):
     records = sorted((tmp_path / "smollm2_runs_quick").iterdir())
     assert [r.name for r in records] == ["replay_default-1.json", "replay_off-1.json"]
     assert {p.name for p in tmp_path.glob("smollm2.*")} == {"smollm2.md", "smollm2.json", "smollm2.png"}
+
+
+def test_the_generation_benchmark_times_updates_after_the_first(smollm2):
+    from benchmarks.smollm2_generation import time_backend
+
+    timing = time_backend(use_vllm=False, updates=2, model_dir=smollm2)  # vLLM's side runs in the vLLM environment
+    assert timing["updates_timed"] == 1 and 0 < timing["sampling_s"] < timing["update_s"]

@@ -41,7 +41,9 @@ def save_smollm2(output_dir: str | Path) -> Path:
     folder = gguf_folder()
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=GGUF_FILE)
     loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=GGUF_FILE, dtype=torch.float32)
-    model = AutoModelForCausalLM.from_config(loaded.config, dtype=torch.float32)
+    config = loaded.config
+    del config.quantization_config  # the weights are de-quantized: the GGUF entry would send vLLM to a GGUF reader
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.load_state_dict(loaded.state_dict())
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.save_pretrained(output)
