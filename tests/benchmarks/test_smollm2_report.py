@@ -44,3 +44,12 @@ def test_the_target_comes_from_replay_off_and_the_ratio_needs_two_seeds(tmp_path
     text = (tmp_path / "smollm2.md").read_text()
     assert "| replay_default | 60 (40, 80) | 2/2 |" in text and "1.33x" in text
     assert {p.name for p in tmp_path.iterdir()} == {"smollm2.md", "smollm2.json", "smollm2.png"}
+
+
+def test_no_target_when_replay_off_never_beats_the_start(tmp_path):
+    records = [record("replay_default", 1, [0.2, 0.3]), record("replay_off", 1, [0.2, 0.1])]
+    summary = smollm2.summarise(records)
+    assert math.isnan(summary["target"]) and summary["ratio"] is None
+    assert all(arm["reached"] == 0 for arm in summary["arms"].values())
+    smollm2.write_report(records, summary, tmp_path, "python -m benchmarks.smollm2 --quick")
+    assert "no target: replay off never scored above the start" in (tmp_path / "smollm2.md").read_text()
