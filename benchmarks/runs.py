@@ -237,7 +237,7 @@ def environment() -> dict[str, str]:
     return {"python": sys.executable, "trl": trl.__version__, "transformers": transformers.__version__}
 
 
-def _time_generation(trainer) -> list[float]:
+def time_generation(trainer) -> list[float]:
     """Accumulate the seconds this package's trainer spends sampling rollouts (generation, and with vLLM the weight
     sync and the trainer's forward over the samples), in a one-element list."""
     total = [0.0]
@@ -294,7 +294,7 @@ def _train(spec: dict, extra: dict) -> dict:
     curve = Curve(evaluator, episodes, policy, spec["eval_every"], score_key)
     trainer.add_callback(curve)
     trainer.remove_callback(PrinterCallback)
-    generation = _time_generation(trainer) if spec["kind"] == "ours" else None
+    generation = time_generation(trainer) if spec["kind"] == "ours" else None
     curve.record(force=True)
     started = time.perf_counter()
     try:

@@ -75,6 +75,7 @@ def run(arm: str, seed: int, budget: int, eval_every: int, model_dir: Path) -> d
     from peft import LoraConfig
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from benchmarks.runs import time_generation
     from trl_replay_ppo import ReplayPPOConfig, ReplayPPOTrainer
     from trl_replay_ppo.rewards import format_reward, gsm8k_accuracy
     from trl_replay_ppo.tasks.word_arithmetic import word_arithmetic
@@ -92,17 +93,7 @@ def run(arm: str, seed: int, budget: int, eval_every: int, model_dir: Path) -> d
         reward_funcs=[gsm8k_accuracy, format_reward],  # format is reported, not rewarded (weight 0)
         peft_config=LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", task_type="CAUSAL_LM"),
     )
-    sampling = [0.0]
-    sample = trainer.runner.sample
-
-    def timed_sample(*args, **kwargs):
-        started = time.perf_counter()
-        try:
-            return sample(*args, **kwargs)
-        finally:
-            sampling[0] += time.perf_counter() - started
-
-    trainer.runner.sample = timed_sample
+    sampling = time_generation(trainer)  # seconds in `ModelRunner.sample`, accumulated in sampling[0]
     points: list[dict] = []
     clock = {"eval": 0.0}
     evaluate = trainer.evaluate
