@@ -26,7 +26,7 @@ def test_the_plan_trains_replayed_rows_in_the_first_epochs_only():
     assert sorted(seen[0]) == list(range(16))  # every row, once
     assert sorted(seen[1]) == sorted(seen[2]) == [0, 1, 2, 3]  # the fresh rows, once each
     assert all(len(m) == 2 for m in minibatches.values())  # each epoch keeps its minibatch count
-    assert [plan.micro_batches_in_epoch(e) for e in range(3)] == [8, 2, 2] and plan.stat_slots() == 4
+    assert plan.micro_batches_per_epoch() == (8, 2, 2) and plan.stat_slots() == 4
 
 
 def test_every_epoch_holds_every_row_by_default_as_before():

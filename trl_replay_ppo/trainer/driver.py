@@ -284,8 +284,7 @@ class ReplayPPOTrainer(UnsupportedTrainerMethods, PPOTrainer):
         shape = (args.num_ppo_epochs, args.num_mini_batches, max(args.gradient_accumulation_steps, plan.stat_slots()))
         stats = {name: torch.zeros(shape, device=accelerator.device) for name in STAT_NAMES}
         self.optimizer_steps.begin_update()
-        epochs = tuple(plan.micro_batches_in_epoch(epoch) for epoch in range(args.num_ppo_epochs))
-        progress = self.update_progress = UpdateProgress(epochs)
+        progress = self.update_progress = UpdateProgress(plan.micro_batches_per_epoch())
         kl_stop = None
         if args.target_kl is not None:
             kl_stop = KLEarlyStop(args.target_kl, lambda t: accelerator.reduce(t.to(accelerator.device), "sum"))

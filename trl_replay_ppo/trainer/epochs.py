@@ -50,6 +50,10 @@ class EpochPlan:
         mini_batch_size = self.rows_in_epoch(epoch) // self.num_mini_batches
         return self.num_mini_batches * math.ceil(mini_batch_size / self.micro_batch_size)
 
+    def micro_batches_per_epoch(self) -> tuple[int, ...]:
+        """Micro-batches of every epoch, in order (what `UpdateProgress` counts epochs by)."""
+        return tuple(self.micro_batches_in_epoch(epoch) for epoch in range(self.epochs))
+
     def stat_slots(self) -> int:
         """Micro-batch slots per minibatch of the statistics tensors: the largest epoch's micro-batches."""
         return self.micro_batches_in_epoch(0) // self.num_mini_batches
