@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from tests.helpers import make_trainer, tiny_config, tokenized_prompts
-from trl_replay_ppo.models.forwards import response_positions
+from trl_replay_ppo.models.forwards import gather_logprobs, model_inputs, response_positions
 from trl_replay_ppo.models.runner import suppressed_token
 
 
@@ -48,3 +48,27 @@ def test_train_forward_matches_the_no_grad_log_probs(tmp_path, tiny):
     chosen = torch.log_softmax(logits, -1).gather(-1, batch.responses.unsqueeze(-1)).squeeze(-1)
     torch.testing.assert_close(chosen[valid], logprobs[valid], rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(values[~batch.padding_mask_p1], recomputed_values[~batch.padding_mask_p1])
+
+
+def test_a_shared_value_head_costs_one_backbone_pass_and_changes_nothing(tmp_path, tiny):
+    """Policy and shared critic read one pass, bitwise what two passes gave, in training and in replay's recompute."""
+    args = tiny_config(tmp_path, shared_value_head=True)
+    trainer = make_trainer(tiny, args, tokenized_prompts(tiny["tokenizer"], ["12=", "3="] * 2), value_model=None)
+    runner, wrapper = trainer.runner, trainer.model
+    batch = trainer.rollout(trainer.next_prompts())
+    passes = []
+    hook = wrapper.value_model.backbone.register_forward_hook(lambda *_: passes.append(1))
+    logits, values = runner.train_forward(batch.query_responses, batch.context_length)
+    logprobs, recomputed_values = runner.logprobs_and_values(batch)
+    hook.remove()
+    assert len(passes) == 2  # one per call
+    inputs = model_inputs(batch.query_responses, tiny["tokenizer"].pad_token_id)
+    with torch.no_grad():
+        hidden = wrapper.value_model.backbone(**inputs, output_hidden_states=True).hidden_states[-1]
+        separate_values = response_positions(wrapper.value_model.score(hidden), batch.context_length).squeeze(-1)
+        separate_logits = runner.response_logits(wrapper.policy(**inputs).logits, batch.context_length)
+    assert torch.equal(values.detach(), separate_values.float())
+    assert torch.equal(logits.detach(), separate_logits)
+    valid, valid_p1 = ~batch.padding_mask, ~batch.padding_mask_p1
+    assert torch.equal(recomputed_values[valid_p1], separate_values.float()[valid_p1])
+    assert torch.equal(logprobs[valid], gather_logprobs(separate_logits, batch.responses)[valid])

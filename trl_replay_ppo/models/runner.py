@@ -180,13 +180,16 @@ class ModelRunner:
 
         What replay calls to recompute proximal log-probs and values of stored episodes.
         """
-        context_length, chunk, policy = batch.context_length, self.forward_batch_size, self.policy
+        context_length, chunk = batch.context_length, self.forward_batch_size
+        model = self.accelerator.unwrap_model(self.model)
         logprobs, values = [], []
         with self.accelerator.autocast():
             for i in range(0, len(batch), chunk):
                 query_response = batch.query_responses[i : i + chunk]
-                logprobs.append(self.response_logprobs(policy, query_response, context_length))
-                values.append(self.response_values(query_response, context_length))
+                output, value = forward(model, query_response, self.pad_token_id)  # one pass with a shared head
+                responses = query_response[:, context_length:]
+                logprobs.append(gather_logprobs(self.response_logits(output.logits, context_length), responses))
+                values.append(response_positions(value, context_length).squeeze(-1).float())
         logprobs = torch.masked_fill(torch.cat(logprobs), batch.padding_mask, INVALID_LOGPROB)
         values = torch.masked_fill(torch.cat(values), batch.padding_mask_p1, 0)
         return logprobs, values

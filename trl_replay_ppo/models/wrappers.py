@@ -20,7 +20,9 @@ from trl_replay_ppo.integrations.compat import is_checkpointing
 class PolicyAndValueWrapper(torch.nn.Module):
     """``policy`` and ``value_model`` as one module; calling it runs the critic, then the policy, on the same inputs.
 
-    Parameter names are ``policy.*`` and ``value_model.*`` (what checkpoints store).
+    A `SharedValueHead` reads the policy's own last hidden states, so policy and critic then cost one
+    backbone pass (forward and backward) instead of two. Parameter names are ``policy.*`` and
+    ``value_model.*`` (what checkpoints store).
     ``is_gradient_checkpointing`` is read by TRL's ``unwrap_model_for_generation``, which turns
     checkpointing off while generating.
     """
@@ -30,6 +32,7 @@ class PolicyAndValueWrapper(torch.nn.Module):
         self.policy = policy
         self.value_model = value_model
         self.critic_backbone = getattr(value_model, value_model.base_model_prefix)
+        self.shares_backbone = isinstance(value_model, SharedValueHead)
         self.is_gradient_checkpointing = is_checkpointing(policy)
 
     def gradient_checkpointing_enable(self, **kwargs) -> None:
@@ -41,9 +44,13 @@ class PolicyAndValueWrapper(torch.nn.Module):
         self.is_gradient_checkpointing = False
 
     def forward(self, **kwargs):
-        """``(policy output, (B, T, 1) critic values)``."""
-        output = self.critic_backbone(**kwargs)
-        values = self.value_model.score(output.hidden_states[-1])
+        """``(policy output, (B, T, 1) critic values)``; the policy output holds its hidden states."""
+        kwargs = {**kwargs, "output_hidden_states": True}
+        if self.shares_backbone:
+            # A causal LM's last hidden state is its backbone's output (after the final norm), bitwise.
+            output = self.policy(**kwargs)
+            return output, self.value_model.score(output.hidden_states[-1])
+        values = self.value_model.score(self.critic_backbone(**kwargs).hidden_states[-1])
         return self.policy(**kwargs), values
 
 

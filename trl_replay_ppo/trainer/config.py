@@ -125,7 +125,8 @@ class ReplayPPOConfig(PPOConfig):
     shared_value_head: bool = help_field(
         False,
         "Use a value head on the policy's own backbone instead of a separate value model, so one "
-        "backbone serves policy, reference (adapter disabled, with LoRA) and critic.",
+        "backbone serves policy, reference (adapter disabled, with LoRA) and critic, and policy and critic "
+        "share each training pass and each replayed row's recompute.",
     )
 
     suppress_pad_token: bool = help_field(
