@@ -45,7 +45,7 @@ test: $(STAMP)
 VLLM_VENV ?= .venv-vllm
 VLLM_PY := $(VLLM_VENV)/bin/python
 VLLM_STAMP := $(VLLM_VENV)/.installed
-VLLM_TESTS := tests/models/test_vllm_sync.py tests/models/test_vllm_lora.py tests/models/test_vllm_resume.py \
+VLLM_TESTS := tests/models/test_vllm_sync.py tests/models/test_vllm_llama.py tests/models/test_vllm_lora.py tests/models/test_vllm_resume.py \
 	tests/distributed/test_vllm_two_processes.py tests/benchmarks/test_vllm_generation.py
 
 $(VLLM_PY):

@@ -55,6 +55,7 @@ def test_a_shared_value_head_costs_one_backbone_pass_and_changes_nothing(tmp_pat
     args = tiny_config(tmp_path, shared_value_head=True)
     trainer = make_trainer(tiny, args, tokenized_prompts(tiny["tokenizer"], ["12=", "3="] * 2), value_model=None)
     runner, wrapper = trainer.runner, trainer.model
+    torch.nn.init.normal_(wrapper.value_model.score.weight)  # a trained head: values that are not all 0
     batch = trainer.rollout(trainer.next_prompts())
     passes = []
     hook = wrapper.value_model.backbone.register_forward_hook(lambda *_: passes.append(1))

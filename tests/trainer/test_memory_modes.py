@@ -60,6 +60,7 @@ def test_shared_value_head_trains_head_and_shared_lora(tmp_path, tiny):
     assert isinstance(value, SharedValueHead)
     assert value.backbone is trainer.model.policy.base_model.model.model  # the policy's own backbone
     head_before, policy_before = value.score.weight.detach().clone(), snapshot(trainer.model.policy)
+    assert not head_before.any()  # an untrained critic predicts 0: the first advantages are the rewards
     trainer.train()
     assert not torch.equal(head_before, value.score.weight)
     moved, still = _split(trainer.model.policy, policy_before)

@@ -83,7 +83,32 @@ class VLLMSampler:
 
     def sync(self) -> None:
         """Push the policy's current weights into the engine (every rank takes part)."""
-        self.generation.sync_weights()
+        from vllm.platforms import current_platform
+
+        if not current_platform.is_cpu():
+            self.generation.sync_weights()
+            return
+        # On CPU, vLLM repacks each linear layer's weight for oneDNN after loading and leaves an empty
+        # parameter with no `weight_loader` behind, so TRL's per-tensor `load_weights` fails where the model's
+        # loader needs it (Llama's: `test_vllm_llama`, SmolLM2). TRL still gathers, merges LoRA and names the
+        # tensors; they are collected (cloned: the merge is undone in place) and handed to the model
+        # runner's `reload_weights`, which restores the layers, loads them all and repacks. An output layer
+        # tied to the embedding still computes with the weight it had before the reload: it is dispatched
+        # again here (`test_vllm_sync` fails without it).
+        from vllm.model_executor.layers.vocab_parallel_embedding import ParallelLMHead
+
+        engine_runner = self.generation.llm.llm_engine.model_executor.driver_worker.model_runner
+        engine_model = engine_runner.model
+        collected: list[tuple[str, torch.Tensor]] = []
+        engine_model.load_weights = lambda weights: collected.extend((n, t.detach().clone()) for n, t in weights)
+        try:
+            self.generation.sync_weights()
+        finally:
+            del engine_model.load_weights  # the instance attribute goes; the model's own method is back
+        engine_runner.reload_weights(weights_iterator=iter(collected), is_checkpoint_format=True)
+        for module in engine_model.modules():
+            if isinstance(module, ParallelLMHead):
+                module.quant_method.process_weights_after_loading(module)
 
     @torch.no_grad()
     def generate(self, queries: torch.Tensor, max_new_tokens: int, update: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -93,6 +93,12 @@ class SharedValueHead(torch.nn.Module):
     that returns hidden states, and a ``score`` head), so TRL's ``PolicyAndValueWrapper`` and
     ``get_reward`` use it unchanged. The backbone is the policy's own module (shared parameters,
     LoRA adapters included when the policy gets a ``peft_config``); only ``score`` is new.
+
+    ``score`` starts at zero: an untrained critic predicts 0 for every state, so the first advantages are
+    the rewards (and KL penalties) alone, and no value-loss gradient reaches the shared backbone until the
+    head has learned something. A randomly initialised head predicts values of order 1 on a pretrained
+    model's hidden states; its TD differences then dominate the advantages, and the policy is pushed
+    towards whatever states that random function rates high.
     """
 
     base_model_prefix = "backbone"
@@ -102,7 +108,7 @@ class SharedValueHead(torch.nn.Module):
         self.backbone = getattr(policy, policy.base_model_prefix)
         hidden_size = policy.config.hidden_size
         self.score = Float32Linear(hidden_size, 1, bias=False)
-        torch.nn.init.normal_(self.score.weight, std=1.0 / (hidden_size + 1) ** 0.5)
+        torch.nn.init.zeros_(self.score.weight)
         self.config = policy.config
 
 

@@ -126,7 +126,8 @@ class ReplayPPOConfig(PPOConfig):
         False,
         "Use a value head on the policy's own backbone instead of a separate value model, so one "
         "backbone serves policy, reference (adapter disabled, with LoRA) and critic, and policy and critic "
-        "share each training pass and each replayed row's recompute.",
+        "share each training pass and each replayed row's recompute. The head starts at zero, so the first "
+        "advantages are the rewards rather than a random critic's TD differences.",
     )
 
     suppress_pad_token: bool = help_field(
