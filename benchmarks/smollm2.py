@@ -262,6 +262,8 @@ def main(argv: list[str] | None = None) -> dict:
             records.append(json.loads(path.read_text()))
     summary = summarise(records)
     flags = (" --quick" if options.quick else "") + (f" --learning_rate {options.learning_rate:g}" if rate else "")
+    if not options.quick and tuple(options.seeds) != SEEDS:
+        flags += " --seeds " + " ".join(map(str, options.seeds))
     write_report(records, summary, output_dir, "python -m benchmarks.smollm2" + flags, name=f"smollm2{rate}")
     return summary
 
