@@ -9,9 +9,7 @@ from __future__ import annotations
 import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig
 
-from tests.helpers import make_trainer, tiny_config
-from tests.models.vllm_helpers import SYNCED_TOLERANCE, prompt_batch, sampler_trainer_gap
-from trl_replay_ppo.tasks.digits import digits_reward, make_digits_dataset
+from tests.models.vllm_helpers import SYNCED_TOLERANCE, gaps_around_training, prompt_batch, vllm_trainer
 from trl_replay_ppo.tasks.tiny import build_vllm_tiny_models, load_tiny_models
 
 pytestmark = pytest.mark.vllm  # CI's vLLM job (`make test-vllm`), one engine per module
@@ -44,15 +42,8 @@ def tiny_llama(tmp_path) -> dict:
 def test_a_llama_policy_with_tied_embeddings_syncs_fully(tmp_path):
     models = tiny_llama(tmp_path)
     assert type(models["policy"]).__name__ == "LlamaForCausalLM" and models["policy"].config.tie_word_embeddings
-    args = tiny_config(tmp_path, use_vllm=True, total_episodes=8, learning_rate=1e-2)
-    trainer = make_trainer(models, args, make_digits_dataset(16), reward_model=None, reward_funcs=digits_reward)
-    queries = prompt_batch(trainer)
-    trainer.runner.sampler.sync()
-    fresh = sampler_trainer_gap(trainer, queries)
-    trainer.train()  # every parameter moves, the tied embedding and output layer included
-    stale = sampler_trainer_gap(trainer, queries)
-    trainer.runner.sampler.sync()
-    synced = sampler_trainer_gap(trainer, queries)
-    print(f"max |log-prob gap|: fresh engine {fresh:.2e}, one update stale {stale:.2e}, synced {synced:.2e}")
+    trainer = vllm_trainer(tmp_path, models=models, learning_rate=1e-2)
+    # training moves every parameter, the tied embedding and output layer included
+    fresh, stale, synced = gaps_around_training(trainer, prompt_batch(trainer))
     assert fresh < SYNCED_TOLERANCE and synced < SYNCED_TOLERANCE
     assert stale > 10 * SYNCED_TOLERANCE

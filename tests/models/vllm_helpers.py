@@ -21,12 +21,12 @@ for name, value in ENGINE_ENV.items():
 SYNCED_TOLERANCE = 0.01
 
 
-def vllm_trainer(tmp_path, peft_config=None, **overrides):
-    """A trainer generating with vLLM on the vLLM tiny model (digits task; ``overrides`` are config fields)."""
-    dirs = build_vllm_tiny_models(tmp_path / "models")
+def vllm_trainer(tmp_path, peft_config=None, models=None, **overrides):
+    """A trainer generating with vLLM on ``models`` (default: the vLLM tiny models), digits task; ``overrides`` are
+    config fields."""
     args = tiny_config(tmp_path, **{"use_vllm": True, "total_episodes": 8, **overrides})
     return make_trainer(
-        load_tiny_models(dirs),
+        models or load_tiny_models(build_vllm_tiny_models(tmp_path / "models")),
         args,
         make_digits_dataset(16),
         reward_model=None,
@@ -47,3 +47,16 @@ def sampler_trainer_gap(trainer, queries: torch.Tensor) -> float:
 
 def prompt_batch(trainer, n: int = 8) -> torch.Tensor:
     return next(iter(trainer.prompt_stream.dataloader))["input_ids"][:n]
+
+
+def gaps_around_training(trainer, queries: torch.Tensor) -> tuple[float, float, float]:
+    """`sampler_trainer_gap` of a freshly synced engine, of the engine after ``trainer.train()`` (which syncs before
+    each rollout, so it lags the last update), and after one more sync."""
+    trainer.runner.sampler.sync()
+    fresh = sampler_trainer_gap(trainer, queries)
+    trainer.train()
+    stale = sampler_trainer_gap(trainer, queries)
+    trainer.runner.sampler.sync()
+    synced = sampler_trainer_gap(trainer, queries)
+    print(f"max |log-prob gap|: fresh engine {fresh:.2e}, one update stale {stale:.2e}, synced {synced:.2e}")
+    return fresh, stale, synced
