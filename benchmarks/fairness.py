@@ -33,7 +33,8 @@ Protocol, fixed before any arm runs:
   "not measurable" with the reach counts. The ratio's resolution (one evaluation later) is stated.
 
 Sections (``--sections``): ``tasks`` (tuning and reporting, the headline), ``lr`` (each family's best
-setting started at the base rate x1/3, x1, x3, x10: the spread worst/best), ``long`` (the
+setting, replay's defaults, and replay's defaults with ``adaptive_lr_kl``, started at the base rate x1/3, x1,
+x3, x10: the spread worst/best), ``long`` (the
 generation-heavy profile: an on-policy grid re-tuned on it, runs one at a time on both cores, wall
 time side by side) and ``robustness`` (collapse-prone settings). Records are committed under
 ``results/fairness_runs/``; a re-run only trains what changed, and the run-time table says what each
@@ -62,7 +63,12 @@ MIN_GAIN = 0.05  # a held-out target must lie this far above the start score (ev
 TARGET_FRACTION = 0.8  # at 0.5, digits arms stuck on a one-answer policy (eval 0.51) counted as reached
 LR_MULTIPLIERS = (1, 3, 10)
 LR_STARTS = (1 / 3, 1, 3, 10)  # the learning-rate section: each family's best setting at these x the base
+# The adaptive step size's KL (nats per token) in the learning-rate section: the geometric mean of the median
+# per-update KL of replay's defaults at x1 (0.066) and x3 (0.47) the base rate, the two best rates on the sparse
+# task's tuning seed (first 3,200 episodes), rounded; fixed before any learning-rate run.
+ADAPTIVE_LR_KL = 0.2
 REPLAY_RATIO = ReplayPPOConfig.replay_ratio  # replayed episodes per fresh one in replay's defaults
+FAMILY_OF = {"tuned_ppo": "ppo", "tuned_grpo": "grpo", "tuned_replay": "replay"}  # tuned arm -> its family
 
 _DIGITS = {
     "per_device_train_batch_size": 32,
@@ -238,7 +244,7 @@ def tune(task: str, ctx: Context) -> tuple[float, dict[str, tuple[str, dict]]]:
         task, list(tuning.values()), f"{len(tuning)} tuning runs, seed {TUNING_SEED}", ctx.targets_file
     )
     chosen, tuned = {}, {}
-    for family, arm in (("ppo", "tuned_ppo"), ("grpo", "tuned_grpo"), ("replay", "tuned_replay")):
+    for arm, family in FAMILY_OF.items():
         runs = {overrides: record for (f, overrides), record in tuning.items() if f == family}
         if runs:
             tuned[arm] = report.best_of(list(runs.values()), target)
@@ -308,25 +314,35 @@ def task_section(task: str, ctx: Context, skipped: dict[str, str]) -> dict:
     }
 
 
-def lr_section(task: str, ctx: Context) -> dict:
-    """Each family's best setting started at `LR_STARTS` x the base rate: episodes to target per start, and the
-    spread (worst start / best start) a user who starts at the wrong rate pays."""
+def lr_section(task: str, ctx: Context, stored_choice: dict[str, dict] | None = None) -> dict:
+    """Each family's best setting, replay's defaults and replay's defaults with the adaptive step size, started at
+    `LR_STARTS` x the base rate: episodes to target per start, and the spread (worst start / best start) a user
+    who starts at the wrong rate pays. ``stored_choice``: the tuned arms' settings the tasks section chose
+    (``{arm: overrides}``), else they are tuned here."""
     from benchmarks import fairness_report as report
 
-    target, chosen = tune(TASKS[task].tuned_on or task, ctx)
+    source = TASKS[task].tuned_on or task
+    if stored_choice:  # the tasks section's choice, kept in the results: the section needs no tuning run
+        target = None
+        chosen = {arm: (FAMILY_OF[arm], overrides) for arm, overrides in stored_choice.items() if arm in FAMILY_OF}
+    else:
+        target, chosen = tune(source, ctx)
     target = json.loads(ctx.targets_file.read_text())["targets"].get(task, {}).get("target", target)
     base = TASKS[task].settings["learning_rate"]
+    arms = {arm: chosen[arm] for arm in FAMILY_OF if arm in chosen}
+    arms["replay_default"] = ("replay", {})
+    arms["replay_adaptive"] = ("replay", {"adaptive_lr_kl": ADAPTIVE_LR_KL})
+    keys = [(arm, m, seed) for arm in arms for m in LR_STARTS for seed in ctx.seeds]
+    specs = [
+        arm_spec(task, arms[arm][0], {**arms[arm][1], "learning_rate": base * m}, seed, ctx.quick)
+        for arm, m, seed in keys
+    ]
+    runs = dict(zip(keys, ctx.records("lr", specs), strict=True))  # one batch: identical specs run once
     rows = {}
-    for arm in ("tuned_ppo", "tuned_grpo", "tuned_replay"):
-        if arm not in chosen:
-            continue
-        family, overrides = chosen[arm]
-        keys = [(m, seed) for m in LR_STARTS for seed in ctx.seeds]
-        specs = [arm_spec(task, family, {**overrides, "learning_rate": base * m}, s, ctx.quick) for m, s in keys]
-        runs = dict(zip(keys, ctx.records("lr", specs), strict=True))
-        per_start = {m: report.summarise([runs[(m, s)] for s in ctx.seeds], target) for m in LR_STARTS}
+    for arm in arms:
+        per_start = {m: report.summarise([runs[(arm, m, s)] for s in ctx.seeds], target) for m in LR_STARTS}
         rows[arm] = {"per_start": per_start, "spread": report.spread(per_start, MIN_REACHED)}
-    return {"target": target, "base_learning_rate": base, "rows": rows}
+    return {"target": target, "base_learning_rate": base, "adaptive_lr_kl": ADAPTIVE_LR_KL, "rows": rows}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -379,6 +395,7 @@ def main(argv: list[str] | None = None) -> dict:
             "tuning_seed": TUNING_SEED,
             "report_seeds": list(ctx.seeds),
             "target_fraction": TARGET_FRACTION,
+            "min_reached": MIN_REACHED,
             "lr_multipliers": list(LR_MULTIPLIERS),
             "environments": {
                 kind: (
@@ -403,7 +420,8 @@ def main(argv: list[str] | None = None) -> dict:
             result["tasks"][task] = section
     if "lr" in options.sections:
         for task in tasks:
-            result["lr"][task] = lr_section(task, ctx)
+            choice = result["tasks"].get(TASKS[task].tuned_on or task, {}).get("chosen")
+            result["lr"][task] = lr_section(task, ctx, choice)
     if "long" in options.sections:
         result["long"] = long_profile(ctx)
     if "robustness" in options.sections:

@@ -218,6 +218,10 @@ def markdown(result: dict) -> str:
             "",
             "## Learning-rate starts: each family's best setting at x1/3, x1, x3, x10 its task's base rate",
             "",
+            "replay_default: every replay field at its default; replay_adaptive: the same with "
+            f"`adaptive_lr_kl={next(iter(result['lr'].values())).get('adaptive_lr_kl')}`. A start that reaches the "
+            f"target on fewer than {result.get('min_reached', 2)} seeds counts as not reached in worst / best.",
+            "",
             "| task | arm | episodes to target per start (reached) | worst / best start |",
             "|---|---|---|---|",
         ]

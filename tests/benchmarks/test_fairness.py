@@ -46,7 +46,11 @@ def test_quick_benchmark_runs_every_arm(quick_run):
     held_out = result["tasks"]["held_out"]
     assert held_out["selection"]["start_accuracy"] <= 0.1  # a start like the sparse task's
     assert set(held_out["selection"]["on_policy_reached"]) <= set(report.ON_POLICY)
-    assert set(result["lr"]["sparse"]["rows"]) == {"tuned_ppo", "tuned_grpo", "tuned_replay"}
+    lr_rows = result["lr"]["sparse"]["rows"]
+    assert set(lr_rows) == {"tuned_ppo", "tuned_grpo", "tuned_replay", "replay_default", "replay_adaptive"}
+    adaptive = lr_rows["replay_adaptive"]["per_start"][10]["settings"]
+    assert adaptive["adaptive_lr_kl"] == result["lr"]["sparse"]["adaptive_lr_kl"]
+    assert adaptive["learning_rate"] == pytest.approx(10 * result["lr"]["sparse"]["base_learning_rate"])
     text = (output / "fairness.md").read_text()
     assert "| sparse |" in text and "Learning-rate starts" in text and "Cost per section" in text
 
