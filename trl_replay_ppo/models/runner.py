@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import AbstractContextManager
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from accelerate import Accelerator
@@ -20,7 +20,35 @@ from trl_replay_ppo.core.masking import suppress_token
 from trl_replay_ppo.integrations.compat import unwrap_model_for_generation
 from trl_replay_ppo.models.forwards import forward, gather_logprobs, response_positions, sequence_scores
 from trl_replay_ppo.models.generation import batch_generation, truncate_response
-from trl_replay_ppo.models.vllm_sampler import VLLMSampler
+
+
+class Sampler(Protocol):
+    """What samples rollouts instead of the trainer's own ``generate`` (`VLLMSampler`, `GenerateAhead`)."""
+
+    metric_prefix: str  # of the trainer/sampler mismatch metrics
+    last_metrics: dict[str, float]  # the sampler's own, of its last rollout
+
+    def sync(self) -> None:
+        """Bring the sampler's weights up to the trainer's before a rollout."""
+
+    def generate(self, queries: torch.Tensor, max_new_tokens: int, update: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, Lq + R) ids and (B, R) behaviour log-probs of update ``update``'s rollout of (B, Lq) ``queries``."""
+        ...
+
+
+def generation_kwargs(
+    max_new_tokens: int, temperature: float | None, suppressed_token_id: int | None
+) -> dict[str, Any]:
+    """Settings for `generate`: sampling at ``temperature`` (plain, no top-k/top-p), or greedy for None.
+
+    The pad token stays impossible when it is suppressed (`suppressed_token`).
+    """
+    kwargs: dict[str, Any] = {"max_new_tokens": max_new_tokens}
+    if suppressed_token_id is not None:
+        kwargs["suppress_tokens"] = [suppressed_token_id]
+    if temperature is None:
+        return {**kwargs, "do_sample": False}
+    return {**kwargs, "temperature": temperature + 1e-7, "top_k": 0, "top_p": 1.0, "do_sample": True}
 
 
 def suppressed_token(
@@ -51,7 +79,8 @@ class ModelRunner:
         stop_token_id: responses are truncated after it; None keeps them whole.
         forward_batch_size: rows per no-grad forward pass (``local_rollout_forward_batch_size``).
         gather_deepspeed3_params: gather ZeRO-3 weights for generation (``ds3_gather_for_generation``).
-        sampler: a `VLLMSampler` that generates rollouts instead of ``generate`` (``use_vllm``), or None.
+        sampler: a `Sampler` that generates rollouts instead of ``generate`` (``use_vllm``, ``generate_ahead``),
+            or None.
     """
 
     def __init__(
@@ -67,7 +96,7 @@ class ModelRunner:
         stop_token_id: int | None,
         forward_batch_size: int,
         gather_deepspeed3_params: bool = True,
-        sampler: VLLMSampler | None = None,
+        sampler: Sampler | None = None,
     ):
         self.model = model
         self.accelerator = accelerator
@@ -87,16 +116,8 @@ class ModelRunner:
         return self.accelerator.unwrap_model(self.model).policy
 
     def generation_kwargs(self, max_new_tokens: int, temperature: float | None) -> dict[str, Any]:
-        """Settings for `generate`: sampling at ``temperature`` (plain, no top-k/top-p), or greedy for None.
-
-        The pad token stays impossible when it is suppressed (`suppressed_token`).
-        """
-        kwargs: dict[str, Any] = {"max_new_tokens": max_new_tokens}
-        if self.suppressed_token_id is not None:
-            kwargs["suppress_tokens"] = [self.suppressed_token_id]
-        if temperature is None:
-            return {**kwargs, "do_sample": False}
-        return {**kwargs, "temperature": temperature + 1e-7, "top_k": 0, "top_p": 1.0, "do_sample": True}
+        """`generation_kwargs` with this runner's suppressed token."""
+        return generation_kwargs(max_new_tokens, temperature, self.suppressed_token_id)
 
     def generate(
         self, queries: torch.Tensor, generation_kwargs: dict[str, Any], chunk: int
@@ -116,7 +137,7 @@ class ModelRunner:
         self, queries: torch.Tensor, generation_kwargs: dict[str, Any], update: int
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """A rollout's responses: (B, Lq + R) ids, (B, R) behaviour log-probs of the sampled tokens, and (B, R)
-        proximal log-probs, the trainer's own forward, when the sampler is not the trainer (vLLM), else None."""
+        proximal log-probs, the trainer's own forward, when the sampler is not the trainer (a `Sampler`), else None."""
         chunk, context_length = self.forward_batch_size, queries.shape[1]
         if self.sampler is None:
             query_responses, logits = self.generate(queries, generation_kwargs, chunk)

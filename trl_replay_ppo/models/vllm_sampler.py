@@ -58,6 +58,8 @@ class VLLMSampler:
             ``max_model_length``, ``enable_sleep_mode``), as `VLLMGeneration` takes them.
     """
 
+    metric_prefix = "vllm"
+
     def __init__(
         self,
         policy: torch.nn.Module,
@@ -75,6 +77,7 @@ class VLLMSampler:
         from trl.generation.vllm_generation import VLLMGeneration
 
         self.accelerator = accelerator
+        self.last_metrics: dict[str, float] = {}
         self.pad_token_id = tokenizer.pad_token_id
         self.seed = seed
         self.temperature = temperature

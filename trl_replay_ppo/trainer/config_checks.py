@@ -41,6 +41,7 @@ INTS = {
     "early_stopping_patience": 1,
     "vllm_tensor_parallel_size": 1,
     "vllm_max_model_length": 1,
+    "generate_ahead_threads": 1,
 }
 OPTIONAL_INTS = {
     "total_episodes",
@@ -182,6 +183,11 @@ def check_choices(config: Any) -> None:
             "vllm_mode",
             config.vllm_mode,
             "must be 'colocate' (server mode pushes weights over NCCL to a `vllm serve` process; not supported)",
+        )
+    if config.generate_ahead and config.use_vllm:
+        raise ValueError(
+            "`generate_ahead` samples with `generate` in a second process; `use_vllm` samples with vLLM in the "
+            "training process. Set one of them to False."
         )
     if config.replay_epochs is not None and config.replay_epochs > config.num_ppo_epochs:
         fail("replay_epochs", config.replay_epochs, f"must be at most `num_ppo_epochs`={config.num_ppo_epochs}")

@@ -143,7 +143,7 @@ class ReplayPPOTrainer(UnsupportedTrainerMethods, PPOTrainer):
         self.dataloader = self.prompt_stream.dataloader
         self.update_progress = UpdateProgress(micro_batches_per_epoch=(1,))
         self.run_id, self.lineage, self.fingerprint = parts.run_id, parts.lineage, parts.fingerprint  # see checkpoints
-        self.step_size = parts.step_size
+        self.step_size, self.ahead = parts.step_size, parts.ahead
 
     # ------------------------------------------------------------------ driver
 
@@ -174,6 +174,8 @@ class ReplayPPOTrainer(UnsupportedTrainerMethods, PPOTrainer):
                     break
             return self.end_training()
         finally:
+            if self.ahead is not None:
+                self.ahead.close()
             lock.release()
 
     def begin_training(self, resume_from_checkpoint: bool | str | None = None) -> None:
@@ -252,8 +254,9 @@ class ReplayPPOTrainer(UnsupportedTrainerMethods, PPOTrainer):
     # ------------------------------------------------------------------ phases
 
     def next_prompts(self) -> dict[str, Any]:
-        """The next per-rank batch of prompts, each repeated ``num_generations`` times."""
-        return repeat_prompts(self.prompt_stream.next(), self.args.num_generations)
+        """The next per-rank batch of prompts x ``num_generations`` (``generate_ahead``: those sampled ahead)."""
+        ahead = self.ahead
+        return ahead.prompts() if ahead else repeat_prompts(self.prompt_stream.next(), self.args.num_generations)
 
     def rollout(self, prompts: dict[str, Any]) -> EpisodeBatch:
         """Generate and score responses, with behaviour and reference log-probs and values (`RolloutCollector`).
@@ -382,9 +385,8 @@ class ReplayPPOTrainer(UnsupportedTrainerMethods, PPOTrainer):
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
         """Save the policy (or its LoRA adapters) and the tokenizer with ``save_pretrained``.
 
-        Writes on the main process only and never waits for the others, so it is safe to call from
-        code that runs on the main process alone (`save_pretrained_policy`). Under DeepSpeed,
-        transformers' ``Trainer.save_model`` gathers the sharded policy (the critic is not saved there).
+        Writes on the main process only, never waiting for the others (safe from main-process-only code); under
+        DeepSpeed, transformers' ``Trainer.save_model`` gathers the sharded policy (the critic is not saved there).
         """
         if self.is_deepspeed_enabled:
             save_policy_with_deepspeed(self, output_dir, _internal_call)

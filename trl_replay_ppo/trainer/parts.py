@@ -22,8 +22,9 @@ from transformers import PreTrainedTokenizerBase
 from trl_replay_ppo.checkpointing.lineage import Lineage
 from trl_replay_ppo.checkpointing.registry import RNGState, StateRegistry
 from trl_replay_ppo.core.kl import FixedKLController, make_kl_controller
-from trl_replay_ppo.data.prompts import PromptStream, seeded_preparation
-from trl_replay_ppo.models.runner import ModelRunner, suppressed_token
+from trl_replay_ppo.data.prompts import PromptStream, repeat_prompts, seeded_preparation
+from trl_replay_ppo.models.generator_process import GeneratorProcess
+from trl_replay_ppo.models.runner import ModelRunner, generation_kwargs, suppressed_token
 from trl_replay_ppo.models.vllm_sampler import VLLMSampler
 from trl_replay_ppo.models.wrappers import embedding_rows
 from trl_replay_ppo.replay import ExperienceReplay
@@ -32,6 +33,7 @@ from trl_replay_ppo.rewards.scorer import Scorer
 from trl_replay_ppo.trainer.advantages import AdvantageEstimator
 from trl_replay_ppo.trainer.config import ReplayPPOConfig
 from trl_replay_ppo.trainer.evaluation import Evaluator
+from trl_replay_ppo.trainer.generate_ahead import GenerateAhead
 from trl_replay_ppo.trainer.loss import PPOLoss
 from trl_replay_ppo.trainer.metrics import UpdateMetrics
 from trl_replay_ppo.trainer.optimizer_step import OptimizerStep
@@ -58,6 +60,7 @@ class TrainerParts:
     lineage: Lineage
     fingerprint: dict[str, Any]  # settings a checkpoint can only be resumed with (`resume_fingerprint`)
     step_size: AdaptiveStepSize | None  # `adaptive_lr_kl`
+    ahead: GenerateAhead | None  # `generate_ahead`: the prompt source and sampler
 
 
 def prompt_dataloader(
@@ -111,6 +114,10 @@ def build_parts(
     scorer = Scorer.from_args(args, tokenizer, reward_model, reward_funcs, accelerator)
     rows = embedding_rows(accelerator.unwrap_model(model))
     suppressed = suppressed_token(args.suppress_pad_token, tokenizer.pad_token_id, tokenizer.eos_token_id, rows)
+    dataloader = prompt_dataloader(args, accelerator, train_dataloader, train_dataset, data_collator, local_seed)
+    prompt_stream = PromptStream(dataloader)
+    policy = accelerator.unwrap_model(model).policy
+    ahead = generate_ahead(args, accelerator, tokenizer, policy, suppressed, prompt_stream, deepspeed)
     runner = ModelRunner(
         model,
         accelerator,
@@ -122,11 +129,9 @@ def build_parts(
         stop_token_id=stop_token_id,
         forward_batch_size=args.local_rollout_forward_batch_size,
         gather_deepspeed3_params=args.ds3_gather_for_generation,
-        sampler=vllm_sampler(args, accelerator, tokenizer, accelerator.unwrap_model(model).policy, suppressed),
+        sampler=ahead or vllm_sampler(args, accelerator, tokenizer, policy, suppressed),
     )
     kl_ctl = make_kl_controller(args.kl_controller, args.kl_coef, args.kl_target, args.kl_horizon)
-    dataloader = prompt_dataloader(args, accelerator, train_dataloader, train_dataset, data_collator, local_seed)
-    prompt_stream = PromptStream(dataloader)
     collector = RolloutCollector(
         runner,
         scorer,
@@ -201,6 +206,8 @@ def build_parts(
         resumable.register("step_size", step_size)
     if replay is not None:
         resumable.register("replay", replay, per_rank=True)
+    if ahead is not None:
+        resumable.register("generate_ahead", ahead, per_rank=True)
     resumable.register("rng", RNGState(), per_rank=True)  # last: loading the others may draw random numbers
     return TrainerParts(
         runner=runner,
@@ -219,6 +226,7 @@ def build_parts(
         lineage=Lineage(run_id),
         fingerprint=resume_fingerprint(args, scorer.names, tokenizer),
         step_size=step_size,
+        ahead=ahead,
     )
 
 
@@ -242,4 +250,48 @@ def vllm_sampler(
         temperature=args.temperature,
         suppressed_token_id=suppressed,
         engine_kwargs=engine,
+    )
+
+
+def generate_ahead(
+    args: ReplayPPOConfig,
+    accelerator: Accelerator,
+    tokenizer: PreTrainedTokenizerBase,
+    policy: torch.nn.Module,
+    suppressed: int | None,
+    prompt_stream: PromptStream,
+    deepspeed: bool,
+) -> GenerateAhead | None:
+    """The one-update-ahead sampler of ``generate_ahead`` (None without it); refused where it cannot work."""
+    if not args.generate_ahead:
+        return None
+    device = next(policy.parameters()).device
+    problem = None
+    if accelerator.num_processes > 1:
+        problem = (
+            f"this run trains on {accelerator.num_processes} processes; each would need a generator process and "
+            "a core of its own. Train on one process"
+        )
+    elif deepspeed:
+        problem = "DeepSpeed shards or offloads the policy, which the generator copies whole. Train without DeepSpeed"
+    elif device.type != "cpu":
+        problem = (
+            f"the policy is on {device}; the generator process copies it into shared CPU memory and samples on CPU "
+            "cores. Use `use_vllm=True` to sample on the accelerator"
+        )
+    if problem is not None:
+        raise ValueError(f"`generate_ahead=True` cannot run here: {problem}, or set `generate_ahead=False`.")
+    generator = GeneratorProcess(
+        policy,
+        pad_token_id=tokenizer.pad_token_id,
+        generation_kwargs=generation_kwargs(args.response_length, args.temperature, suppressed),
+        chunk=args.local_rollout_forward_batch_size,
+        seed=args.seed,
+        threads=args.generate_ahead_threads,
+    )
+    return GenerateAhead(
+        generator,
+        policy=policy,
+        fetch_prompts=lambda: repeat_prompts(prompt_stream.next(), args.num_generations),
+        last_update=args.num_total_batches,
     )

@@ -27,7 +27,8 @@ class RolloutCollector:
         generation_kwargs: the sampling settings (`ModelRunner.generation_kwargs`).
         missing_eos_penalty: subtracted from the score of a response without eos; None for none.
         importance_cap: cap of the per-token weight pi_trainer / pi_sampler when the runner's sampler is not the
-            trainer (vLLM): such rows are off-policy by that mismatch, weighted as replayed rows are.
+            trainer (vLLM, or a copy one update older): such rows are off-policy by that mismatch, weighted as
+            replayed rows are.
     """
 
     def __init__(
@@ -93,7 +94,8 @@ class RolloutCollector:
 
     def weigh_sampler_mismatch(self, batch: EpisodeBatch, proximal: torch.Tensor) -> None:
         """Fresh rows sampled by another engine: the trainer's (B, R) ``proximal`` log-probs centre the clip, and
-        each token weighs min(pi_trainer / pi_sampler, cap); logs ``vllm/*`` (means over the ranks' valid tokens)."""
+        each token weighs min(pi_trainer / pi_sampler, cap); logs ``<sampler's prefix>/*`` (means over the ranks'
+        valid tokens) and what the sampler reports (``rollout/staleness``)."""
         valid = ~batch.padding_mask
         diff = proximal - batch.logprobs
         ratio = torch.exp(diff)
@@ -105,8 +107,11 @@ class RolloutCollector:
         )
         totals = self.accelerator.reduce(torch.cat([sums, valid.sum().reshape(1).to(sums.dtype)]), "sum")
         tokens = float(totals[3].clamp(min=1))
+        sampler = self.runner.sampler
+        prefix = sampler.metric_prefix if sampler is not None else "sampler"
         self.last_metrics = {
-            "vllm/logprob_diff_mean": float(totals[0]) / tokens,
-            "vllm/is_weight_mean": float(totals[1]) / tokens,
-            "vllm/truncated_fraction": float(totals[2]) / tokens,
+            f"{prefix}/logprob_diff_mean": float(totals[0]) / tokens,
+            f"{prefix}/is_weight_mean": float(totals[1]) / tokens,
+            f"{prefix}/truncated_fraction": float(totals[2]) / tokens,
+            **(sampler.last_metrics if sampler is not None else {}),
         }

@@ -70,11 +70,13 @@ class AccumulationState:
 
 
 class DataloaderTags:
-    """Which dataloaders accelerate currently tracks as being iterated, in order (per rank).
+    """Which dataloaders accelerate currently tracks as being iterated, in order (per rank), and which of them
+    reached their last batch.
 
     Accelerate decides gradient synchronisation partly from the last of them (its
     ``end_of_dataloader``); sample generations leave the eval dataloader in that list. A resumed
-    run restores the same list so it synchronises exactly as the uninterrupted run.
+    run restores the same list and flags so it synchronises exactly as the uninterrupted run. A tag is
+    ``train``, ``eval`` or ``other``, with ``:end`` when that dataloader was at its end.
     """
 
     def __init__(self, accelerator: Accelerator, train: DataLoader, eval_: DataLoader | None):
@@ -83,9 +85,16 @@ class DataloaderTags:
 
     def state_dict(self) -> dict[str, Any]:
         names = {id(loader): tag for tag, loader in self.loaders.items() if loader is not None}
-        references = dataloader_references(self.accelerator)
-        return {"active": [names.get(id(ref), "other") for ref in references if ref is not None]}
+        references = [ref for ref in dataloader_references(self.accelerator) if ref is not None]
+        ends = [":end" if getattr(ref, "end_of_dataloader", False) else "" for ref in references]
+        return {"active": [names.get(id(ref), "other") + end for ref, end in zip(references, ends, strict=True)]}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        loaders = [self.loaders[tag] for tag in state["active"] if self.loaders.get(tag) is not None]
+        loaders = []
+        for tag in state["active"]:
+            name, _, end = tag.partition(":")
+            loader = self.loaders.get(name)
+            if loader is not None:
+                loader.end_of_dataloader = end == "end"
+                loaders.append(loader)
         set_dataloader_references(self.accelerator, [None, *loaders])
