@@ -438,11 +438,13 @@ def main(argv: list[str] | None = None) -> dict:
 
 def long_profile(ctx: Context) -> dict:
     """Wall time to target with 64-token responses: a small grid tuned on the profile itself, then each family's
-    best on the reporting seeds; every run alone, on `LONG_THREADS` threads."""
+    best on the reporting seeds, also with ``generate_ahead`` (the same setting, sampling on one of the
+    `LONG_THREADS` cores while training on the others); every run alone."""
     from benchmarks import fairness_report as report
 
     def specs_of(family: str, overrides: dict, seeds: tuple[int, ...]) -> list[dict]:
-        return [{**arm_spec("digits", family, overrides, s, ctx.quick, LONG), "threads": LONG_THREADS} for s in seeds]
+        threads = LONG_THREADS - 1 if overrides.get("generate_ahead") else LONG_THREADS
+        return [{**arm_spec("digits", family, overrides, s, ctx.quick, LONG), "threads": threads} for s in seeds]
 
     grid_runs = [(family, o) for family, settings in LONG_GRID.items() for o in settings[: 1 if ctx.quick else None]]
     tuning = ctx.records("long", [spec for f, o in grid_runs for spec in specs_of(f, o, (TUNING_SEED,))], jobs=1)
@@ -452,19 +454,28 @@ def long_profile(ctx: Context) -> dict:
         runs = [(o, r) for (f, o), r in zip(grid_runs, tuning, strict=True) if f == family]
         record = report.best_of([r for _, r in runs], target)
         best[family] = next(o for o, r in runs if r is record)
-    records = {
-        family: ctx.records("long", specs_of(family, overrides, ctx.seeds), jobs=1)
-        for family, overrides in best.items()
-    }
-    summary = {family: report.summarise(runs, target) for family, runs in records.items()}
+    ahead = {"generate_ahead": True, "generate_ahead_threads": 1}
+    arms = {**{f: (f, o) for f, o in best.items()}, **{f"{f}_ahead": (f, {**o, **ahead}) for f, o in best.items()}}
+    records = {arm: ctx.records("long", specs_of(family, o, ctx.seeds), jobs=1) for arm, (family, o) in arms.items()}
+    summary = {arm: report.summarise(runs, target) for arm, runs in records.items()}
     shares = [r["generation_seconds"] / r["train_seconds"] for r in records["ppo"] if r.get("generation_seconds")]
-    measurable = all(s["reached"] >= min(MIN_REACHED, len(ctx.seeds)) for s in summary.values())
-    ratio = summary["replay"]["seconds_to_target"] / summary["ppo"]["seconds_to_target"] if measurable else None
+    reached = {arm: s["reached"] >= min(MIN_REACHED, len(ctx.seeds)) for arm, s in summary.items()}
+
+    def fastest(family: str) -> str | None:
+        candidates = [a for a in (family, f"{family}_ahead") if reached[a]]
+        return min(candidates, key=lambda a: summary[a]["seconds_to_target"]) if candidates else None
+
+    best_replay, best_on_policy = fastest("replay"), fastest("ppo")
+    ratio = None
+    if best_replay and best_on_policy:
+        ratio = summary[best_replay]["seconds_to_target"] / summary[best_on_policy]["seconds_to_target"]
     return {
         "target": target,
-        "chosen": best,
+        "chosen": {arm: overrides for arm, (_, overrides) in arms.items()},
         "generation_share": report.median(shares),
         "summary": summary,
+        "best_replay": best_replay,
+        "best_on_policy": best_on_policy,
         "time_ratio": ratio,
         "threads": LONG_THREADS,
         "budget": specs_of("ppo", {}, (0,))[0]["budget"],

@@ -243,16 +243,21 @@ def markdown(result: dict) -> str:
             "",
             f"Target {long['target']:.3f}; generation: {100 * long['generation_share']:.0f}% of an on-policy update.",
             "",
-            "| family | chosen | episodes to target | wall s to target (median) | reached | final eval |",
+            "| arm | chosen | episodes to target | wall s to target (median) | reached | final eval |",
             "|---|---|---|---|---|---|",
         ]
-        for family, s in long["summary"].items():
+        for arm, s in long["summary"].items():
             lines.append(
-                f"| {family} | {format_settings(long['chosen'][family])} | "
+                f"| {arm} | {format_settings(long['chosen'][arm])} | "
                 f"{format_episodes(s['episodes_to_target'])} | {s['seconds_to_target']:.1f} | "
                 f"{s['reached']}/{s['runs']} | {s['final_eval']:.3f} |"
             )
-        lines += ["", f"Wall time to target, replay / PPO: {format_ratio(long['time_ratio'])}."]
+        pair = f"{long.get('best_replay') or '-'} / {long.get('best_on_policy') or '-'}"
+        lines += [
+            "",
+            f"Wall time to target, fastest replay arm / fastest on-policy arm ({pair}): "
+            f"{format_ratio(long['time_ratio'])}.",
+        ]
     if result.get("robustness"):
         lines += [
             "",

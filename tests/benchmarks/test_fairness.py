@@ -16,6 +16,7 @@ from benchmarks.fairness_runner import ENVIRONMENTS, missing_environment, run_al
 from trl_replay_ppo import ReplayPPOConfig
 from trl_replay_ppo.integrations.compat import trl_ppo
 
+AHEAD_SETTINGS = {"generate_ahead": True, "generate_ahead_threads": 1}
 QUICK = ["--quick", "--jobs", "0", "--tasks", "sparse", "held_out"]
 
 
@@ -100,3 +101,13 @@ def test_a_run_runs_in_the_interpreter_of_its_family(tmp_path):
     assert "no interpreter at" in missing_environment("grpo", {**ENVIRONMENTS, "grpo": tmp_path / "none"})
     if trl_ppo() is None:
         assert "has no PPOTrainer" in missing_environment("stock", {**ENVIRONMENTS, "stock": Path(sys.executable)})
+
+
+def test_quick_long_profile_runs_each_family_also_with_generate_ahead(tmp_path):
+    result = main(["--quick", "--jobs", "0", "--sections", "long", "--output_dir", str(tmp_path)])
+    long = result["long"]
+    assert set(long["summary"]) == {"ppo", "replay", "ppo_ahead", "replay_ahead"}
+    for family in ("ppo", "replay"):
+        assert long["chosen"][f"{family}_ahead"] == {**long["chosen"][family], **AHEAD_SETTINGS}
+        assert long["summary"][f"{family}_ahead"]["settings"]["generate_ahead"] is True
+    assert "fastest replay arm / fastest on-policy arm" in (tmp_path / "fairness.md").read_text()

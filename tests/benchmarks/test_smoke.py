@@ -9,7 +9,7 @@ import json
 
 import pytest
 
-from benchmarks import buffer_ops, levers, long_run, memory, overhead, training_cost
+from benchmarks import buffer_ops, generate_ahead, levers, long_run, memory, overhead, training_cost
 from trl_replay_ppo.integrations.compat import trl_ppo
 
 
@@ -46,6 +46,19 @@ def test_training_cost_times_replayed_updates_only(tmp_path):
     assert summary["on-policy (replay off)"]["training_ratio"] == 1.0
     assert summary["replay defaults"]["training_ratio"] > summary["replay_epochs=1"]["training_ratio"]
     assert "| replay_epochs=1 |" in (tmp_path / "training_cost.md").read_text()
+
+
+def test_generate_ahead_times_every_arm_on_the_same_cores(tmp_path):
+    result = generate_ahead.main(
+        ["--repeats", "1", "--updates", "3", "--warmup", "1", "--response_length", "4", "--output_dir", str(tmp_path)]
+    )
+    (repeat,) = result["repeats"]
+    assert {arm: len(seconds) for arm, seconds in repeat.items()} == dict.fromkeys(generate_ahead.ARMS, 3)
+    summary = result["summary"]
+    assert summary["on-policy"]["ratio"] == 1.0
+    assert all(s["training_threads"] + s["generator_threads"] == generate_ahead.CORES for s in summary.values())
+    assert summary["replay defaults, generate_ahead"]["generator_threads"] == 1
+    assert "| on-policy, generate_ahead | 1 | 1 |" in (tmp_path / "generate_ahead.md").read_text()
 
 
 def test_long_run_samples_memory_with_a_full_buffer(tmp_path):
