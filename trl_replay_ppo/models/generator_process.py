@@ -27,16 +27,16 @@ from trl_replay_ppo.models.forwards import gather_logprobs
 from trl_replay_ppo.models.generation import batch_generation
 
 
-def sampling_seed(seed: int, update: int) -> int:
-    """The torch seed the generator samples update ``update``'s batch with: the same for every resume."""
-    return int.from_bytes(hashlib.sha256(f"ahead:{seed}:{update}".encode()).digest()[:8], "little") >> 1
+def sampling_seed(seed: int, update: int, rank: int) -> int:
+    """The torch seed rank ``rank``'s generator samples update ``update``'s batch with: the same for every resume."""
+    return int.from_bytes(hashlib.sha256(f"ahead:{seed}:{update}:{rank}".encode()).digest()[:8], "little") >> 1
 
 
 def sample_batch(
     policy: torch.nn.Module, queries: torch.Tensor, settings: dict[str, Any]
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(B, Lq + R) sampled ids and (B, R) behaviour log-probs of ``queries`` under ``policy`` (`GeneratorProcess`)."""
-    torch.manual_seed(sampling_seed(settings["seed"], settings["update"]))
+    torch.manual_seed(sampling_seed(settings["seed"], settings["update"], settings["rank"]))
     chunk, context_length = settings["chunk"], queries.shape[1]
     config = GenerationConfig(**settings["generation_kwargs"])
     query_responses, logits = batch_generation(policy, queries, chunk, settings["pad_token_id"], config)
@@ -69,6 +69,7 @@ class GeneratorProcess:
         generation_kwargs: the sampling settings (`ModelRunner.generation_kwargs`).
         chunk: prompts per ``generate`` call (``local_rollout_forward_batch_size``).
         seed: the run's seed (`sampling_seed`).
+        rank: the training process's index (`sampling_seed`).
         threads: torch threads of the generator process.
     """
 
@@ -80,6 +81,7 @@ class GeneratorProcess:
         generation_kwargs: dict[str, Any],
         chunk: int,
         seed: int,
+        rank: int = 0,
         threads: int,
     ):
         # Copied now, before the policy has run: a module that has run forwards may carry hooks that cannot be
@@ -90,6 +92,7 @@ class GeneratorProcess:
             "generation_kwargs": generation_kwargs,
             "chunk": chunk,
             "seed": seed,
+            "rank": rank,
         }
         self.threads = threads
         self.process: Any = None

@@ -258,8 +258,9 @@ class ReplayPPOConfig(PPOConfig):
     generate_ahead: bool = help_field(
         False,
         "Sample the next update's rollouts while this update trains, in a second process holding a shared-memory "
-        "copy of the policy (CPU, one training process). Every batch but the first is then sampled by the policy "
-        "one update older than the one that trains on it (`rollout/staleness`); the trainer's forward over it "
+        "copy of the policy (CPU; one per training process, each wanting a core of its own). Every batch but the "
+        "first is then sampled by the policy one update older than the one that trains on it "
+        "(`rollout/staleness`); the trainer's forward over it "
         "centres the clip and weights each token by min(pi_trainer / pi_generator, `replay_importance_cap`) "
         "(`ahead/*`). Checkpoints keep the next batch, so a resume is exact. The training script must guard "
         "its entry point with `if __name__ == '__main__':` (the process is spawned).",

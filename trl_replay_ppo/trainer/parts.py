@@ -262,17 +262,13 @@ def generate_ahead(
     prompt_stream: PromptStream,
     deepspeed: bool,
 ) -> GenerateAhead | None:
-    """The one-update-ahead sampler of ``generate_ahead`` (None without it); refused where it cannot work."""
+    """The one-update-ahead sampler of ``generate_ahead`` (None without it; one generator process per training
+    process); refused where it cannot work."""
     if not args.generate_ahead:
         return None
     device = next(policy.parameters()).device
     problem = None
-    if accelerator.num_processes > 1:
-        problem = (
-            f"this run trains on {accelerator.num_processes} processes; each would need a generator process and "
-            "a core of its own. Train on one process"
-        )
-    elif deepspeed:
+    if deepspeed:
         problem = "DeepSpeed shards or offloads the policy, which the generator copies whole. Train without DeepSpeed"
     elif device.type != "cpu":
         problem = (
@@ -287,6 +283,7 @@ def generate_ahead(
         generation_kwargs=generation_kwargs(args.response_length, args.temperature, suppressed),
         chunk=args.local_rollout_forward_batch_size,
         seed=args.seed,
+        rank=accelerator.process_index,
         threads=args.generate_ahead_threads,
     )
     return GenerateAhead(
