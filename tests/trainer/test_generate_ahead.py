@@ -7,6 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from peft import LoraConfig
 
 from tests.checkpointing.test_resume import _trainer
 from tests.helpers import LogRecorder, make_trainer, snapshot, tiny_config
@@ -122,3 +123,32 @@ def test_a_failure_in_the_generator_process_is_raised_with_its_traceback():
     finally:
         generator.close()
     assert generator.process is None
+
+
+def test_lora_adapters_reach_the_generator(tmp_path, tiny):
+    lora = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
+    args = tiny_config(tmp_path, total_episodes=16, shared_value_head=True, **AHEAD)  # 4 updates
+    trainer = make_trainer(
+        tiny,
+        args,
+        make_digits_dataset(16),
+        reward_model=None,
+        reward_funcs=digits_reward,
+        value_model=None,
+        peft_config=lora,
+    )
+    policy = trainer.accelerator.unwrap_model(trainer.model).policy
+    weights = [snapshot(policy)]
+
+    class Snapshots(LogRecorder):
+        def on_step_end(self, args, state, control, **kwargs):
+            weights.append(snapshot(policy))
+
+    trainer.add_callback(Snapshots())
+    trainer.train()
+    adapters = {name for name, p in policy.named_parameters() if p.requires_grad}
+    assert adapters and all("lora_" in name for name in adapters)
+    replica = dict(trainer.ahead.generator.replica.named_parameters())
+    last_pushed = weights[2]  # update 4's batch was submitted during update 3, with the weights after update 2
+    assert all(torch.equal(replica[name], last_pushed[name]) for name in adapters)
+    assert not all(torch.equal(replica[name], weights[0][name]) for name in adapters)
