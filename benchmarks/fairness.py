@@ -70,7 +70,7 @@ ADAPTIVE_LR_KL = 0.2
 REPLAY_RATIO = ReplayPPOConfig.replay_ratio  # replayed episodes per fresh one in replay's defaults
 FAMILY_OF = {"tuned_ppo": "ppo", "tuned_grpo": "grpo", "tuned_replay": "replay"}  # tuned arm -> its family
 
-_DIGITS = {
+DIGITS_SETTINGS = {
     "per_device_train_batch_size": 32,
     "num_ppo_epochs": 4,
     "response_length": 8,
@@ -78,7 +78,7 @@ _DIGITS = {
     "kl_coef": 0.01,
     "temperature": 1.0,
 }
-_SPARSE = {**_DIGITS, "response_length": 6, "stop_token": "eos"}
+SPARSE_SETTINGS = {**DIGITS_SETTINGS, "response_length": 6, "stop_token": "eos"}
 
 
 @dataclass(frozen=True)
@@ -92,37 +92,12 @@ class Task:
 
 
 TASKS = {
-    "digits": Task(_DIGITS, budget=4800, eval_every=160),
-    "sparse": Task(_SPARSE, budget=6400, eval_every=320),
-    "sparse_g4": Task({**_SPARSE, "num_generations": 4}, budget=6400, eval_every=320, data="sparse"),
-    "held_out": Task(_SPARSE, budget=6400, eval_every=320, tuned_on="sparse"),
+    "digits": Task(DIGITS_SETTINGS, budget=4800, eval_every=160),
+    "sparse": Task(SPARSE_SETTINGS, budget=6400, eval_every=320),
+    "sparse_g4": Task({**SPARSE_SETTINGS, "num_generations": 4}, budget=6400, eval_every=320, data="sparse"),
+    "held_out": Task(SPARSE_SETTINGS, budget=6400, eval_every=320, tuned_on="sparse"),
 }
 QUICK = {"budget": 64, "eval_every": 32}
-# Generation-heavy profile: digits with 64-token responses generated 4 sequences at a time, as memory-bound
-# decoding on a GPU, so that generation is most of an on-policy update. TRL's GRPOTrainer cannot generate in
-# such chunks, so the profile compares the PPO family; its grid is tuned on the profile itself.
-LONG = Task(
-    {**_DIGITS, "response_length": 64, "local_rollout_forward_batch_size": 4},
-    budget=4800,
-    eval_every=320,
-    data="digits",
-)
-LONG_GRID = {
-    "ppo": [{"learning_rate": _DIGITS["learning_rate"] * m, "num_ppo_epochs": e} for m in (1, 3) for e in (4, 16)],
-    "replay": [{"learning_rate": _DIGITS["learning_rate"] * m} for m in (1, 3)],
-}
-LONG_THREADS = 2  # every run of the profile alone on both cores
-# Settings that made on-policy PPO and replay collapse before pad suppression, on the sparse task.
-ROBUSTNESS = {
-    "ppo, 8 epochs": ("ppo", {"num_ppo_epochs": 8}),
-    "ppo, 12 epochs": ("ppo", {"num_ppo_epochs": 12}),
-    "ppo, lr x2": ("ppo", {"learning_rate": 2 * _SPARSE["learning_rate"]}),
-    "ppo, lr x3": ("ppo", {"learning_rate": 3 * _SPARSE["learning_rate"]}),
-    "replay, lr x1": ("replay", {}),
-    "replay, lr x3": ("replay", {"learning_rate": 3 * _SPARSE["learning_rate"]}),
-}
-ROBUSTNESS_LENGTHS = (6, 48)
-ROBUSTNESS_BUDGET = 6400
 
 
 def grid(family: str, settings: dict) -> list[dict]:
@@ -361,6 +336,7 @@ def main(argv: list[str] | None = None) -> dict:
         help="tasks: the headline; lr: learning-rate starts; long: the generation-heavy profile; robustness.",
     )
     options = parser.parse_args(argv)
+    from benchmarks import fairness_profiles as profiles
     from benchmarks import fairness_report as report
     from benchmarks.fairness_runner import versions
 
@@ -423,9 +399,9 @@ def main(argv: list[str] | None = None) -> dict:
             choice = result["tasks"].get(TASKS[task].tuned_on or task, {}).get("chosen")
             result["lr"][task] = lr_section(task, ctx, choice)
     if "long" in options.sections:
-        result["long"] = long_profile(ctx)
+        result["long"] = profiles.long_profile(ctx)
     if "robustness" in options.sections:
-        result["robustness"] = robustness(ctx)
+        result["robustness"] = profiles.robustness(ctx)
     for section, used in ctx.used.items():
         result["costs"][section] = report.cost(used)
     (output / "fairness.json").write_text(json.dumps(result, indent=1, default=str))
@@ -434,86 +410,6 @@ def main(argv: list[str] | None = None) -> dict:
         report.plot(result, curves, output / "fairness.png")
     print(report.markdown(result))
     return result
-
-
-def long_profile(ctx: Context) -> dict:
-    """Wall time to target with 64-token responses: a small grid tuned on the profile itself, then each family's
-    best on the reporting seeds, also with ``generate_ahead`` (the same setting, sampling on one of the
-    `LONG_THREADS` cores while training on the others); every run alone."""
-    from benchmarks import fairness_report as report
-
-    def specs_of(family: str, overrides: dict, seeds: tuple[int, ...]) -> list[dict]:
-        threads = LONG_THREADS - 1 if overrides.get("generate_ahead") else LONG_THREADS
-        return [{**arm_spec("digits", family, overrides, s, ctx.quick, LONG), "threads": threads} for s in seeds]
-
-    grid_runs = [(family, o) for family, settings in LONG_GRID.items() for o in settings[: 1 if ctx.quick else None]]
-    tuning = ctx.records("long", [spec for f, o in grid_runs for spec in specs_of(f, o, (TUNING_SEED,))], jobs=1)
-    target = frozen_target("digits_long", tuning, f"{len(tuning)} tuning runs of the profile", ctx.targets_file)
-    best = {}
-    for family in LONG_GRID:
-        runs = [(o, r) for (f, o), r in zip(grid_runs, tuning, strict=True) if f == family]
-        record = report.best_of([r for _, r in runs], target)
-        best[family] = next(o for o, r in runs if r is record)
-    ahead = {"generate_ahead": True, "generate_ahead_threads": 1}
-    arms = {**{f: (f, o) for f, o in best.items()}, **{f"{f}_ahead": (f, {**o, **ahead}) for f, o in best.items()}}
-    records = {arm: ctx.records("long", specs_of(family, o, ctx.seeds), jobs=1) for arm, (family, o) in arms.items()}
-    summary = {arm: report.summarise(runs, target) for arm, runs in records.items()}
-    shares = [r["generation_seconds"] / r["train_seconds"] for r in records["ppo"] if r.get("generation_seconds")]
-    reached = {arm: s["reached"] >= min(MIN_REACHED, len(ctx.seeds)) for arm, s in summary.items()}
-
-    def fastest(family: str) -> str | None:
-        candidates = [a for a in (family, f"{family}_ahead") if reached[a]]
-        return min(candidates, key=lambda a: summary[a]["seconds_to_target"]) if candidates else None
-
-    best_replay, best_on_policy = fastest("replay"), fastest("ppo")
-    ratio = None
-    if best_replay and best_on_policy:
-        ratio = summary[best_replay]["seconds_to_target"] / summary[best_on_policy]["seconds_to_target"]
-    return {
-        "target": target,
-        "chosen": {arm: overrides for arm, (_, overrides) in arms.items()},
-        "generation_share": report.median(shares),
-        "summary": summary,
-        "best_replay": best_replay,
-        "best_on_policy": best_on_policy,
-        "time_ratio": ratio,
-        "threads": LONG_THREADS,
-        "budget": specs_of("ppo", {}, (0,))[0]["budget"],
-    }
-
-
-def robustness(ctx: Context) -> dict:
-    """Collapse-prone settings on the sparse task: does every run reach its budget, and how empty do responses get?"""
-    keys, specs = [], []
-    for length in ROBUSTNESS_LENGTHS:
-        task = Task(
-            {**_SPARSE, "response_length": length}, budget=ROBUSTNESS_BUDGET, eval_every=ROBUSTNESS_BUDGET // 4
-        )
-        for name, (family, overrides) in ROBUSTNESS.items():
-            for seed in ctx.seeds:
-                keys.append((length, name, seed))
-                specs.append(arm_spec("sparse", family, overrides, seed, ctx.quick, spec_task=task))
-    records = dict(zip(keys, ctx.records("robustness", specs), strict=True))
-    rows = {
-        f"{name} @ {length}": [records[(length, name, s)] for s in ctx.seeds]
-        for length in ROBUSTNESS_LENGTHS
-        for name in ROBUSTNESS
-    }
-    return {
-        "budget": specs[0]["budget"],
-        "rows": {
-            row: {
-                "ran_to_budget": sum(not r["stopped"] for r in runs),
-                "runs": len(runs),
-                "finals": [r["points"][-1]["eval"] if r["points"] else None for r in runs],
-                "max_empty_fraction": max(r.get("max_empty_fraction") or 0.0 for r in runs),
-                "skipped_steps": sum(r.get("skipped_steps") or 0 for r in runs),
-                "stopped": [r["stopped"] for r in runs if r["stopped"]],
-            }
-            for row, runs in rows.items()
-        },
-        "all_ran": all(not r["stopped"] for r in records.values()),
-    }
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
     python -m benchmarks.generate_ahead     # results in benchmarks/results/generate_ahead.{json,md}
 
-The profile is the fair benchmark's generation-heavy one (`benchmarks.fairness.LONG`: digits, 32 episodes
+The profile is the fair benchmark's generation-heavy one (`benchmarks.fairness_profiles.LONG`: digits, 32 episodes
 per update, 64-token responses generated 4 at a time). Every arm gets the same two cores: an arm that
 samples in the training process trains on 2 threads; an arm with ``generate_ahead`` trains on 1 and
 samples on the other (``generate_ahead_threads=1``). Arms run one after another in one process, in an
@@ -26,7 +26,7 @@ import torch
 from accelerate.state import AcceleratorState
 from transformers import TrainerCallback
 
-from benchmarks.fairness import LONG
+from benchmarks.fairness_profiles import LONG
 from trl_replay_ppo import ReplayPPOConfig
 from trl_replay_ppo.tasks.digits import digits_reward, make_digits_dataset
 from trl_replay_ppo.tasks.tiny import build_tiny_models, load_tiny_models, tiny_trainer

@@ -5,7 +5,7 @@
 Timed per update: the training cost, ``extend_batch`` + ``compute_advantages`` + ``ppo_update`` (replay's
 sampling and its proximal forward, GAE, the PPO epochs), and the rollout (Hugging Face ``generate``, with
 the reference and value forwards) apart. The profile is the fair benchmark's generation-heavy one
-(`benchmarks.fairness.LONG`: digits, 32 episodes per update, 64-token responses generated 4 at a time) at
+(`benchmarks.fairness_profiles.LONG`: digits, 32 episodes per update, 64-token responses generated 4 at a time) at
 ``replay_ratio=3``. Arms run one after another in one process on one thread, in an order rotated each
 repeat so that load and warm-up fall on every arm alike; a replay arm's updates count once replay runs (the
 buffer's warm-up is left out), an on-policy arm's after its first. Reported: the median over the repeats
@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from accelerate.state import AcceleratorState
 
-from benchmarks.fairness import LONG
+from benchmarks.fairness_profiles import LONG
 from trl_replay_ppo import ReplayPPOConfig
 from trl_replay_ppo.tasks.digits import digits_reward, make_digits_dataset
 from trl_replay_ppo.tasks.tiny import build_tiny_models, load_tiny_models, tiny_trainer

@@ -1,0 +1,124 @@
+"""The fair benchmark's profile sections (`benchmarks.fairness`): the generation-heavy profile (``long``: wall
+time to target, each family tuned on the profile itself, also with ``generate_ahead``) and the collapse-prone
+settings (``robustness``)."""
+
+from __future__ import annotations
+
+from benchmarks.fairness import (
+    DIGITS_SETTINGS,
+    MIN_REACHED,
+    SPARSE_SETTINGS,
+    TUNING_SEED,
+    Context,
+    Task,
+    arm_spec,
+    frozen_target,
+)
+
+# Generation-heavy profile: digits with 64-token responses generated 4 sequences at a time, as memory-bound
+# decoding on a GPU, so that generation is most of an on-policy update. TRL's GRPOTrainer cannot generate in
+# such chunks, so the profile compares the PPO family; its grid is tuned on the profile itself.
+LONG = Task(
+    {**DIGITS_SETTINGS, "response_length": 64, "local_rollout_forward_batch_size": 4},
+    budget=4800,
+    eval_every=320,
+    data="digits",
+)
+LONG_GRID = {
+    "ppo": [
+        {"learning_rate": DIGITS_SETTINGS["learning_rate"] * m, "num_ppo_epochs": e} for m in (1, 3) for e in (4, 16)
+    ],
+    "replay": [{"learning_rate": DIGITS_SETTINGS["learning_rate"] * m} for m in (1, 3)],
+}
+LONG_THREADS = 2  # every run of the profile alone on both cores
+# Settings that made on-policy PPO and replay collapse before pad suppression, on the sparse task.
+ROBUSTNESS = {
+    "ppo, 8 epochs": ("ppo", {"num_ppo_epochs": 8}),
+    "ppo, 12 epochs": ("ppo", {"num_ppo_epochs": 12}),
+    "ppo, lr x2": ("ppo", {"learning_rate": 2 * SPARSE_SETTINGS["learning_rate"]}),
+    "ppo, lr x3": ("ppo", {"learning_rate": 3 * SPARSE_SETTINGS["learning_rate"]}),
+    "replay, lr x1": ("replay", {}),
+    "replay, lr x3": ("replay", {"learning_rate": 3 * SPARSE_SETTINGS["learning_rate"]}),
+}
+ROBUSTNESS_LENGTHS = (6, 48)
+ROBUSTNESS_BUDGET = 6400
+
+
+def long_profile(ctx: Context) -> dict:
+    """Wall time to target with 64-token responses: a small grid tuned on the profile itself, then each family's
+    best on the reporting seeds, also with ``generate_ahead`` (the same setting, sampling on one of the
+    `LONG_THREADS` cores while training on the others); every run alone."""
+    from benchmarks import fairness_report as report
+
+    def specs_of(family: str, overrides: dict, seeds: tuple[int, ...]) -> list[dict]:
+        threads = LONG_THREADS - 1 if overrides.get("generate_ahead") else LONG_THREADS
+        return [{**arm_spec("digits", family, overrides, s, ctx.quick, LONG), "threads": threads} for s in seeds]
+
+    grid_runs = [(family, o) for family, settings in LONG_GRID.items() for o in settings[: 1 if ctx.quick else None]]
+    tuning = ctx.records("long", [spec for f, o in grid_runs for spec in specs_of(f, o, (TUNING_SEED,))], jobs=1)
+    target = frozen_target("digits_long", tuning, f"{len(tuning)} tuning runs of the profile", ctx.targets_file)
+    best = {}
+    for family in LONG_GRID:
+        runs = [(o, r) for (f, o), r in zip(grid_runs, tuning, strict=True) if f == family]
+        record = report.best_of([r for _, r in runs], target)
+        best[family] = next(o for o, r in runs if r is record)
+    ahead = {"generate_ahead": True, "generate_ahead_threads": 1}
+    arms = {**{f: (f, o) for f, o in best.items()}, **{f"{f}_ahead": (f, {**o, **ahead}) for f, o in best.items()}}
+    records = {arm: ctx.records("long", specs_of(family, o, ctx.seeds), jobs=1) for arm, (family, o) in arms.items()}
+    summary = {arm: report.summarise(runs, target) for arm, runs in records.items()}
+    shares = [r["generation_seconds"] / r["train_seconds"] for r in records["ppo"] if r.get("generation_seconds")]
+    reached = {arm: s["reached"] >= min(MIN_REACHED, len(ctx.seeds)) for arm, s in summary.items()}
+
+    def fastest(family: str) -> str | None:
+        candidates = [a for a in (family, f"{family}_ahead") if reached[a]]
+        return min(candidates, key=lambda a: summary[a]["seconds_to_target"]) if candidates else None
+
+    best_replay, best_on_policy = fastest("replay"), fastest("ppo")
+    ratio = None
+    if best_replay and best_on_policy:
+        ratio = summary[best_replay]["seconds_to_target"] / summary[best_on_policy]["seconds_to_target"]
+    return {
+        "target": target,
+        "chosen": {arm: overrides for arm, (_, overrides) in arms.items()},
+        "generation_share": report.median(shares),
+        "summary": summary,
+        "best_replay": best_replay,
+        "best_on_policy": best_on_policy,
+        "time_ratio": ratio,
+        "threads": LONG_THREADS,
+        "budget": specs_of("ppo", {}, (0,))[0]["budget"],
+    }
+
+
+def robustness(ctx: Context) -> dict:
+    """Collapse-prone settings on the sparse task: does every run reach its budget, and how empty do responses get?"""
+    keys, specs = [], []
+    for length in ROBUSTNESS_LENGTHS:
+        task = Task(
+            {**SPARSE_SETTINGS, "response_length": length}, budget=ROBUSTNESS_BUDGET, eval_every=ROBUSTNESS_BUDGET // 4
+        )
+        for name, (family, overrides) in ROBUSTNESS.items():
+            for seed in ctx.seeds:
+                keys.append((length, name, seed))
+                specs.append(arm_spec("sparse", family, overrides, seed, ctx.quick, spec_task=task))
+    records = dict(zip(keys, ctx.records("robustness", specs), strict=True))
+    rows = {
+        f"{name} @ {length}": [records[(length, name, s)] for s in ctx.seeds]
+        for length in ROBUSTNESS_LENGTHS
+        for name in ROBUSTNESS
+    }
+    return {
+        "budget": specs[0]["budget"],
+        "rows": {
+            row: {
+                "ran_to_budget": sum(not r["stopped"] for r in runs),
+                "runs": len(runs),
+                "finals": [r["points"][-1]["eval"] if r["points"] else None for r in runs],
+                "max_empty_fraction": max(r.get("max_empty_fraction") or 0.0 for r in runs),
+                "skipped_steps": sum(r.get("skipped_steps") or 0 for r in runs),
+                "stopped": [r["stopped"] for r in runs if r["stopped"]],
+            }
+            for row, runs in rows.items()
+        },
+        "all_ran": all(not r["stopped"] for r in records.values()),
+    }
