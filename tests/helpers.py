@@ -70,6 +70,18 @@ def changed(before: dict[str, torch.Tensor], module: torch.nn.Module) -> set[str
     return {name for name, p in module.named_parameters() if name in before and not torch.equal(before[name], p)}
 
 
+def stop_after(trainer: ReplayPPOTrainer, last_update: int) -> None:
+    """Make ``trainer`` stop once update ``last_update`` has ended (its checkpoint written), as a pre-emption would."""
+    end_update = trainer.end_update
+
+    def end_and_stop(update: int, epoch_ended: bool = False) -> None:
+        end_update(update, epoch_ended)
+        if update == last_update:
+            trainer.control.should_training_stop = True
+
+    trainer.end_update = end_and_stop
+
+
 class LogRecorder(TrainerCallback):
     """Keeps every dict passed to ``on_log``."""
 

@@ -8,7 +8,7 @@ import re
 import pytest
 import torch
 
-from tests.helpers import ROOT, LogRecorder, make_trainer, tiny_config
+from tests.helpers import ROOT, LogRecorder, make_trainer, stop_after, tiny_config
 from trl_replay_ppo.checkpointing.directories import latest_checkpoint
 from trl_replay_ppo.tasks.digits import digits_reward, make_digits_dataset
 from trl_replay_ppo.tasks.tiny import load_tiny_models
@@ -63,14 +63,7 @@ def test_resume_is_exact(tmp_path, tiny_dirs):
     straight.train()
 
     first = _trainer(tiny_dirs, tmp_path, tmp_path / "resumed")
-    end_update = first.end_update  # stop after update 4 (a checkpoint step), as a pre-emption would
-
-    def stop_after_four(update, epoch_ended=False):
-        end_update(update, epoch_ended)
-        if update == 4:
-            first.control.should_training_stop = True
-
-    first.end_update = stop_after_four
+    stop_after(first, 4)  # update 4 is a checkpoint step
     first.train()
     assert (tmp_path / "resumed" / "checkpoint-4").is_dir()
 

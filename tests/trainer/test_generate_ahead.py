@@ -10,7 +10,7 @@ import torch
 from peft import LoraConfig
 
 from tests.checkpointing.test_resume import _trainer
-from tests.helpers import LogRecorder, make_trainer, snapshot, tiny_config
+from tests.helpers import LogRecorder, make_trainer, snapshot, stop_after, tiny_config
 from trl_replay_ppo import ReplayPPOConfig
 from trl_replay_ppo.models.generator_process import GeneratorProcess
 from trl_replay_ppo.tasks.digits import digits_reward, make_digits_dataset
@@ -64,14 +64,7 @@ def test_resume_with_generate_ahead_is_exact(tmp_path, tiny_dirs):
     straight.train()
 
     first = _trainer(tiny_dirs, tmp_path, tmp_path / "resumed", **AHEAD)
-    end_update = first.end_update
-
-    def stop_after_four(update, epoch_ended=False):
-        end_update(update, epoch_ended)
-        if update == 4:
-            first.control.should_training_stop = True
-
-    first.end_update = stop_after_four
+    stop_after(first, 4)
     first.train()
     resumed = _trainer(tiny_dirs, tmp_path, tmp_path / "resumed", **AHEAD)
     resumed.train(resume_from_checkpoint=str(tmp_path / "resumed" / "checkpoint-4"))

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from tests.checkpointing.test_resume import _trainer
-from tests.helpers import LogRecorder, make_trainer, tiny_config
+from tests.helpers import LogRecorder, make_trainer, stop_after, tiny_config
 from trl_replay_ppo import ReplayPPOConfig
 from trl_replay_ppo.tasks.digits import digits_reward, make_digits_dataset
 from trl_replay_ppo.trainer.step_size import AdaptiveStepSize
@@ -77,13 +77,7 @@ def test_resume_restores_the_scale_exactly(tmp_path, tiny_dirs):
     straight = _trainer(tiny_dirs, tmp_path, tmp_path / "straight", **overrides)
     straight.train()
     first = _trainer(tiny_dirs, tmp_path, tmp_path / "resumed", **overrides)
-    end_update = first.end_update
-
-    def stop_after_four(update, epoch_ended=False):
-        end_update(update, epoch_ended)
-        first.control.should_training_stop = update == 4
-
-    first.end_update = stop_after_four
+    stop_after(first, 4)
     first.train()
     logs = LogRecorder()
     resumed = _trainer(tiny_dirs, tmp_path, tmp_path / "resumed", logs, **overrides)
