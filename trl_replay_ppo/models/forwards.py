@@ -47,6 +47,16 @@ def gather_logprobs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     return torch.stack(rows).squeeze(-1)
 
 
+def sampled_logprobs(logits: torch.Tensor, responses: torch.Tensor, chunk: int) -> torch.Tensor:
+    """(B, R) fp32 log-probs of sampled ``responses`` (B, R) under generation's processed ``logits`` (B, R, V),
+    ``chunk`` rows at a time."""
+    parts = [
+        gather_logprobs(logits[i : i + chunk].float(), responses[i : i + chunk])
+        for i in range(0, len(responses), chunk)
+    ]
+    return torch.cat(parts, 0)
+
+
 def sequence_scores(
     model: torch.nn.Module, query_responses: torch.Tensor, pad_token_id: int, context_length: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from transformers import GenerationConfig
 
-from trl_replay_ppo.models.forwards import gather_logprobs
+from trl_replay_ppo.models.forwards import sampled_logprobs
 from trl_replay_ppo.models.generation import batch_generation
 
 
@@ -40,11 +40,7 @@ def sample_batch(
     chunk, context_length = settings["chunk"], queries.shape[1]
     config = GenerationConfig(**settings["generation_kwargs"])
     query_responses, logits = batch_generation(policy, queries, chunk, settings["pad_token_id"], config)
-    responses = query_responses[:, context_length:]
-    logprobs = [
-        gather_logprobs(logits[i : i + chunk].float(), responses[i : i + chunk]) for i in range(0, len(queries), chunk)
-    ]
-    return query_responses, torch.cat(logprobs, 0)
+    return query_responses, sampled_logprobs(logits, query_responses[:, context_length:], chunk)
 
 
 def serve(connection: Any, policy: torch.nn.Module, threads: int) -> None:

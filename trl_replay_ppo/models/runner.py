@@ -18,7 +18,13 @@ from transformers import GenerationConfig
 from trl_replay_ppo.core.episodes import INVALID_LOGPROB, EpisodeBatch
 from trl_replay_ppo.core.masking import suppress_token
 from trl_replay_ppo.integrations.compat import unwrap_model_for_generation
-from trl_replay_ppo.models.forwards import forward, gather_logprobs, response_positions, sequence_scores
+from trl_replay_ppo.models.forwards import (
+    forward,
+    gather_logprobs,
+    response_positions,
+    sampled_logprobs,
+    sequence_scores,
+)
 from trl_replay_ppo.models.generation import batch_generation, truncate_response
 
 
@@ -141,12 +147,7 @@ class ModelRunner:
         chunk, context_length = self.forward_batch_size, queries.shape[1]
         if self.sampler is None:
             query_responses, logits = self.generate(queries, generation_kwargs, chunk)
-            responses = query_responses[:, context_length:]
-            logprobs = [
-                gather_logprobs(logits[i : i + chunk].float(), responses[i : i + chunk])
-                for i in range(0, len(queries), chunk)
-            ]
-            return query_responses, torch.cat(logprobs, 0), None
+            return query_responses, sampled_logprobs(logits, query_responses[:, context_length:], chunk), None
         self.sampler.sync()  # the weights of the last update, or of the checkpoint just resumed
         query_responses, behaviour = self.sampler.generate(queries, generation_kwargs["max_new_tokens"], update)
         proximal = [
