@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import os
 import random
+import subprocess
 import sys
 from pathlib import Path
 
@@ -97,3 +100,14 @@ def two_process_command(port: int, module: str, *args: str) -> list[str]:
     accelerate = Path(sys.executable).parent / "accelerate"
     config = str(ROOT / "trl_replay_ppo/cli/examples/accelerate/cpu_2proc.yaml")
     return [str(accelerate), "launch", "--config_file", config, "--main_process_port", str(port), "-m", module, *args]
+
+
+def launch_two_processes(port: int, module: str, models_dir: Path, output_dir: Path, mode: str, timeout: int) -> dict:
+    """Run ``python -m module models_dir output_dir mode`` on 2 CPU processes and read the
+    ``summary-<mode>.json`` it writes into ``output_dir``; a hang fails after ``timeout`` seconds."""
+    command = two_process_command(port, module, str(models_dir), str(output_dir), mode)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    # The script runs as a module of the repository (`-m tests.distributed...`).
+    result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT, timeout=timeout)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return json.loads((output_dir / f"summary-{mode}.json").read_text())

@@ -2,21 +2,14 @@
 
 from __future__ import annotations
 
-import json
-import os
 import shutil
-import subprocess
 from pathlib import Path
 
-from tests.helpers import ROOT, two_process_command
+from tests.helpers import launch_two_processes
 
 
 def launch(models_dir: Path, output_dir: Path, mode: str) -> dict:
-    command = two_process_command(29533, "tests.distributed.ahead_run", str(models_dir), str(output_dir), mode)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-    result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT, timeout=240)
-    assert result.returncode == 0, result.stderr[-4000:]
-    return json.loads((output_dir / f"summary-{mode}.json").read_text())
+    return launch_two_processes(29533, "tests.distributed.ahead_run", models_dir, output_dir, mode, timeout=240)
 
 
 def test_two_processes_sample_ahead_and_resume_exactly(tmp_path, tiny_dirs):

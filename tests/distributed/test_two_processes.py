@@ -4,25 +4,18 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import ROOT, two_process_command
+from tests.helpers import launch_two_processes
 
 pytestmark = pytest.mark.trl112  # also runs in the TRL 1.12 job
 
 
 def launch(models_dir: Path, output_dir: Path, mode: str) -> dict:
-    command = two_process_command(29517, "tests.distributed.two_process_run", str(models_dir), str(output_dir), mode)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-    # A hang fails fast; the script runs as a module of the repository (`-m tests.distributed...`).
-    result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
-    assert result.returncode == 0, result.stderr[-4000:]
-    return json.loads((output_dir / f"summary-{mode}.json").read_text())
+    return launch_two_processes(29517, "tests.distributed.two_process_run", models_dir, output_dir, mode, timeout=120)
 
 
 def test_two_processes_train_checkpoint_and_resume(tmp_path, tiny_dirs):
