@@ -56,9 +56,11 @@ def target_of(records: list[dict], fraction: float) -> float:
     return round(start + fraction * (best - start), 4)
 
 
-def best_of(records: list[dict], target: float) -> dict:
-    """The record reaching ``target`` with the fewest episodes (ties: the higher final score)."""
-    return min(records, key=lambda r: (reach(r, target)[0], -final_score(r)))
+def best_of(records: list[dict], target: float, by: str = "episodes") -> dict:
+    """The record reaching ``target`` with the fewest generated episodes (``by="seconds"``: the least wall time;
+    ties: the higher final score)."""
+    index = {"episodes": 0, "seconds": 1}[by]
+    return min(records, key=lambda r: (reach(r, target)[index], -final_score(r)))
 
 
 def median(values: list[float]) -> float:

@@ -92,6 +92,18 @@ def test_learning_rate_spread_is_worst_over_best_start():
     assert spread["starts_reached"] == 3
 
 
+def test_best_of_chooses_by_episodes_or_by_wall_seconds_to_target():
+    def record(episodes: list[int], seconds: list[float], scores: list[float]) -> dict:
+        return {
+            "points": [{"episode": e, "time": t, "eval": s} for e, t, s in zip(episodes, seconds, scores, strict=True)]
+        }
+
+    few_episodes = record([0, 320, 640], [0.0, 50.0, 100.0], [0.1, 0.9, 0.9])
+    few_seconds = record([0, 320, 640, 960], [0.0, 10.0, 20.0, 30.0], [0.1, 0.1, 0.9, 0.9])
+    assert report.best_of([few_seconds, few_episodes], 0.5) is few_episodes
+    assert report.best_of([few_episodes, few_seconds], 0.5, by="seconds") is few_seconds
+
+
 def test_a_run_runs_in_the_interpreter_of_its_family(tmp_path):
     environments = {**ENVIRONMENTS, "ours": Path(sys.executable)}
     spec = arm_spec("sparse", "ppo", {}, seed=0, quick=True)
