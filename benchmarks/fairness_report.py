@@ -32,9 +32,10 @@ def smoothed(record: dict) -> list[float]:
 
 
 def reach(record: dict, target: float) -> tuple[float, float]:
-    """(generated episodes, wall seconds) at the first evaluation whose smoothed score reaches ``target``."""
+    """(generated episodes, wall seconds) at the first evaluation after training began whose smoothed score
+    reaches ``target`` (a target the start score already meets is reached at the first trained evaluation)."""
     for point, score in zip(record["points"], smoothed(record), strict=True):
-        if score >= target:
+        if score >= target and point["episode"] > 0:
             return point["episode"], point["time"]
     return math.inf, math.inf
 

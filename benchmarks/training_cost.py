@@ -42,6 +42,11 @@ ARMS = {
         "replay_epochs": 2,
         "replay_proximal": "interpolate",
     },
+    "replay_epochs=1 + interpolated proximal": {
+        "use_replay_buffer": True,
+        "replay_epochs": 1,
+        "replay_proximal": "interpolate",
+    },
 }
 TIMED = ("extend_batch", "compute_advantages", "ppo_update")
 

@@ -104,6 +104,13 @@ def test_best_of_chooses_by_episodes_or_by_wall_seconds_to_target():
     assert report.best_of([few_episodes, few_seconds], 0.5, by="seconds") is few_seconds
 
 
+def test_a_target_counts_as_reached_only_after_training_began():
+    # a run that gets worse from a start above the target reaches it at its first trained evaluation, not at 0
+    record = {"points": [{"episode": e, "time": e / 10, "eval": s} for e, s in ((0, 0.6), (32, 0.5), (64, 0.4))]}
+    assert report.reach(record, 0.5) == (32, 3.2)
+    assert math.isinf(report.reach(record, 0.7)[0])
+
+
 def test_a_run_runs_in_the_interpreter_of_its_family(tmp_path):
     environments = {**ENVIRONMENTS, "ours": Path(sys.executable)}
     spec = arm_spec("sparse", "ppo", {}, seed=0, quick=True)

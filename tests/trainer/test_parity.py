@@ -30,6 +30,17 @@ PARITY_ARGS = {
 }
 
 
+MICRO_BATCH_AVERAGES = (
+    "policy/approxkl_avg",
+    "policy/clipfrac_avg",
+    "loss/policy_avg",
+    "loss/value_avg",
+    "val/clipfrac_avg",
+    "policy/entropy_avg",
+    "val/ratio",
+)
+
+
 def _run(trainer_cls, args, tiny_dirs):
     AcceleratorState._reset_state(reset_partial_state=True)
     PartialState._reset_state()
@@ -70,7 +81,13 @@ def test_phased_loop_is_bitwise_trl(tmp_path, tiny_dirs, kl_estimator):
     assert len(stock_logs) == len(ours_logs) == 9  # 72 episodes / 8 per update
     for update, (stock, ours) in enumerate(zip(stock_logs, ours_logs, strict=True)):
         for key, value in stock.items():
-            if key != "eps":
+            if key in MICRO_BATCH_AVERAGES:
+                # TRL averages over gradient_accumulation_steps slots per minibatch; each minibatch here trains
+                # one micro-batch, so half of TRL's slots are empty zeros: its means are half the trained ones
+                assert ours[key] == pytest.approx(2 * value, rel=1e-5), f"update {update}: {key}"
+            elif key == "val/ratio_var":  # TRL's counts the empty slots' zeros beside ratios near 1
+                assert ours[key] < 0.01 < value
+            elif key != "eps":
                 assert ours[key] == value, f"update {update}: {key} {ours[key]!r} != TRL's {value!r}"
     assert stock_weights.keys() == ours_weights.keys()
     for name, weight in stock_weights.items():

@@ -76,6 +76,17 @@ def test_replayed_rows_cost_replay_epochs_passes(tmp_path, tiny):
     assert log["update/ppo_epochs"] == 4
 
 
+def test_update_averages_cover_the_trained_micro_batches_only(tmp_path, tiny):
+    # replay_epochs=1 trains 6 of the update's 12 statistics slots: averaging the empty ones in halved every mean
+    args = tiny_config(tmp_path, **REPLAY, total_episodes=40, num_ppo_epochs=4, replay_epochs=1)
+    trainer = make_trainer(tiny, args, make_digits_dataset(40), reward_model=None, reward_funcs=digits_reward)
+    trainer.train()
+    replayed = [log for log in trainer.state.log_history if log.get("replay/episodes")]
+    assert replayed
+    for log in replayed:
+        assert 0.9 < log["val/ratio"] < 1.1 and log["val/ratio_var"] < 0.01  # pi / pi_old of a small step
+
+
 def test_replay_epochs_must_fit_the_epochs(tmp_path):
     with pytest.raises(ValueError, match=r"`replay_epochs` must be at most `num_ppo_epochs`=2; got replay_epochs=3"):
         ReplayPPOConfig(output_dir=str(tmp_path), num_ppo_epochs=2, replay_epochs=3)

@@ -278,14 +278,14 @@ class ReplayPPOTrainer(UnsupportedTrainerMethods, PPOTrainer):
 
     def ppo_update(self, batch: EpisodeBatch) -> dict[str, torch.Tensor]:
         """``num_ppo_epochs`` passes over the batch in shuffled minibatches of micro-batches; the optimizer steps
-        every ``gradient_accumulation_steps`` micro-batches. Returns per-micro-batch statistics shaped (epochs,
-        minibatches, slots), unwritten slots 0 (TRL averages over them too). With ``target_kl``, a step over the
-        limit (`KLEarlyStop`) is dropped and ends the update; ``self.update_progress`` says how far it got.
+        every ``gradient_accumulation_steps`` micro-batches. Returns statistics shaped (epochs, minibatches, slots),
+        ``written`` 1 where a micro-batch filled the slot. With ``target_kl``, a step over the limit (`KLEarlyStop`)
+        is dropped and ends the update; ``self.update_progress`` says how far it got.
         """
         args, accelerator = self.args, self.accelerator
         plan = EpochPlan.from_config(args, num_rows=len(batch), num_fresh=batch.num_fresh)
-        shape = (args.num_ppo_epochs, args.num_mini_batches, max(args.gradient_accumulation_steps, plan.stat_slots()))
-        stats = {name: torch.zeros(shape, device=accelerator.device) for name in STAT_NAMES}
+        shape = (args.num_ppo_epochs, args.num_mini_batches, plan.stat_slots())
+        stats = {name: torch.zeros(shape, device=accelerator.device) for name in (*STAT_NAMES, "written")}
         self.optimizer_steps.begin_update()
         progress = self.update_progress = UpdateProgress(plan.micro_batches_per_epoch())
         kl_stop = None
@@ -298,7 +298,7 @@ class ReplayPPOTrainer(UnsupportedTrainerMethods, PPOTrainer):
                 progress.add(int(micro_stats["valid_tokens"]))
                 if kl_stop is not None:
                     kl_stop.add(micro_stats["kl_sum"], micro_stats["valid_tokens"])
-                for name, value in micro_stats.items():
+                for name, value in {**micro_stats, "written": 1.0}.items():
                     stats.setdefault(name, torch.zeros(shape, device=accelerator.device))
                     stats[name][epoch, minibatch, micro] = value
                 if not accelerator.sync_gradients:

@@ -29,24 +29,31 @@ def mean_sequence_kl(fresh: EpisodeBatch, gather: Gather) -> float:
 
 
 def ppo_metrics(fresh: EpisodeBatch, stats: dict[str, torch.Tensor], gather: Gather) -> dict[str, float]:
-    """TRL's PPO metrics: objective/* over the fresh episodes, policy/loss/val over the update's statistics."""
+    """TRL's PPO metrics: objective/* over the fresh episodes, policy/loss/val over the micro-batches the update
+    trained (the slots ``stats["written"]`` marks: an update with replayed rows, or one ``target_kl`` ended,
+    leaves some empty, which would otherwise pull every average towards 0)."""
     mean_entropy = ((-fresh.logprobs) * (~fresh.padding_mask).float()).sum(1).mean()
     mean_non_score_reward = fresh.non_score_reward.sum(1).mean()
     rlhf_reward = mean_non_score_reward + fresh.scores.mean()
+    written = gather(stats["written"]) > 0
+
+    def trained(name: str) -> torch.Tensor:
+        return gather(stats[name])[written]
+
     return {
         "objective/kl": mean_sequence_kl(fresh, gather),
         "objective/entropy": gather(mean_entropy).mean().item(),
         "objective/non_score_reward": gather(mean_non_score_reward).mean().item(),
         "objective/rlhf_reward": gather(rlhf_reward).mean().item(),
         "objective/scores": gather(fresh.scores.mean()).mean().item(),
-        "policy/approxkl_avg": gather(stats["approxkl"]).mean().item(),
-        "policy/clipfrac_avg": gather(stats["pg_clipfrac"]).mean().item(),
-        "loss/policy_avg": gather(stats["pg_loss"]).mean().item(),
-        "loss/value_avg": gather(stats["vf_loss"]).mean().item(),
-        "val/clipfrac_avg": gather(stats["vf_clipfrac"]).mean().item(),
-        "policy/entropy_avg": gather(stats["entropy"]).mean().item(),
-        "val/ratio": gather(stats["ratio"]).mean().item(),
-        "val/ratio_var": gather(stats["ratio"]).var().item(),
+        "policy/approxkl_avg": trained("approxkl").mean().item(),
+        "policy/clipfrac_avg": trained("pg_clipfrac").mean().item(),
+        "loss/policy_avg": trained("pg_loss").mean().item(),
+        "loss/value_avg": trained("vf_loss").mean().item(),
+        "val/clipfrac_avg": trained("vf_clipfrac").mean().item(),
+        "policy/entropy_avg": trained("entropy").mean().item(),
+        "val/ratio": trained("ratio").mean().item(),
+        "val/ratio_var": trained("ratio").var().item(),
     }
 
 
@@ -68,7 +75,7 @@ def empty_responses(batch: EpisodeBatch, stop_ids: set[int]) -> torch.Tensor:
 
 def replay_token_metrics(stats: dict[str, torch.Tensor], gather: Gather) -> dict[str, float]:
     """``replay/clipfrac`` and ``replay/is_weight_mean`` over the replayed tokens of the update (if any), and
-    ``loss/self_imitation`` (mean over the micro-batches, as TRL's losses) when that term is on."""
+    ``loss/self_imitation`` (mean over the trained micro-batches, as TRL's losses) when that term is on."""
     if "replay_tokens" not in stats:
         return {}
     tokens = gather(stats["replay_tokens"].sum().reshape(1)).sum()
@@ -76,7 +83,8 @@ def replay_token_metrics(stats: dict[str, torch.Tensor], gather: Gather) -> dict
     weights = gather(stats["replay_weight_sum"].sum().reshape(1)).sum()
     metrics = {"replay/clipfrac": (clipped / tokens).item(), "replay/is_weight_mean": (weights / tokens).item()}
     if "sil_loss" in stats:
-        metrics["loss/self_imitation"] = gather(stats["sil_loss"].mean().reshape(1)).mean().item()
+        written = stats["written"] > 0
+        metrics["loss/self_imitation"] = gather(stats["sil_loss"][written].mean().reshape(1)).mean().item()
     return metrics
 
 
