@@ -55,9 +55,6 @@ COST_ARMS = {
     "replay, current defaults": ("replay", {}),
     "replay_epochs=2": ("replay", {"replay_epochs": 2}),
     "replay_epochs=1": ("replay", {"replay_epochs": 1}),
-    "interpolated proximal": ("replay", {"replay_proximal": "interpolate"}),
-    "replay_epochs=2 + interpolated proximal": ("replay", {"replay_epochs": 2, "replay_proximal": "interpolate"}),
-    "replay_epochs=1 + interpolated proximal": ("replay", {"replay_epochs": 1, "replay_proximal": "interpolate"}),
 }
 # task: (the `TASKS` entry whose settings, prompts and reward it uses, generated episodes, evaluation interval, arms)
 LEVER_TASKS = {

@@ -36,17 +36,6 @@ ARMS = {
     "replay defaults": {"use_replay_buffer": True},
     "replay_epochs=2": {"use_replay_buffer": True, "replay_epochs": 2},
     "replay_epochs=1": {"use_replay_buffer": True, "replay_epochs": 1},
-    "interpolated proximal": {"use_replay_buffer": True, "replay_proximal": "interpolate"},
-    "replay_epochs=2 + interpolated proximal": {
-        "use_replay_buffer": True,
-        "replay_epochs": 2,
-        "replay_proximal": "interpolate",
-    },
-    "replay_epochs=1 + interpolated proximal": {
-        "use_replay_buffer": True,
-        "replay_epochs": 1,
-        "replay_proximal": "interpolate",
-    },
 }
 TIMED = ("extend_batch", "compute_advantages", "ppo_update")
 

@@ -34,7 +34,6 @@ def config(**overrides):
         "min_replay_size": 2,
         "replay_importance_cap": 2.0,
         "replay_min_ess": 0.0,
-        "replay_proximal": "recompute",
         "num_total_batches": 10,
         "local_batch_size": 2,
     }
@@ -86,10 +85,6 @@ class FakeForwards:
         values = torch.masked_fill(torch.full(batch.values.shape, 0.9), batch.padding_mask_p1, 0.0)
         return logprobs, values
 
-    def values(self, batch: EpisodeBatch):
-        self.calls.append(("values", len(batch)))
-        return torch.masked_fill(torch.full(batch.values.shape, 0.9), batch.padding_mask_p1, 0.0)
-
 
 def test_augment_weights_and_recomputed_values():
     replay = ExperienceReplay.from_config(config(), seed=0, pad_token_id=PAD, vocab_size=VOCAB)
@@ -106,23 +101,6 @@ def test_augment_weights_and_recomputed_values():
     # Replayed values are the critic's, at every response token and on the token after the last.
     assert torch.all(batch.values[replayed][~batch.padding_mask_p1[replayed]] == 0.9)
     assert replay.metrics(2)["replay/episodes"] == 2
-
-
-def test_interpolated_proximal_rows_carry_their_ages_and_only_the_critic_runs():
-    replay = ExperienceReplay.from_config(
-        config(replay_proximal="interpolate"), seed=0, pad_token_id=PAD, vocab_size=VOCAB
-    )
-    replay.record(fresh_batch([2, 3], width=3), version=0)
-    forwards = FakeForwards()
-    batch = replay.augment(fresh_batch([1, 1], width=1), forwards, version=3, fewest_over_ranks=len(replay))
-    assert forwards.calls == [("values", 2)]  # no policy pass
-    assert torch.equal(batch.replay_ages, torch.tensor([0.0, 0.0, 3.0, 3.0]))
-    replayed = slice(2, None)
-    # The loss interpolates the proximal log-probs: they start as the behaviour ones, weights as the row weights.
-    assert torch.equal(batch.proximal_logprobs[replayed], batch.logprobs[replayed])
-    assert torch.equal(batch.token_weights[replayed][~batch.padding_mask[replayed]], torch.ones(5))
-    assert torch.all(batch.values[replayed][~batch.padding_mask_p1[replayed]] == 0.9)
-    assert "replay/ess_behaviour" not in replay.metrics(4)
 
 
 def test_importance_weights_are_truncated_at_the_cap():

@@ -51,10 +51,6 @@ class EpisodeBatch:
     proximal_logprobs: torch.Tensor | None = None  # (B, R) current policy's log-probs before this update
     token_weights: torch.Tensor | None = None  # (B, R) truncated IS weight x row weight; 1 for fresh rows
     row_weights: torch.Tensor | None = None  # (B,) prioritized-replay weight (mean 1 over replayed); 1 if fresh
-    # (B,) updates since each replayed row was generated, 0 for fresh rows: set when the loss interpolates the
-    # replayed rows' proximal log-probs (`replay_proximal="interpolate"`), whose `proximal_logprobs` are then the
-    # behaviour ones and whose `token_weights` the row weights alone.
-    replay_ages: torch.Tensor | None = None
     replay_ids: list[int] = field(default_factory=list)  # storage slots of the replayed rows, in order
     # Set by the advantage phase.
     kl: torch.Tensor | None = None  # (B, R) per-token KL estimate against the reference
@@ -225,8 +221,5 @@ def append_replayed(fresh: EpisodeBatch, replayed: EpisodeBatch, pad_token_id: i
         proximal_logprobs=torch.cat([fresh.policy_logprobs, proximal]),
         token_weights=torch.cat([_or_ones(fresh.token_weights, fresh.logprobs), token_weights]),
         row_weights=torch.cat([_or_ones(fresh.row_weights, fresh.scores), row_weights]),
-        replay_ages=None
-        if replayed.replay_ages is None
-        else torch.cat([torch.zeros_like(fresh.scores), replayed.replay_ages]),
         replay_ids=list(replayed.replay_ids),
     )

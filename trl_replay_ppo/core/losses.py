@@ -69,22 +69,6 @@ def policy_loss(
     return pg_loss, (pg_losses2 > pg_losses).detach(), ratio, logprobs_diff
 
 
-def interpolated_proximal(
-    behaviour_logprobs: torch.Tensor, current_logprobs: torch.Tensor, ages: torch.Tensor, progress: float
-) -> torch.Tensor:
-    """(b, R) proximal log-probs of replayed tokens without a forward pass of the proximal policy (A-3PO).
-
-    The proximal policy is the one at the start of this update; the behaviour policy is ``ages`` (b,) updates
-    older (each >= 1), the current one ``progress`` of an update newer (0 until the update's first optimizer
-    step, near 1 at its last). Taking log-probs to move linearly with updates, the proximal ones lie
-    ``alpha = age / (age + progress)`` of the way from the behaviour log-probs to the current ones:
-    ``log pi_behaviour + alpha * (log pi_current - log pi_behaviour)``, exact while ``progress`` is 0. The
-    current log-probs enter detached: the proximal policy is a constant of the loss.
-    """
-    alpha = (ages / (ages + progress)).to(behaviour_logprobs.dtype)[:, None]
-    return torch.lerp(behaviour_logprobs, current_logprobs.detach(), alpha)  # alpha = 1 gives the current exactly
-
-
 def self_imitation_loss(
     new_logprobs: torch.Tensor, raw_advantages: torch.Tensor, padding_mask: torch.Tensor, row_weights: torch.Tensor
 ) -> torch.Tensor:

@@ -217,18 +217,6 @@ class ModelRunner:
         return logprobs, values
 
     @torch.no_grad()
-    def values(self, batch: EpisodeBatch) -> torch.Tensor:
-        """(B, R) values of the current critic, masked like a rollout's: the critic's pass alone (what replay
-        calls when the loss interpolates the proximal log-probs)."""
-        chunk = self.forward_batch_size
-        with self.accelerator.autocast():
-            values = [
-                self.response_values(batch.query_responses[i : i + chunk], batch.context_length)
-                for i in range(0, len(batch), chunk)
-            ]
-        return torch.masked_fill(torch.cat(values), batch.padding_mask_p1, 0)
-
-    @torch.no_grad()
     def sequence_kl(self, queries: torch.Tensor, responses: torch.Tensor, padding_mask: torch.Tensor) -> torch.Tensor:
         """(B,) KL(policy || reference) of each response, summed over its valid tokens (k1 estimator, nats)."""
         query_responses = torch.cat((queries, responses), 1)

@@ -52,11 +52,6 @@ class ReplayBuffer:
         slots, weights = self.sampler.sample(self.storage, n, self.rng, beta)
         return slots, self.storage.get(slots), weights
 
-    def ages(self, slots: np.ndarray, version: int) -> np.ndarray:
-        """Updates from the generation of the episodes in ``slots`` to ``version``."""
-        ages: np.ndarray = version - self.storage.version[slots]
-        return ages
-
     def mark_replayed(self, slots: np.ndarray) -> None:
         np.add.at(self.storage.replays, slots, 1)
 

@@ -8,8 +8,7 @@ Per update (per rank)::
                policy and critic); token weight = min(pi_prox / pi_behaviour, cap) * row weight,
                row weight = prioritized-replay weight (N P(i))^-beta (mean 1), or 1 when uniform;
                all of them dropped when the ESS of the capped weights falls below `min_ess` on
-               any rank. With `interpolate_proximal`, only the values are recomputed: the rows
-               carry their ages and the loss estimates pi_prox (`core.losses.interpolated_proximal`)
+               any rank
     ... advantages, PPO update ...
     replay.record(batch, version)   # priorities (mean |advantage|), one more use, fresh rows stored,
                                     # episodes too old or too reused evicted
@@ -45,9 +44,6 @@ class ReplayForwards(Protocol):
 
     def logprobs_and_values(self, batch: EpisodeBatch) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, R) log-probs under the current policy and values under the current critic, masked like a rollout's."""
-
-    def values(self, batch: EpisodeBatch) -> torch.Tensor:
-        """(B, R) values under the current critic alone, masked like a rollout's."""
 
     def min_over_ranks(self, value: float) -> float:
         """The smallest ``value`` over all ranks (a collective: every rank calls it at the same point)."""
@@ -91,14 +87,12 @@ class ExperienceReplay:
         fresh_per_update: int,
         vocab_size: int,
         min_ess: float = 0.0,
-        interpolate_proximal: bool = False,
     ):
         self.buffer = buffer
         self.sample_size = sample_size
         self.min_size = min_size
         self.importance_cap = importance_cap
         self.min_ess = min_ess
-        self.interpolate_proximal = interpolate_proximal
         self.beta = beta
         self.pad_token_id = pad_token_id
         self.vocab_size = vocab_size  # stored token ids lie below it (a checkpoint's are checked against it)
@@ -130,7 +124,6 @@ class ExperienceReplay:
             importance_cap=args.replay_importance_cap,
             beta=beta,
             min_ess=args.replay_min_ess,
-            interpolate_proximal=args.replay_proximal == "interpolate",
             pad_token_id=pad_token_id,
             fresh_per_update=args.local_batch_size,
             vocab_size=vocab_size,
@@ -154,26 +147,15 @@ class ExperienceReplay:
         self.idle_updates = 0
         slots, episodes, row_weights = self.buffer.sample(self.sample_size, beta=self.beta(version))
         replayed = from_episodes(episodes, self.pad_token_id, batch.query_responses.device)
-        ess_priority = {"replay/ess_priority": effective_sample_size(row_weights)}
-        device = replayed.logprobs.device
-        if self.interpolate_proximal:  # the loss estimates pi_prox and its importance weights per micro-batch
-            replayed.values = forwards.values(replayed)
-            replayed.proximal_logprobs = replayed.logprobs
-            replayed.replay_ages = torch.as_tensor(
-                self.buffer.ages(slots, version), dtype=torch.float32, device=device
-            )
-            capped = torch.ones_like(replayed.logprobs)
-            self._last.update(ess_priority)
-        else:
-            replayed.proximal_logprobs, replayed.values = forwards.logprobs_and_values(replayed)
-            behaviour_ratio = torch.exp(replayed.proximal_logprobs - replayed.logprobs)
-            capped = behaviour_ratio.clamp(max=self.importance_cap)  # truncated importance sampling
-            ess = effective_sample_size(capped[~replayed.padding_mask])
-            self._last.update({"replay/ess_behaviour": ess, **ess_priority})
-            if self.min_ess > 0 and forwards.min_over_ranks(ess) < self.min_ess:
-                self.low_ess_skips += 1
-                return batch
-        replayed.row_weights = torch.as_tensor(row_weights, dtype=torch.float32, device=device)
+        replayed.proximal_logprobs, replayed.values = forwards.logprobs_and_values(replayed)
+        behaviour_ratio = torch.exp(replayed.proximal_logprobs - replayed.logprobs)
+        capped = behaviour_ratio.clamp(max=self.importance_cap)  # truncated importance sampling
+        ess = effective_sample_size(capped[~replayed.padding_mask])
+        self._last.update({"replay/ess_behaviour": ess, "replay/ess_priority": effective_sample_size(row_weights)})
+        if self.min_ess > 0 and forwards.min_over_ranks(ess) < self.min_ess:
+            self.low_ess_skips += 1
+            return batch
+        replayed.row_weights = torch.as_tensor(row_weights, dtype=torch.float32, device=behaviour_ratio.device)
         replayed.token_weights = torch.masked_fill(capped * replayed.row_weights[:, None], replayed.padding_mask, 0.0)
         replayed.replay_ids = slots.tolist()
         self._last["replay/episodes"] = len(slots)

@@ -191,17 +191,6 @@ class ReplayPPOConfig(PPOConfig):
         "`replay_epochs` forward-backward passes instead of `num_ppo_epochs`. At `replay_ratio`=3 and 4 epochs, "
         "1 trains 7 passes per fresh episode instead of 16. None: every epoch.",
     )
-    replay_proximal: str = help_field(
-        "recompute",
-        "How replayed episodes get their proximal log-probs (the policy their clip is centred on, and the "
-        "numerator of their importance weights): 'recompute' runs the policy over them before the update (a "
-        "no-grad forward per replayed episode); 'interpolate' skips that pass and estimates them in each "
-        "micro-batch as log pi_behaviour + a * (log pi_current - log pi_behaviour), a = age / (age + f), with "
-        "age the episode's age in updates and f the share of this update's optimizer steps already taken: "
-        "exact until the update's first optimizer step (AReaL's A-3PO). Values are recomputed either way (by "
-        "the critic's pass alone under 'interpolate'); the advantage whitening then weighs replayed tokens by "
-        "their row weights alone. Needs `replay_min_ess`=0.",
-    )
     replay_sample_size: int | None = help_field(
         None,
         "Replayed episodes added to each update, per rank; None means `replay_ratio` times the per-rank batch. "

@@ -189,14 +189,6 @@ def check_choices(config: Any) -> None:
             "`generate_ahead` samples with `generate` in a second process; `use_vllm` samples with vLLM in the "
             "training process. Set one of them to False."
         )
-    if config.replay_proximal not in ("recompute", "interpolate"):
-        fail("replay_proximal", config.replay_proximal, "must be 'recompute' or 'interpolate'")
-    if config.replay_proximal == "interpolate" and config.replay_min_ess > 0:
-        raise ValueError(
-            "`replay_min_ess` reads the replayed episodes' importance weights before the update, which "
-            "`replay_proximal='interpolate'` only estimates during it; set replay_min_ess=0 or "
-            "replay_proximal='recompute'."
-        )
     if config.replay_epochs is not None and config.replay_epochs > config.num_ppo_epochs:
         fail("replay_epochs", config.replay_epochs, f"must be at most `num_ppo_epochs`={config.num_ppo_epochs}")
     if config.adaptive_lr_kl is not None and config.num_ppo_epochs * config.num_mini_batches == 1:

@@ -319,7 +319,7 @@ class ReplayPPOTrainer(UnsupportedTrainerMethods, PPOTrainer):
 
     def micro_batch_loss(self, batch: EpisodeBatch, rows: np.ndarray) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The loss and statistics of the micro-batch of ``rows`` (`trl_replay_ppo.trainer.loss.PPOLoss`)."""
-        return self.loss(batch, rows, progress=self.update_progress.fraction)
+        return self.loss(batch, rows)
 
     def optimizer_step(self) -> None:
         """At a gradient-sync point: clip, skip a non-finite step, else step (`OptimizerStep`)."""

@@ -100,11 +100,6 @@ class UpdateProgress:
             remaining, epochs = remaining - size, epochs + 1
         return epochs
 
-    @property
-    def fraction(self) -> float:
-        """Share of the update's micro-batches whose gradients are kept (its optimizer steps taken), in [0, 1]."""
-        return self.trained_micro_batches / max(sum(self.micro_batches_per_epoch), 1)
-
     def add(self, valid_tokens: int) -> None:
         """One micro-batch's backward ran."""
         self._pending = (self._pending[0] + 1, self._pending[1] + valid_tokens)

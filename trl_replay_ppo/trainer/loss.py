@@ -12,13 +12,7 @@ import torch
 
 from trl_replay_ppo.core.episodes import INVALID_LOGPROB, EpisodeBatch
 from trl_replay_ppo.core.kl import k3_kl_sum
-from trl_replay_ppo.core.losses import (
-    entropy_from_logits,
-    interpolated_proximal,
-    policy_loss,
-    self_imitation_loss,
-    value_loss,
-)
+from trl_replay_ppo.core.losses import entropy_from_logits, policy_loss, self_imitation_loss, value_loss
 from trl_replay_ppo.core.masking import masked_mean
 from trl_replay_ppo.models.forwards import gather_logprobs
 from trl_replay_ppo.models.runner import ModelRunner
@@ -43,7 +37,6 @@ class PPOLoss:
     Args:
         runner: runs the forward pass of policy and critic.
         cliprange, cliprange_value, vf_coef, entropy_coef, self_imitation_coef: the config fields of those names.
-        importance_cap: `replay_importance_cap`, for the importance weights of interpolated proximal log-probs.
     """
 
     def __init__(
@@ -55,7 +48,6 @@ class PPOLoss:
         vf_coef: float,
         entropy_coef: float,
         self_imitation_coef: float,
-        importance_cap: float,
     ):
         self.runner = runner
         self.cliprange = cliprange
@@ -63,15 +55,9 @@ class PPOLoss:
         self.vf_coef = vf_coef
         self.entropy_coef = entropy_coef
         self.self_imitation_coef = self_imitation_coef
-        self.importance_cap = importance_cap
 
-    def __call__(
-        self, batch: EpisodeBatch, rows: np.ndarray, progress: float = 0.0
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def __call__(self, batch: EpisodeBatch, rows: np.ndarray) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Forward the micro-batch of ``rows`` and return ``(loss, statistics)`` (0-d tensors).
-
-        ``progress``: the share of this update's optimizer steps already taken, which places the proximal policy
-        of replayed rows whose batch carries ``replay_ages`` (`interpolated_proximal`).
 
         The statistics are TRL's (``approxkl``, ``pg_clipfrac``, ``pg_loss``, ``vf_loss``, ``vf_clipfrac``,
         ``entropy``, ``ratio``), ``kl_sum`` and ``valid_tokens`` (what ``target_kl`` reads), and the replay
@@ -87,12 +73,9 @@ class PPOLoss:
             vpred, batch.values[rows], batch.returns[rows], padding_mask_p1, self.cliprange_value, row_weights
         )
         token_weights = None if batch.token_weights is None else batch.token_weights[rows]
-        proximal = batch.policy_logprobs[rows]
-        if batch.replay_ages is not None and token_weights is not None:
-            proximal, token_weights = self.interpolated(batch, rows, new_logprobs, token_weights, progress)
         pg_loss, clipped, ratio, logprobs_diff = policy_loss(
             new_logprobs,
-            proximal,
+            batch.policy_logprobs[rows],
             batch.advantages[rows],
             padding_mask,
             self.cliprange,
@@ -110,7 +93,7 @@ class PPOLoss:
         if self.entropy_coef > 0:
             loss = loss - self.entropy_coef * masked_mean(entropy, padding_mask)
         with torch.no_grad():
-            kl_sum, valid_tokens = k3_kl_sum(new_logprobs, proximal, padding_mask)
+            kl_sum, valid_tokens = k3_kl_sum(new_logprobs, batch.policy_logprobs[rows], padding_mask)
             stats = {
                 "approxkl": 0.5 * (logprobs_diff**2).mean(),
                 "pg_clipfrac": masked_mean(clipped.float(), padding_mask),
@@ -127,21 +110,3 @@ class PPOLoss:
             if imitate:
                 stats["sil_loss"] = sil_loss
         return loss, stats
-
-    def interpolated(
-        self,
-        batch: EpisodeBatch,
-        rows: np.ndarray,
-        new_logprobs: torch.Tensor,
-        token_weights: torch.Tensor,
-        progress: float,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(b, R) proximal log-probs and token weights of the micro-batch when its replayed rows (age > 0) have
-        interpolated proximal log-probs: theirs and their truncated importance weights ``min(pi_prox /
-        pi_behaviour, cap)`` estimated from this pass's log-probs; fresh rows keep theirs."""
-        ages, behaviour = batch.replay_ages[rows], batch.logprobs[rows]
-        replayed = (ages > 0)[:, None]
-        estimate = interpolated_proximal(behaviour, new_logprobs, ages.clamp(min=1), progress)
-        importance = torch.exp(estimate - behaviour).clamp(max=self.importance_cap)
-        proximal = torch.where(replayed, estimate, batch.policy_logprobs[rows])
-        return proximal, token_weights * torch.where(replayed, importance, torch.ones_like(importance))

@@ -154,7 +154,6 @@ def build_parts(
         vf_coef=args.vf_coef,
         entropy_coef=args.entropy_coef,
         self_imitation_coef=args.self_imitation_coef,
-        importance_cap=args.replay_importance_cap,
     )
     optimizer_steps = OptimizerStep(
         model,
