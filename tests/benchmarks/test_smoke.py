@@ -27,6 +27,17 @@ def test_levers_quick_runs_every_arm(tmp_path):
     assert (tmp_path / "levers.md").is_file() and json.loads((tmp_path / "levers.json").read_text())["tasks"]
 
 
+def test_lever_rows_read_the_frozen_target_of_their_source_task(tmp_path):
+    targets = tmp_path / "targets.json"
+    targets.write_text(json.dumps({"protocol": 2, "targets": {"sparse": {"target": 0.7345}}}))
+    record = {"points": [{"episode": 0, "eval": 0.1}, {"episode": 32, "eval": 0.6}]}
+    assert levers.lever_target("sparse_cost", [record], targets) == (0.7345, "frozen for sparse in targets.json")
+    assert levers.lever_target("sparse_g4", [record], targets)[0] == 0.7345
+    derived = levers.lever_target("digits_cost", [record], targets)  # start + 0.8 x (final, mean of last 2 - start)
+    assert derived == (pytest.approx(0.1 + 0.8 * (0.35 - 0.1)), "from the runs shown")
+    assert levers.lever_target("sparse_cost", [record], None)[1] == "from the runs shown"  # the quick mode
+
+
 def test_levers_writes_the_replayed_row_cost_report_apart(tmp_path):
     options = ["--quick", "--jobs", "0", "--report", "replayed_row_cost", "--tasks", "digits_cost"]
     result = levers.main([*options, "--output_dir", str(tmp_path)])
