@@ -3,12 +3,14 @@
 A run (`benchmarks.runs`) is a child process of the interpreter of its family (`ENVIRONMENTS`: TRL 1.12 for
 stock PPO, which only exists there; the newest TRL for TRL's GRPOTrainer and this package, what their users
 run). Its record is written to ``results/fairness_runs/<key>.json``, keyed by the run's spec, the code it
-runs and the versions of its environment, and committed: a section can finish on its own, and a later run
+runs (its syntax tree less docstrings: editing a comment or a docstring keeps the records) and the versions of
+its environment, and committed: a section can finish on its own, and a later run
 of the benchmark only trains what changed.
 """
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import json
 import subprocess
@@ -54,14 +56,25 @@ def missing_environment(kind: str, environments: dict[str, Path], in_process: bo
     return None
 
 
+def code_of(path: Path) -> bytes:
+    """A Python file's code as its syntax tree less docstrings: what comments, docstrings and layout leave as is."""
+    tree = ast.parse(path.read_text())
+    for node in ast.walk(tree):
+        documented = isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef)
+        if documented and ast.get_docstring(node, clean=False) is not None:
+            node.body = node.body[1:] or [ast.Pass()]
+    return ast.dump(tree).encode()
+
+
 def code_hash(kind: str, python: str) -> str:
-    """Hash of the code a run of ``kind`` depends on (the whole package for this package's trainer), and of the
-    library versions of the interpreter that runs it."""
+    """Hash of the code a run of ``kind`` depends on (the whole package for this package's trainer; `code_of`),
+    and of the library versions of the interpreter that runs it."""
     package = ROOT / "trl_replay_ppo"
     files = sorted(package.rglob("*.py")) if kind == "ours" else sorted((package / "tasks").rglob("*.py"))
     digest = hashlib.sha256()
     for path in [*files, Path(__file__).parent / "runs.py"]:
-        digest.update(path.read_bytes())
+        digest.update(path.relative_to(ROOT).as_posix().encode())
+        digest.update(code_of(path))
     digest.update(json.dumps(versions(python), sort_keys=True).encode())
     return digest.hexdigest()[:16]
 

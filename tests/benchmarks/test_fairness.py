@@ -111,6 +111,21 @@ def test_a_target_counts_as_reached_only_after_training_began():
     assert math.isinf(report.reach(record, 0.7)[0])
 
 
+def test_records_outlive_docstring_and_comment_edits_but_not_code_edits(tmp_path):
+    from benchmarks.fairness_runner import code_of
+
+    versions = {
+        "original": 'def f(x):\n    """Doubles."""\n    return 2 * x\n',
+        "documented": '"""A module."""\n\n\ndef f(x):  # a comment\n    """Twice x."""\n    return 2*x\n',
+        "changed": 'def f(x):\n    """Doubles."""\n    return 3 * x\n',
+    }
+    codes = {}
+    for name, text in versions.items():
+        (tmp_path / f"{name}.py").write_text(text)
+        codes[name] = code_of(tmp_path / f"{name}.py")
+    assert codes["original"] == codes["documented"] != codes["changed"]
+
+
 def test_a_run_runs_in_the_interpreter_of_its_family(tmp_path):
     environments = {**ENVIRONMENTS, "ours": Path(sys.executable)}
     spec = arm_spec("sparse", "ppo", {}, seed=0, quick=True)
