@@ -402,8 +402,10 @@ def main(argv: list[str] | None = None) -> dict:
         result["long"] = profiles.long_profile(ctx)
     if "robustness" in options.sections:
         result["robustness"] = profiles.robustness(ctx)
-    for section, used in ctx.used.items():
-        result["costs"][section] = report.cost(used)
+    for section, used in ctx.used.items():  # a section run for some tasks keeps the others' costs beside
+        result["costs"][section if section in ("long", "robustness") else f"{section} ({', '.join(tasks)})"] = (
+            report.cost(used)
+        )
     (output / "fairness.json").write_text(json.dumps(result, indent=1, default=str))
     (output / "fairness.md").write_text(report.markdown(result))
     if curves:
