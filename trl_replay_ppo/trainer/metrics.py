@@ -40,6 +40,7 @@ def ppo_metrics(fresh: EpisodeBatch, stats: dict[str, torch.Tensor], gather: Gat
     def trained(name: str) -> torch.Tensor:
         return gather(stats[name])[written]
 
+    ratio = trained("ratio")  # one gather for both ratio statistics
     return {
         "objective/kl": mean_sequence_kl(fresh, gather),
         "objective/entropy": gather(mean_entropy).mean().item(),
@@ -52,8 +53,8 @@ def ppo_metrics(fresh: EpisodeBatch, stats: dict[str, torch.Tensor], gather: Gat
         "loss/value_avg": trained("vf_loss").mean().item(),
         "val/clipfrac_avg": trained("vf_clipfrac").mean().item(),
         "policy/entropy_avg": trained("entropy").mean().item(),
-        "val/ratio": trained("ratio").mean().item(),
-        "val/ratio_var": trained("ratio").var().item(),
+        "val/ratio": ratio.mean().item(),
+        "val/ratio_var": ratio.var().item(),
     }
 
 
