@@ -34,7 +34,8 @@ Protocol, fixed before any arm runs:
 
 Sections (``--sections``): ``tasks`` (tuning and reporting, the headline), ``lr`` (each family's best
 setting, replay's defaults, and replay's defaults with ``adaptive_lr_kl``, started at the base rate x1/3, x1,
-x3, x10: the spread worst/best), ``long`` (the
+x3, x10: the spread worst/best), ``noise`` (replay's defaults on 15 seeds: the spread seed noise alone gives
+identical starts), ``long`` (the
 generation-heavy profile: an on-policy grid re-tuned on it, runs one at a time on both cores, wall
 time side by side) and ``robustness`` (collapse-prone settings). Records are committed under
 ``results/fairness_runs/``; a re-run only trains what changed, and the run-time table says what each
@@ -331,9 +332,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument(
         "--sections",
         nargs="+",
-        default=["tasks", "lr", "long", "robustness"],
-        choices=["tasks", "lr", "long", "robustness"],
-        help="tasks: the headline; lr: learning-rate starts; long: the generation-heavy profile; robustness.",
+        default=["tasks", "lr", "noise", "long", "robustness"],
+        choices=["tasks", "lr", "noise", "long", "robustness"],
+        help="tasks: the headline; lr: learning-rate starts; noise: their seed noise; long: the generation-heavy "
+        "profile; robustness.",
     )
     options = parser.parse_args(argv)
     from benchmarks import fairness_profiles as profiles
@@ -385,7 +387,7 @@ def main(argv: list[str] | None = None) -> dict:
             "skipped": skipped,
         }
     )
-    for section in ("tasks", "lr", "costs"):
+    for section in ("tasks", "lr", "noise", "costs"):
         result.setdefault(section, {})
     curves = {}
     tasks = [t for t in options.tasks if TASKS[t].tuned_on is None or TASKS[t].tuned_on in TASKS]
@@ -398,6 +400,9 @@ def main(argv: list[str] | None = None) -> dict:
         for task in tasks:
             choice = result["tasks"].get(TASKS[task].tuned_on or task, {}).get("chosen")
             result["lr"][task] = lr_section(task, ctx, choice)
+    if "noise" in options.sections:
+        for task in tasks:
+            result["noise"][task] = profiles.seed_noise(task, ctx)
     if "long" in options.sections:
         result["long"] = profiles.long_profile(ctx)
     if "robustness" in options.sections:

@@ -1,12 +1,16 @@
 """The fair benchmark's profile sections (`benchmarks.fairness`): the generation-heavy profile (``long``: wall
 time to target, each family tuned on the profile itself, also with ``generate_ahead``) and the collapse-prone
-settings (``robustness``)."""
+settings (``robustness``), and the seed noise of the learning-rate spread (``noise``)."""
 
 from __future__ import annotations
 
+import json
+
 from benchmarks.fairness import (
     DIGITS_SETTINGS,
+    LR_STARTS,
     MIN_REACHED,
+    REPORT_SEEDS,
     SPARSE_SETTINGS,
     TUNING_SEED,
     Context,
@@ -48,6 +52,9 @@ ROBUSTNESS = {
 }
 ROBUSTNESS_LENGTHS = (6, 48)
 ROBUSTNESS_BUDGET = 6400
+NOISE_SEEDS = (*REPORT_SEEDS, *range(4, 16))  # never the tuning seed
+NOISE_DRAWS = (3, 9, 15)  # seeds per start in the identical-start spread
+SPREAD_GOAL = 1.25  # worst / best learning-rate start that a step size which adapts should stay within
 
 
 def long_profile(ctx: Context) -> dict:
@@ -127,4 +134,25 @@ def robustness(ctx: Context) -> dict:
             for row, runs in rows.items()
         },
         "all_ran": all(not r["stopped"] for r in records.values()),
+    }
+
+
+def seed_noise(task: str, ctx: Context) -> dict:
+    """Replay's defaults at the task's base rate (the learning-rate section's x1 start) on `NOISE_SEEDS`: how far
+    seeds alone move a median, and so the spread identical starts would show at 3, 9 and 15 seeds a start."""
+    from benchmarks import fairness_report as report
+
+    stored = json.loads(ctx.targets_file.read_text())["targets"] if ctx.targets_file.is_file() else {}
+    if task not in stored:
+        raise SystemExit(f"noise: {ctx.targets_file} holds no target for {task}; run its tasks section first.")
+    target = stored[task]["target"]
+    seeds = NOISE_SEEDS[:3] if ctx.quick else NOISE_SEEDS
+    records = ctx.records("noise", [arm_spec(task, "replay", {}, seed, ctx.quick) for seed in seeds])
+    per_seed = [report.reach(r, target)[0] for r in records]
+    return {
+        "target": target,
+        "seeds": list(seeds),
+        "per_seed": per_seed,
+        "goal": SPREAD_GOAL,
+        "spread": [report.identical_start_spread(per_seed, len(LR_STARTS), n, SPREAD_GOAL) for n in NOISE_DRAWS],
     }

@@ -121,6 +121,19 @@ def spread(per_start: dict[float, dict], min_reached: int) -> dict:
     }
 
 
+def identical_start_spread(per_seed: list[float], starts: int, seeds: int, goal: float, draws: int = 10_000) -> dict:
+    """The learning-rate spread that seed noise alone gives: ``starts`` starts that train alike, each the median of
+    ``seeds`` episodes-to-target values drawn with replacement from one setting's ``per_seed`` (inf: not reached).
+    What a step-size rule that made every start identical would score: the median spread over ``draws`` and the
+    share of draws within ``goal``."""
+    drawn = np.random.default_rng(0).choice(np.asarray(per_seed, dtype=float), size=(draws, starts, seeds))
+    medians = np.median(drawn, axis=2)  # (draws, starts)
+    best, worst = medians.min(axis=1), medians.max(axis=1)
+    with np.errstate(invalid="ignore"):
+        spreads = np.where(np.isfinite(best), worst / best, np.inf)  # (draws,)
+    return {"seeds": seeds, "median_spread": float(np.median(spreads)), "within_goal": float(np.mean(spreads <= goal))}
+
+
 def cost(records: list[dict]) -> dict:
     """Runs a section used and their summed run time (one core each, whether run now or read from records)."""
     unique = {json.dumps(r["spec"], sort_keys=True): r for r in records}.values()
@@ -237,6 +250,24 @@ def markdown(result: dict) -> str:
                 spread_ = row["spread"]
                 ratio = "-" if math.isnan(spread_["ratio"]) else f"{spread_['ratio']:.2f}"
                 lines.append(f"| {task} | {arm} | {starts} | {ratio} |")
+    if result.get("noise"):
+        goal = next(iter(result["noise"].values()))["goal"]
+        lines += [
+            "",
+            "## Seed noise: replay's defaults at x1 on more seeds",
+            "",
+            "Identical starts: the spread (worst / best of 4 starts) if every start trained alike, each the median of "
+            f"n seeds drawn from these runs; within {goal}: the share of such draws at most {goal}.",
+            "",
+            "| task | episodes to target per seed | median | identical starts (n seeds: median spread, within goal) |",
+            "|---|---|---|---|",
+        ]
+        for task, data in result["noise"].items():
+            per_seed = ", ".join(format_episodes(e) for e in data["per_seed"])
+            noise = "; ".join(
+                f"n={d['seeds']}: {d['median_spread']:.2f}, {100 * d['within_goal']:.0f}%" for d in data["spread"]
+            )
+            lines.append(f"| {task} | {per_seed} | {format_episodes(median(data['per_seed']))} | {noise} |")
     if result.get("long"):
         long = result["long"]
         lines += [

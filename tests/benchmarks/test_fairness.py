@@ -23,7 +23,7 @@ QUICK = ["--quick", "--jobs", "0", "--tasks", "sparse", "held_out"]
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
     output = tmp_path_factory.mktemp("fairness")
-    return output, main([*QUICK, "--sections", "tasks", "lr", "--output_dir", str(output)])
+    return output, main([*QUICK, "--sections", "tasks", "lr", "noise", "--output_dir", str(output)])
 
 
 def test_quick_benchmark_runs_every_arm(quick_run):
@@ -52,8 +52,12 @@ def test_quick_benchmark_runs_every_arm(quick_run):
     adaptive = lr_rows["replay_adaptive"]["per_start"][10]["settings"]
     assert adaptive["adaptive_lr_kl"] == result["lr"]["sparse"]["adaptive_lr_kl"]
     assert adaptive["learning_rate"] == pytest.approx(10 * result["lr"]["sparse"]["base_learning_rate"])
+    noise = result["noise"]["held_out"]
+    assert len(noise["per_seed"]) == len(noise["seeds"]) == 3 and 0 not in noise["seeds"]  # never the tuning seed
+    assert [d["seeds"] for d in noise["spread"]] == [3, 9, 15]
     text = (output / "fairness.md").read_text()
     assert "| sparse |" in text and "Learning-rate starts" in text and "Cost per section" in text
+    assert "Seed noise" in text
 
 
 def test_targets_are_frozen_once_and_then_read(quick_run, monkeypatch):
@@ -102,6 +106,17 @@ def test_best_of_chooses_by_episodes_or_by_wall_seconds_to_target():
     few_seconds = record([0, 320, 640, 960], [0.0, 10.0, 20.0, 30.0], [0.1, 0.1, 0.9, 0.9])
     assert report.best_of([few_seconds, few_episodes], 0.5) is few_episodes
     assert report.best_of([few_episodes, few_seconds], 0.5, by="seconds") is few_seconds
+
+
+def test_identical_starts_spread_only_by_the_seeds_they_draw():
+    alike = report.identical_start_spread([1280.0] * 5, starts=4, seeds=3, goal=1.25)
+    assert alike == {"seeds": 3, "median_spread": 1.0, "within_goal": 1.0}
+    # one seed a start from {1000, 2000}: all 4 starts alike with probability 2 / 2**4, else a spread of 2
+    two = report.identical_start_spread([1000.0, 2000.0], starts=4, seeds=1, goal=1.25, draws=40_000)
+    assert two["median_spread"] == 2.0 and two["within_goal"] == pytest.approx(1 / 8, abs=0.01)
+    # a start that does not reach the target makes the spread inf, and so do starts that all miss it
+    missing = report.identical_start_spread([1000.0, math.inf], starts=4, seeds=1, goal=1.25, draws=40_000)
+    assert math.isinf(missing["median_spread"]) and missing["within_goal"] == pytest.approx(1 / 16, abs=0.01)
 
 
 def test_a_target_counts_as_reached_only_after_training_began():
