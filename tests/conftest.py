@@ -49,6 +49,7 @@ def pytest_configure(config):
     config.addinivalue_line(
         "markers", "faults: real kills and concurrent processes, CI's fault job (`make test-faults`)"
     )
+    config.addinivalue_line("markers", "vllm: vLLM generation on CPU, CI's job `make test-vllm`")
     config.addinivalue_line("markers", "smollm2: the real SmolLM2-135M model, CI's job `make test-smollm2`")
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -11,8 +12,12 @@ from safetensors.torch import save_file
 
 def main() -> None:
     from tests.models.vllm_helpers import vllm_trainer
+    from trl_replay_ppo.tasks.tiny import build_vllm_tiny_models, load_tiny_models
 
-    trainer = vllm_trainer(Path(sys.argv[1]))
+    # Each rank builds the (seeded, identical) models in a folder of its own: two ranks saving into one folder at
+    # once can each read the other's half-written files.
+    models_dir = Path(sys.argv[1]) / f"models-rank{os.environ['RANK']}"
+    trainer = vllm_trainer(Path(sys.argv[1]), models=load_tiny_models(build_vllm_tiny_models(models_dir)))
     trainer.train()
     rank = trainer.accelerator.process_index
     weights = {name: p.detach().contiguous() for name, p in trainer.trainable_parameters().items()}
