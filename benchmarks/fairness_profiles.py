@@ -7,11 +7,13 @@ from __future__ import annotations
 import json
 
 from benchmarks.fairness import (
+    ADAPTIVE_LR_KL,
     DIGITS_SETTINGS,
     LR_STARTS,
     MIN_REACHED,
     REPORT_SEEDS,
     SPARSE_SETTINGS,
+    TASKS,
     TUNING_SEED,
     Context,
     Task,
@@ -139,7 +141,9 @@ def robustness(ctx: Context) -> dict:
 
 def seed_noise(task: str, ctx: Context) -> dict:
     """Replay's defaults at the task's base rate (the learning-rate section's x1 start) on `NOISE_SEEDS`: how far
-    seeds alone move a median, and so the spread identical starts would show at 3, 9 and 15 seeds a start."""
+    seeds alone move a median, and so the spread identical starts would show at 3, 9 and 15 seeds a start; and
+    replay with the adaptive step at every start on the same seeds, the spread at the seed count that can tell the
+    goal from noise. Each run stops once it reaches the target (only its episodes to target are reported)."""
     from benchmarks import fairness_report as report
 
     stored = json.loads(ctx.targets_file.read_text())["targets"] if ctx.targets_file.is_file() else {}
@@ -147,12 +151,28 @@ def seed_noise(task: str, ctx: Context) -> dict:
         raise SystemExit(f"noise: {ctx.targets_file} holds no target for {task}; run its tasks section first.")
     target = stored[task]["target"]
     seeds = NOISE_SEEDS[:3] if ctx.quick else NOISE_SEEDS
-    records = ctx.records("noise", [arm_spec(task, "replay", {}, seed, ctx.quick) for seed in seeds])
-    per_seed = [report.reach(r, target)[0] for r in records]
+    base = TASKS[task].settings["learning_rate"]
+
+    def spec(overrides: dict, seed: int) -> dict:
+        return {**arm_spec(task, "replay", overrides, seed, ctx.quick), "stop_at": target}
+
+    keys = [(m, seed) for m in LR_STARTS for seed in seeds]
+    defaults = [spec({}, seed) for seed in seeds]
+    adaptive = [spec({"adaptive_lr_kl": ADAPTIVE_LR_KL, "learning_rate": base * m}, seed) for m, seed in keys]
+    records = ctx.records("noise", defaults + adaptive)  # one batch: both arms' runs share the jobs
+    per_seed = [report.reach(r, target)[0] for r in records[: len(seeds)]]
+    runs = dict(zip(keys, records[len(seeds) :], strict=True))
+    per_start = {m: report.summarise([runs[(m, s)] for s in seeds], target) for m in LR_STARTS}
+    figures = ("episodes_to_target", "reached", "runs")  # the rest of a summary needs whole curves
     return {
         "target": target,
         "seeds": list(seeds),
         "per_seed": per_seed,
         "goal": SPREAD_GOAL,
         "spread": [report.identical_start_spread(per_seed, len(LR_STARTS), n, SPREAD_GOAL) for n in NOISE_DRAWS],
+        "adaptive": {
+            "adaptive_lr_kl": ADAPTIVE_LR_KL,
+            "per_start": {m: {k: s[k] for k in figures} for m, s in per_start.items()},
+            "spread": report.spread(per_start, len(seeds) // 2 + 1),  # a start counts where its median is reached
+        },
     }

@@ -251,23 +251,36 @@ def markdown(result: dict) -> str:
                 ratio = "-" if math.isnan(spread_["ratio"]) else f"{spread_['ratio']:.2f}"
                 lines.append(f"| {task} | {arm} | {starts} | {ratio} |")
     if result.get("noise"):
-        goal = next(iter(result["noise"].values()))["goal"]
+        first = next(iter(result["noise"].values()))
+        goal, starts = first["goal"], len(first["adaptive"]["per_start"])
         lines += [
             "",
-            "## Seed noise: replay's defaults at x1 on more seeds",
+            f"## Seed noise: replay on {len(first['seeds'])} seeds (each run stops once it reaches the target)",
             "",
-            "Identical starts: the spread (worst / best of 4 starts) if every start trained alike, each the median of "
-            f"n seeds drawn from these runs; within {goal}: the share of such draws at most {goal}.",
+            f"Identical starts: the spread (worst / best of {starts} starts) if every start trained alike, each the "
+            f"median of n seeds drawn from replay's defaults at x1; within {goal}: the share of such draws at most "
+            f"{goal}. Adaptive: replay's defaults with the adaptive step at every start on all of the seeds; a start "
+            "counts where its median reaches the target.",
             "",
-            "| task | episodes to target per seed | median | identical starts (n seeds: median spread, within goal) |",
-            "|---|---|---|---|",
+            "| task | defaults at x1, episodes to target per seed | median | identical starts (n seeds: median "
+            "spread, within goal) | adaptive, median per start (reached) | adaptive worst / best start |",
+            "|---|---|---|---|---|---|",
         ]
         for task, data in result["noise"].items():
             per_seed = ", ".join(format_episodes(e) for e in data["per_seed"])
             noise = "; ".join(
                 f"n={d['seeds']}: {d['median_spread']:.2f}, {100 * d['within_goal']:.0f}%" for d in data["spread"]
             )
-            lines.append(f"| {task} | {per_seed} | {format_episodes(median(data['per_seed']))} | {noise} |")
+            adaptive = data["adaptive"]
+            per_start = ", ".join(
+                f"x{float(m):.3g}: {format_episodes(s['episodes_to_target'])} ({s['reached']}/{s['runs']})"
+                for m, s in adaptive["per_start"].items()
+            )
+            ratio = "-" if math.isnan(adaptive["spread"]["ratio"]) else f"{adaptive['spread']['ratio']:.2f}"
+            lines.append(
+                f"| {task} | {per_seed} | {format_episodes(median(data['per_seed']))} | {noise} | {per_start} "
+                f"| {ratio} |"
+            )
     if result.get("long"):
         long = result["long"]
         lines += [

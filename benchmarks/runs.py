@@ -8,8 +8,8 @@ the same `Evaluator` (greedy completions of the held-out prompts, scored by the 
 whose cost is counted in the wall time.
 
 A spec is plain JSON: ``{"task", "kind" ("ours" | "stock" | "grpo"), "settings", "seed",
-"budget", "eval_every"}`` and optionally ``"threads"`` (torch threads, default 1) and ``"models"``
-(`model_dirs`' kind, default the task's); ``settings`` are
+"budget", "eval_every"}`` and optionally ``"threads"`` (torch threads, default 1), ``"models"``
+(`model_dirs`' kind, default the task's) and ``"stop_at"`` (a target score: stop once it is reached); ``settings`` are
 the config fields of the arm. ``python -m benchmarks.runs SPEC.json RECORD.json`` runs one in the
 interpreter that runs it (how the benchmark runs each family in its own virtual environment).
 """
@@ -140,11 +140,15 @@ class Evaluator:
 
 
 class Curve(TrainerCallback):
-    """Evaluates every ``eval_every`` generated episodes and records the learning curve."""
+    """Evaluates every ``eval_every`` generated episodes and records the learning curve; with ``stop_at``, stops
+    training at the first trained evaluation whose mean with the one before reaches it (the benchmark's reach rule,
+    `fairness_report.reach`), for sections that need only the episodes to target."""
 
-    def __init__(self, evaluate, episodes, policy, eval_every: int, train_score_key: str):
+    def __init__(
+        self, evaluate, episodes, policy, eval_every: int, train_score_key: str, stop_at: float | None = None
+    ):
         self.evaluate, self.episodes, self.policy, self.eval_every = evaluate, episodes, policy, eval_every
-        self.train_score_key = train_score_key
+        self.train_score_key, self.stop_at = train_score_key, stop_at
         self.points: list[dict] = []
         self.train_scores: list[float] = []
         self.start = time.perf_counter()
@@ -180,8 +184,15 @@ class Curve(TrainerCallback):
         self.max_empty_fraction = max(self.max_empty_fraction, logs.get("rollout/empty_fraction", 0.0))
         self.skipped_steps = logs.get("update/skipped_steps", self.skipped_steps)
 
+    def reached(self) -> bool:
+        if self.stop_at is None or len(self.points) < 2 or self.points[-1]["episode"] == 0:
+            return False
+        return (self.points[-1]["eval"] + self.points[-2]["eval"]) / 2 >= self.stop_at
+
     def on_step_end(self, args, state, control, **kwargs):
         self.record()
+        if self.reached():
+            control.should_training_stop = True
 
 
 class StepCounter:
@@ -291,7 +302,7 @@ def _train(spec: dict, extra: dict) -> dict:
         model = trainer.accelerator.unwrap_model(trainer.model)
         return model if spec["kind"] == "grpo" else model.policy
 
-    curve = Curve(evaluator, episodes, policy, spec["eval_every"], score_key)
+    curve = Curve(evaluator, episodes, policy, spec["eval_every"], score_key, spec.get("stop_at"))
     trainer.add_callback(curve)
     trainer.remove_callback(PrinterCallback)
     generation = time_generation(trainer) if spec["kind"] == "ours" else None

@@ -55,6 +55,9 @@ def test_quick_benchmark_runs_every_arm(quick_run):
     noise = result["noise"]["held_out"]
     assert len(noise["per_seed"]) == len(noise["seeds"]) == 3 and 0 not in noise["seeds"]  # never the tuning seed
     assert [d["seeds"] for d in noise["spread"]] == [3, 9, 15]
+    assert len(noise["adaptive"]["per_start"]) == 4 and {
+        s["runs"] for s in noise["adaptive"]["per_start"].values()
+    } == {3}
     text = (output / "fairness.md").read_text()
     assert "| sparse |" in text and "Learning-rate starts" in text and "Cost per section" in text
     assert "Seed noise" in text
@@ -150,6 +153,15 @@ def test_a_run_runs_in_the_interpreter_of_its_family(tmp_path):
     assert "no interpreter at" in missing_environment("grpo", {**ENVIRONMENTS, "grpo": tmp_path / "none"})
     if trl_ppo() is None:
         assert "has no PPOTrainer" in missing_environment("stock", {**ENVIRONMENTS, "stock": Path(sys.executable)})
+
+
+def test_a_run_with_stop_at_ends_at_the_first_evaluation_that_reaches_it():
+    from benchmarks.runs import run
+
+    spec = arm_spec("sparse", "replay", {}, seed=0, quick=True)  # 64 episodes, evaluated every 32
+    record = run({**spec, "stop_at": -1.0})  # reached at the first trained evaluation
+    assert not record["stopped"] and record["generated"] == 32
+    assert [p["episode"] for p in record["points"]] == [0, 32]
 
 
 def test_quick_long_profile_runs_each_family_also_with_generate_ahead(tmp_path):
