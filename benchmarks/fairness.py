@@ -290,37 +290,6 @@ def task_section(task: str, ctx: Context, skipped: dict[str, str]) -> dict:
     }
 
 
-def lr_section(task: str, ctx: Context, stored_choice: dict[str, dict] | None = None) -> dict:
-    """Each family's best setting, replay's defaults and replay's defaults with the adaptive step size, started at
-    `LR_STARTS` x the base rate: episodes to target per start, and the spread (worst start / best start) a user
-    who starts at the wrong rate pays. ``stored_choice``: the tuned arms' settings the tasks section chose
-    (``{arm: overrides}``), else they are tuned here."""
-    from benchmarks import fairness_report as report
-
-    source = TASKS[task].tuned_on or task
-    if stored_choice:  # the tasks section's choice, kept in the results: the section needs no tuning run
-        target = None
-        chosen = {arm: (FAMILY_OF[arm], overrides) for arm, overrides in stored_choice.items() if arm in FAMILY_OF}
-    else:
-        target, chosen = tune(source, ctx)
-    target = json.loads(ctx.targets_file.read_text())["targets"].get(task, {}).get("target", target)
-    base = TASKS[task].settings["learning_rate"]
-    arms = {arm: chosen[arm] for arm in FAMILY_OF if arm in chosen}
-    arms["replay_default"] = ("replay", {})
-    arms["replay_adaptive"] = ("replay", {"adaptive_lr_kl": ADAPTIVE_LR_KL})
-    keys = [(arm, m, seed) for arm in arms for m in LR_STARTS for seed in ctx.seeds]
-    specs = [
-        arm_spec(task, arms[arm][0], {**arms[arm][1], "learning_rate": base * m}, seed, ctx.quick)
-        for arm, m, seed in keys
-    ]
-    runs = dict(zip(keys, ctx.records("lr", specs), strict=True))  # one batch: identical specs run once
-    rows = {}
-    for arm in arms:
-        per_start = {m: report.summarise([runs[(arm, m, s)] for s in ctx.seeds], target) for m in LR_STARTS}
-        rows[arm] = {"per_start": per_start, "spread": report.spread(per_start, MIN_REACHED)}
-    return {"target": target, "base_learning_rate": base, "adaptive_lr_kl": ADAPTIVE_LR_KL, "rows": rows}
-
-
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="Every arm on a tiny budget, one seed, grids of one.")
@@ -399,7 +368,7 @@ def main(argv: list[str] | None = None) -> dict:
     if "lr" in options.sections:
         for task in tasks:
             choice = result["tasks"].get(TASKS[task].tuned_on or task, {}).get("chosen")
-            result["lr"][task] = lr_section(task, ctx, choice)
+            result["lr"][task] = profiles.lr_section(task, ctx, choice)
     if "noise" in options.sections:
         for task in tasks:
             result["noise"][task] = profiles.seed_noise(task, ctx)

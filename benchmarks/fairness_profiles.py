@@ -1,6 +1,6 @@
-"""The fair benchmark's profile sections (`benchmarks.fairness`): the generation-heavy profile (``long``: wall
-time to target, each family tuned on the profile itself, also with ``generate_ahead``) and the collapse-prone
-settings (``robustness``), and the seed noise of the learning-rate spread (``noise``)."""
+"""The fair benchmark's sections beside its headline (`benchmarks.fairness`): the generation-heavy profile
+(``long``: wall time to target, each family tuned on the profile itself, also with ``generate_ahead``), the
+collapse-prone settings (``robustness``), the learning-rate starts (``lr``) and their seed noise (``noise``)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import json
 from benchmarks.fairness import (
     ADAPTIVE_LR_KL,
     DIGITS_SETTINGS,
+    FAMILY_OF,
     LR_STARTS,
     MIN_REACHED,
     REPORT_SEEDS,
@@ -19,6 +20,7 @@ from benchmarks.fairness import (
     Task,
     arm_spec,
     frozen_target,
+    tune,
 )
 
 # Generation-heavy profile: digits with 64-token responses generated 4 sequences at a time, as memory-bound
@@ -137,6 +139,37 @@ def robustness(ctx: Context) -> dict:
         },
         "all_ran": all(not r["stopped"] for r in records.values()),
     }
+
+
+def lr_section(task: str, ctx: Context, stored_choice: dict[str, dict] | None = None) -> dict:
+    """Each family's best setting, replay's defaults and replay's defaults with the adaptive step size, started at
+    `LR_STARTS` x the base rate: episodes to target per start, and the spread (worst start / best start) a user
+    who starts at the wrong rate pays. ``stored_choice``: the tuned arms' settings the tasks section chose
+    (``{arm: overrides}``), else they are tuned here."""
+    from benchmarks import fairness_report as report
+
+    source = TASKS[task].tuned_on or task
+    if stored_choice:  # the tasks section's choice, kept in the results: the section needs no tuning run
+        target = None
+        chosen = {arm: (FAMILY_OF[arm], overrides) for arm, overrides in stored_choice.items() if arm in FAMILY_OF}
+    else:
+        target, chosen = tune(source, ctx)
+    target = json.loads(ctx.targets_file.read_text())["targets"].get(task, {}).get("target", target)
+    base = TASKS[task].settings["learning_rate"]
+    arms = {arm: chosen[arm] for arm in FAMILY_OF if arm in chosen}
+    arms["replay_default"] = ("replay", {})
+    arms["replay_adaptive"] = ("replay", {"adaptive_lr_kl": ADAPTIVE_LR_KL})
+    keys = [(arm, m, seed) for arm in arms for m in LR_STARTS for seed in ctx.seeds]
+    specs = [
+        arm_spec(task, arms[arm][0], {**arms[arm][1], "learning_rate": base * m}, seed, ctx.quick)
+        for arm, m, seed in keys
+    ]
+    runs = dict(zip(keys, ctx.records("lr", specs), strict=True))  # one batch: identical specs run once
+    rows = {}
+    for arm in arms:
+        per_start = {m: report.summarise([runs[(arm, m, s)] for s in ctx.seeds], target) for m in LR_STARTS}
+        rows[arm] = {"per_start": per_start, "spread": report.spread(per_start, MIN_REACHED)}
+    return {"target": target, "base_learning_rate": base, "adaptive_lr_kl": ADAPTIVE_LR_KL, "rows": rows}
 
 
 def seed_noise(task: str, ctx: Context) -> dict:
