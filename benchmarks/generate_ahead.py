@@ -17,7 +17,6 @@ the fair benchmark's question.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 from pathlib import Path
@@ -27,6 +26,7 @@ from accelerate.state import AcceleratorState
 from transformers import TrainerCallback
 
 from benchmarks.fairness_profiles import LONG
+from benchmarks.outputs import write_tables
 from trl_replay_ppo import ReplayPPOConfig
 from trl_replay_ppo.tasks.digits import digits_reward, make_digits_dataset
 from trl_replay_ppo.tasks.tiny import build_tiny_models, load_tiny_models, tiny_trainer
@@ -121,9 +121,6 @@ def main(argv: list[str] | None = None) -> dict:
         f"--warmup {options.warmup} --response_length {options.response_length}"
     )
     result = {"command": command, "summary": summary, "repeats": repeats}
-    output = Path(options.output_dir)
-    output.mkdir(parents=True, exist_ok=True)
-    (output / "generate_ahead.json").write_text(json.dumps(result, indent=1))
     lines = [
         "# Seconds per update with generate_ahead",
         "",
@@ -139,8 +136,7 @@ def main(argv: list[str] | None = None) -> dict:
             for name, s in summary.items()
         ],
     ]
-    (output / "generate_ahead.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_tables(options.output_dir, "generate_ahead", result, lines)
     return result
 
 

@@ -22,6 +22,7 @@ from pathlib import Path
 from benchmarks import fairness_report as report
 from benchmarks.fairness import RESULTS, TARGET_FRACTION, TARGETS, TASKS, Task, arm_spec
 from benchmarks.fairness_runner import RECORDS, run_all
+from benchmarks.outputs import write_tables
 
 LEVER_SEEDS = (0, 4)
 SEEDS_OF_REPORT = {"levers": LEVER_SEEDS, "replayed_row_cost": (*LEVER_SEEDS, 5, 6, 7)}
@@ -99,8 +100,6 @@ def main(argv: list[str] | None = None) -> dict:
     options = parser.parse_args(argv)
     options.tasks = options.tasks or REPORTS[options.report]
     seeds = SEEDS_OF_REPORT[options.report][:1] if options.quick else SEEDS_OF_REPORT[options.report]
-    output = Path(options.output_dir)
-    output.mkdir(parents=True, exist_ok=True)
     keys, specs = [], []
     for task in options.tasks:
         spec_task = lever_task(task)
@@ -137,9 +136,7 @@ def main(argv: list[str] | None = None) -> dict:
             lines.append(
                 f"| {arm} | {episodes} | {s['final_eval']:.3f} | {s['steps_per_episode']:.3f} | {len(s['stopped'])} |"
             )
-    (output / f"{options.report}.json").write_text(json.dumps(result, indent=1, default=str))
-    (output / f"{options.report}.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_tables(options.output_dir, options.report, result, lines)
     return result
 
 

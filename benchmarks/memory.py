@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 from peft import LoraConfig
 
+from benchmarks.outputs import write_tables
 from trl_replay_ppo import ReplayPPOConfig
 from trl_replay_ppo.trainer.memory import GIB, QWEN3_0_6B, gpu_memory_budget, qwen3_0_6b_config
 
@@ -195,10 +196,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
 
 def write_results(rows: list[dict], options) -> None:
-    output = Path(options.output_dir)
-    output.mkdir(parents=True, exist_ok=True)
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU ({os.cpu_count()} cores)"
-    (output / "memory.json").write_text(json.dumps({"device": device, "rows": rows}, indent=2))
     lines = [
         "# Memory of one PPO update, Qwen3-0.6B-shaped model",
         "",
@@ -233,8 +231,7 @@ def write_results(rows: list[dict], options) -> None:
             f"{b['activations']:.2f} | {b['logits']:.2f} | {b['generation']:.2f} | {b['total']:.2f} | {verdict} |"
         )
     lines += ["", "'yes' means at most 80% of 16 GB (14.9 GiB): a margin for allocator fragmentation."]
-    (output / "memory.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_tables(options.output_dir, "memory", {"device": device, "rows": rows}, lines)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import statistics
 import time
 from pathlib import Path
@@ -23,6 +22,7 @@ import torch
 from accelerate.state import AcceleratorState
 from transformers import TrainerCallback
 
+from benchmarks.outputs import write_tables
 from trl_replay_ppo import ReplayPPOConfig
 from trl_replay_ppo.cli.demo import DIGITS_SETTINGS
 from trl_replay_ppo.integrations.compat import trl_ppo
@@ -100,9 +100,6 @@ def main(argv: list[str] | None = None) -> dict:
         gc.collect = collect
     ratios = [ours / stock for stock, ours in pairs]
     result = {"pairs": pairs, "ratios": ratios, "median_ratio": statistics.median(ratios), "options": vars(options)}
-    output = Path(options.output_dir)
-    output.mkdir(parents=True, exist_ok=True)
-    (output / "overhead.json").write_text(json.dumps(result, indent=1))
     lines = [
         "# Time per update, replay off / stock TRL PPO (gc calls disabled)",
         "",
@@ -115,8 +112,7 @@ def main(argv: list[str] | None = None) -> dict:
         "",
         f"Median ratio: **{result['median_ratio']:.3f}**.",
     ]
-    (output / "overhead.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_tables(options.output_dir, "overhead", result, lines)
     return result
 
 

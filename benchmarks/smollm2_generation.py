@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import os
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
+from benchmarks.outputs import write_tables
 from benchmarks.smollm2 import MODEL_DIR, RESULTS, return_freed_memory, settings
 from benchmarks.vllm_generation import ENGINE_ENV
 
@@ -99,11 +99,7 @@ def main(argv: list[str] | None = None) -> dict:
         "",
         f"Sampling time, vLLM / generate: {ratio:.2f}.",
     ]
-    output = Path(options.output_dir)
-    output.mkdir(parents=True, exist_ok=True)
-    (output / "smollm2_generation.json").write_text(json.dumps({"command": command, **result}, indent=1))
-    (output / "smollm2_generation.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_tables(options.output_dir, "smollm2_generation", {"command": command, **result}, lines)
     return result
 
 

@@ -17,7 +17,6 @@ g + (1 + c r)(1 - g) on-policy updates, g the generation share of an on-policy u
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 from pathlib import Path
@@ -26,6 +25,7 @@ import torch
 from accelerate.state import AcceleratorState
 
 from benchmarks.fairness_profiles import LONG
+from benchmarks.outputs import write_tables
 from trl_replay_ppo import ReplayPPOConfig
 from trl_replay_ppo.tasks.digits import digits_reward, make_digits_dataset
 from trl_replay_ppo.tasks.tiny import build_tiny_models, load_tiny_models, tiny_trainer
@@ -124,9 +124,6 @@ def main(argv: list[str] | None = None) -> dict:
         f"--response_length {options.response_length}"
     )
     result = {"command": command, "generation_share": generation_share, "summary": summary, "repeats": repeats}
-    output = Path(options.output_dir)
-    output.mkdir(parents=True, exist_ok=True)
-    (output / "training_cost.json").write_text(json.dumps(result, indent=1))
     lines = [
         "# Training cost per update: replay's levers against on-policy",
         "",
@@ -143,8 +140,7 @@ def main(argv: list[str] | None = None) -> dict:
             for name, s in summary.items()
         ],
     ]
-    (output / "training_cost.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_tables(options.output_dir, "training_cost", result, lines)
     return result
 
 

@@ -16,13 +16,13 @@ correctness, not the speed vLLM has on GPUs and real model sizes.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 from pathlib import Path
 
 from benchmarks import fairness_report as report
 from benchmarks.fairness import TASKS
 from benchmarks.fairness_runner import ENVIRONMENTS, ROOT, run_all
+from benchmarks.outputs import write_tables
 
 RESULTS = Path(__file__).parent / "results"
 SEEDS = (1, 2, 3)
@@ -106,11 +106,7 @@ def main(argv: list[str] | None = None) -> dict:
         + (" (NaN: a backend did not run)" if math.isnan(ratio) else "")
         + ".",
     ]
-    output = Path(options.output_dir)
-    output.mkdir(parents=True, exist_ok=True)
-    (output / "vllm_generation.json").write_text(json.dumps(result, indent=1, default=str))
-    (output / "vllm_generation.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_tables(options.output_dir, "vllm_generation", result, lines)
     return result
 
 
