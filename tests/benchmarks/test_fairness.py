@@ -55,9 +55,8 @@ def test_quick_benchmark_runs_every_arm(quick_run):
     noise = result["noise"]["held_out"]
     assert len(noise["per_seed"]) == len(noise["seeds"]) == 3 and 0 not in noise["seeds"]  # never the tuning seed
     assert [d["seeds"] for d in noise["spread"]] == [3, 9, 15]
-    assert len(noise["adaptive"]["per_start"]) == 4 and {
-        s["runs"] for s in noise["adaptive"]["per_start"].values()
-    } == {3}
+    adaptive_starts = noise["adaptive"]["per_start"].values()
+    assert len(adaptive_starts) == 4 and {s["runs"] for s in adaptive_starts} == {3}
     text = (output / "fairness.md").read_text()
     assert "| sparse |" in text and "Learning-rate starts" in text and "Cost per section" in text
     assert "Seed noise" in text
