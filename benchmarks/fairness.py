@@ -65,9 +65,10 @@ TARGET_FRACTION = 0.8  # at 0.5, digits arms stuck on a one-answer policy (eval 
 LR_MULTIPLIERS = (1, 3, 10)
 LR_STARTS = (1 / 3, 1, 3, 10)  # the learning-rate section: each family's best setting at these x the base
 # The adaptive step size's KL (nats per token) in the learning-rate section: the geometric mean of the median
-# per-update KL of replay's defaults at x1 (0.066) and x3 (0.47) the base rate, the two best rates on the sparse
-# task's tuning seed (first 3,200 episodes), rounded; fixed before any learning-rate run.
-ADAPTIVE_LR_KL = 0.2
+# per-update KL of replay's defaults at x1 (0.026) and x3 (0.097) the base rate, the two best rates on the sparse
+# task's tuning seed (first 3,200 episodes), rounded; fixed before any learning-rate run. (0.2 before replayed
+# tokens' KL was importance-weighted: the unweighted medians were 0.066 and 0.47.)
+ADAPTIVE_LR_KL = 0.05
 REPLAY_RATIO = ReplayPPOConfig.replay_ratio  # replayed episodes per fresh one in replay's defaults
 FAMILY_OF = {"tuned_ppo": "ppo", "tuned_grpo": "grpo", "tuned_replay": "replay"}  # tuned arm -> its family
 

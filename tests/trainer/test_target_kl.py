@@ -29,6 +29,20 @@ def test_k3_sum_counts_valid_tokens_only():
     assert kl_sum.item() == pytest.approx(k3(0.5) + k3(-1.0) + k3(0.0))
 
 
+def test_k3_sum_weighs_replayed_tokens_by_their_importance_weights():
+    # Row 0 fresh (weights 1); row 1 replayed: a token the old policy had all but ruled out (r = 9,
+    # k3 about 8,100) weighs its tiny importance weight, so it cannot swamp the estimate.
+    new = torch.tensor([[0.5, -1.0], [9.0, 0.2]])
+    old = torch.zeros(2, 2)
+    padding = torch.tensor([[False, False], [False, True]])
+    weights = torch.tensor([[1.0, 1.0], [1e-4, 0.7]])
+    kl_sum, weight = k3_kl_sum(new, old, padding, weights)
+    assert weight.item() == pytest.approx(2 + 1e-4)  # the padded token's weight does not count
+    assert kl_sum.item() == pytest.approx(k3(0.5) + k3(-1.0) + 1e-4 * k3(9.0))
+    unweighted, tokens = k3_kl_sum(new, old, padding)
+    assert unweighted / tokens > 2_000 > 10 * kl_sum / weight
+
+
 def test_the_stop_reads_the_token_weighted_window_over_ranks():
     reduced = []
 

@@ -20,17 +20,25 @@ def kl_estimate(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, estimator: s
 
 
 def k3_kl_sum(
-    new_logprobs: torch.Tensor, old_logprobs: torch.Tensor, padding_mask: torch.Tensor
+    new_logprobs: torch.Tensor,
+    old_logprobs: torch.Tensor,
+    padding_mask: torch.Tensor,
+    token_weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """KL(old || new) summed over the valid tokens, and their count: two 0-d tensors.
+    """KL(old || new) summed over the valid tokens, and their weight: two 0-d tensors.
 
     Per token Schulman's k3 estimate ``(exp(r) - 1) - r``, ``r = new - old`` (b, R), which is >= 0
     and unbiased for tokens sampled from the old policy; ``padding_mask`` (b, R) is True on padding.
-    Dividing the sums of several micro-batches gives their token-weighted mean.
+    Replayed tokens were sampled by an older behaviour policy, so ``token_weights`` (b, R), their truncated
+    importance weights ``min(pi_old / pi_behaviour, cap)`` (1 on fresh tokens), weigh each token's estimate
+    and count: without them a replayed token the old policy had all but ruled out (``exp(r)`` in the
+    thousands) outweighs every other token of the update. Without weights each valid token counts 1.
+    Dividing the sums of several micro-batches gives their (self-normalised) weighted mean.
     """
     valid = ~padding_mask
+    weights = valid.to(new_logprobs.dtype) if token_weights is None else torch.where(valid, token_weights, 0)
     per_token = kl_estimate(old_logprobs, new_logprobs, "k3")  # its ``ref - logprobs`` is r
-    return torch.where(valid, per_token, 0).sum(), valid.sum()
+    return torch.where(valid, per_token * weights, 0).sum(), weights.sum()
 
 
 class FixedKLController:
@@ -84,7 +92,8 @@ class KLEarlyStop:
 
     The statistic is Schulman's k3 estimate of KL(old || new), ``(exp(r) - 1) - r`` with
     ``r = log pi_new - log pi_old`` per token, averaged over the valid (non-padding) tokens of the
-    micro-batches accumulated since the last optimizer step, token-weighted and summed over ranks.
+    micro-batches accumulated since the last optimizer step (replayed tokens weighted by their importance
+    weights, `k3_kl_sum`), summed over ranks.
     At each gradient-sync point `exceeded` reduces it once over ranks, so every rank takes the same
     decision; above ``1.5 * target_kl`` the update stops and that step's gradients are dropped.
 
@@ -100,7 +109,7 @@ class KLEarlyStop:
         self._window: torch.Tensor | None = None  # (2,) k3 sum and valid-token count since the last step
 
     def add(self, kl_sum: torch.Tensor, tokens: torch.Tensor) -> None:
-        """Count one micro-batch: ``kl_sum`` and ``tokens`` are its k3 sum and valid-token count (0-d)."""
+        """Count one micro-batch: ``kl_sum`` and ``tokens`` are its k3 sum and token weight (0-d, `k3_kl_sum`)."""
         micro = torch.stack([kl_sum.detach().double(), tokens.double()])
         self._window = micro if self._window is None else self._window + micro
 

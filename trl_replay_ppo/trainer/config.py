@@ -98,7 +98,8 @@ class ReplayPPOConfig(PPOConfig):
         None,
         "Early stop of an update's PPO epochs, as Stable-Baselines3 does it: before each optimizer step, the "
         "KL between the policy the update started from and the current one (k3 estimate, mean over the valid "
-        "tokens of that step's micro-batches, over all ranks) is checked; above 1.5 x this value (nats per "
+        "tokens of that step's micro-batches, over all ranks; replayed tokens weighted by their truncated "
+        "importance weights) is checked; above 1.5 x this value (nats per "
         "token) that step's gradients are dropped and the update ends (under DeepSpeed, whose engine steps "
         "inside backward, that step is taken). None runs every epoch. Logged: `policy/early_stop_kl` (the last "
         "check) and `update/ppo_epochs` (epochs trained, fractional when a stop fell mid-epoch).",
@@ -106,8 +107,9 @@ class ReplayPPOConfig(PPOConfig):
     adaptive_lr_kl: float | None = help_field(
         None,
         "Adapt the learning rate to how far each update moves the policy (the KL-adaptive rule of rl_games and "
-        "rsl_rl): after an update whose mean k3 KL(old || new) per token (over its trained tokens and all ranks; "
-        "`update/policy_kl`) exceeds 2 x this value (nats per token), the rate is divided by "
+        "rsl_rl): after an update whose mean k3 KL(old || new) per token (over its trained tokens and all ranks, "
+        "replayed tokens weighted by their truncated importance weights; `update/policy_kl`) exceeds 2 x this "
+        "value (nats per token), the rate is divided by "
         "`adaptive_lr_factor`; below half of it, multiplied by it. The factor scales the LR schedule "
         "(`update/lr_scale`) within [1/`adaptive_lr_max_scale`, `adaptive_lr_max_scale`] and is saved in "
         "checkpoints. Each token's KL is measured at its micro-batch's forward, so it is the drift of the "

@@ -297,7 +297,7 @@ class ReplayPPOTrainer(UnsupportedTrainerMethods, PPOTrainer):
                 accelerator.backward(loss)
                 progress.add(int(micro_stats["valid_tokens"]))
                 if kl_stop is not None:
-                    kl_stop.add(micro_stats["kl_sum"], micro_stats["valid_tokens"])
+                    kl_stop.add(micro_stats["kl_sum"], micro_stats["kl_weight"])
                 for name, value in {**micro_stats, "written": 1.0}.items():
                     stats.setdefault(name, torch.zeros(shape, device=accelerator.device))
                     stats[name][epoch, minibatch, micro] = value
@@ -314,7 +314,7 @@ class ReplayPPOTrainer(UnsupportedTrainerMethods, PPOTrainer):
         if kl_stop is not None:
             progress.early_stop_kl = kl_stop.last
         if self.step_size is not None:
-            self.step_size.update(stats["kl_sum"], stats["valid_tokens"])
+            self.step_size.update(stats["kl_sum"], stats["kl_weight"])
         return stats
 
     def micro_batch_loss(self, batch: EpisodeBatch, rows: np.ndarray) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

@@ -60,8 +60,8 @@ class PPOLoss:
         """Forward the micro-batch of ``rows`` and return ``(loss, statistics)`` (0-d tensors).
 
         The statistics are TRL's (``approxkl``, ``pg_clipfrac``, ``pg_loss``, ``vf_loss``, ``vf_clipfrac``,
-        ``entropy``, ``ratio``), ``kl_sum`` and ``valid_tokens`` (what ``target_kl`` reads), and the replay
-        sums of `replay_token_statistics` and ``sil_loss`` when those terms are present.
+        ``entropy``, ``ratio``), ``kl_sum`` and ``kl_weight`` (what ``target_kl`` reads), ``valid_tokens``, and
+        the replay sums of `replay_token_statistics` and ``sil_loss`` when those terms are present.
         """
         responses = batch.responses[rows]
         padding_mask, padding_mask_p1 = batch.padding_mask[rows], batch.padding_mask_p1[rows]
@@ -93,7 +93,7 @@ class PPOLoss:
         if self.entropy_coef > 0:
             loss = loss - self.entropy_coef * masked_mean(entropy, padding_mask)
         with torch.no_grad():
-            kl_sum, valid_tokens = k3_kl_sum(new_logprobs, batch.policy_logprobs[rows], padding_mask)
+            kl_sum, kl_weight = k3_kl_sum(new_logprobs, batch.policy_logprobs[rows], padding_mask, token_weights)
             stats = {
                 "approxkl": 0.5 * (logprobs_diff**2).mean(),
                 "pg_clipfrac": masked_mean(clipped.float(), padding_mask),
@@ -102,8 +102,9 @@ class PPOLoss:
                 "vf_clipfrac": vf_clipfrac,
                 "entropy": entropy.mean(),
                 "ratio": ratio.mean(),
-                "kl_sum": kl_sum,  # k3 over the valid tokens: what `target_kl` reads (TRL's approxkl stays as is)
-                "valid_tokens": valid_tokens,
+                "kl_sum": kl_sum,  # weighted k3: what `target_kl` and `adaptive_lr_kl` read (TRL's approxkl stays)
+                "kl_weight": kl_weight,
+                "valid_tokens": (~padding_mask).sum(),
             }
             if token_weights is not None:  # off-policy rows: their clip fraction and importance weights
                 stats.update(replay_token_statistics(clipped, token_weights, padding_mask, replayed_rows))

@@ -4,8 +4,8 @@ The rule is the KL-adaptive schedule of rl_games and rsl_rl, applied once per up
 whose mean KL(old || new) per token exceeds twice the target, the rate is divided by ``factor``; below
 half the target, multiplied by it; in between it stays. The KL is Schulman's k3 estimate of each trained
 token (the ``kl_sum`` statistic `KLEarlyStop` reads), measured at its micro-batch's forward, so it is the
-drift the update's steps built up, averaged over the update's tokens and summed over ranks (every rank
-takes the same decision).
+drift the update's steps built up, averaged over the update's tokens (replayed ones weighted by their
+importance weights, `k3_kl_sum`) and summed over ranks (every rank takes the same decision).
 
 The scale multiplies the LR schedule itself: a `LambdaLR` recomputes each group's rate from its base rate
 at every step, so a rate set on the optimizer would be overwritten; wrapping its ``lr_lambdas`` makes
@@ -59,9 +59,9 @@ class AdaptiveStepSize:
 
         return scaled
 
-    def update(self, kl_sums: torch.Tensor, valid_tokens: torch.Tensor) -> None:
-        """After an update, from its micro-batches' k3 KL sums and valid-token counts (any shape, this rank's)."""
-        total = self.all_reduce_sum(torch.stack([kl_sums.detach().double().sum(), valid_tokens.double().sum()]))
+    def update(self, kl_sums: torch.Tensor, kl_weights: torch.Tensor) -> None:
+        """After an update, from its micro-batches' k3 KL sums and token weights (any shape, this rank's)."""
+        total = self.all_reduce_sum(torch.stack([kl_sums.detach().double().sum(), kl_weights.double().sum()]))
         kl_sum, tokens = total.tolist()
         self.last_kl = kl_sum / tokens if tokens > 0 else 0.0
         self.scale = self.next_scale(self.scale, self.last_kl)
