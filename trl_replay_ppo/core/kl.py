@@ -29,9 +29,9 @@ def k3_kl_sum(
 
     Per token Schulman's k3 estimate ``(exp(r) - 1) - r``, ``r = new - old`` (b, R), which is >= 0
     and unbiased for tokens sampled from the old policy; ``padding_mask`` (b, R) is True on padding.
-    Replayed tokens were sampled by an older behaviour policy, so ``token_weights`` (b, R), their truncated
-    importance weights ``min(pi_old / pi_behaviour, cap)`` (1 on fresh tokens), weigh each token's estimate
-    and count: without them a replayed token the old policy had all but ruled out (``exp(r)`` in the
+    Replayed tokens were sampled by an older behaviour policy, so ``token_weights`` (b, R), the loss's
+    weights (truncated importance weight ``min(pi_old / pi_behaviour, cap)`` times the row's replay weight;
+    1 on fresh tokens), weigh each token's estimate and count: without them a replayed token the old policy had all but ruled out (``exp(r)`` in the
     thousands) outweighs every other token of the update. Without weights each valid token counts 1.
     Dividing the sums of several micro-batches gives their (self-normalised) weighted mean.
     """
@@ -106,7 +106,7 @@ class KLEarlyStop:
         self.threshold = 1.5 * target_kl
         self.all_reduce_sum = all_reduce_sum
         self.last: float = float("nan")  # the statistic of the last decision (nats per token)
-        self._window: torch.Tensor | None = None  # (2,) k3 sum and valid-token count since the last step
+        self._window: torch.Tensor | None = None  # (2,) k3 sum and token weight since the last step
 
     def add(self, kl_sum: torch.Tensor, tokens: torch.Tensor) -> None:
         """Count one micro-batch: ``kl_sum`` and ``tokens`` are its k3 sum and token weight (0-d, `k3_kl_sum`)."""
