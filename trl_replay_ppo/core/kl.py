@@ -31,8 +31,9 @@ def k3_kl_sum(
     and unbiased for tokens sampled from the old policy; ``padding_mask`` (b, R) is True on padding.
     Replayed tokens were sampled by an older behaviour policy, so ``token_weights`` (b, R), the loss's
     weights (truncated importance weight ``min(pi_old / pi_behaviour, cap)`` times the row's replay weight;
-    1 on fresh tokens), weigh each token's estimate and count: without them a replayed token the old policy had all but ruled out (``exp(r)`` in the
-    thousands) outweighs every other token of the update. Without weights each valid token counts 1.
+    1 on fresh tokens), weigh each token's estimate and count: without them a replayed token the old policy
+    had all but ruled out (``exp(r)`` in the thousands) outweighs every other token of the update. Without
+    weights each valid token counts 1.
     Dividing the sums of several micro-batches gives their (self-normalised) weighted mean.
     """
     valid = ~padding_mask
