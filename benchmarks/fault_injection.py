@@ -167,8 +167,11 @@ def wait_for(process: subprocess.Popen, prefix: str) -> str:
     raise RuntimeError(f"the training process exited ({process.wait()}) before printing {prefix!r}")
 
 
-def run_with_kills(workdir: Path, kills: int, updates: int, seed: int = 0, max_delay: float = 2.5) -> dict:
-    """Reference run, then a run killed ``kills`` times; returns what happened and whether weights match."""
+def run_with_kills(workdir: Path, kills: int, updates: int, seed: int = 0) -> dict:
+    """Reference run, then a run killed ``kills`` times; returns what happened and whether weights match.
+
+    Each kill comes a random time after the restart, at most the reference run's training time over
+    ``kills + 2``: the killed runs together train less than one whole run, on a fast machine or a slow one."""
     from safetensors.torch import load_file
 
     from trl_replay_ppo.checkpointing.directories import latest_checkpoint
@@ -178,7 +181,10 @@ def run_with_kills(workdir: Path, kills: int, updates: int, seed: int = 0, max_d
     models_dir = workdir / "models"
     build_tiny_models(models_dir)
     reference = start(workdir / "reference", models_dir, updates)
+    wait_for(reference, "RESUMING")
+    began = time.monotonic()
     wait_for(reference, "FINISHED")
+    max_delay = (time.monotonic() - began) / (kills + 2)
     reference.wait()
 
     faulted, events = workdir / "faulted", []
